@@ -1,0 +1,34 @@
+"""Build of the C core, shmlink._core.
+
+Switches (environment variables, read at build time):
+
+SHMLINK_ASAN=1   build with AddressSanitizer (run Python with
+                 LD_PRELOAD=$(gcc -print-file-name=libasan.so))
+SHMLINK_DEBUG=1  no optimisation, debug symbols
+"""
+import os
+
+from setuptools import Extension, setup
+
+cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers",
+          "-Wno-unused-parameter", "-Wno-cast-function-type"]
+ldflags = []
+if os.environ.get("SHMLINK_DEBUG") == "1":
+    cflags += ["-O0", "-g3"]
+else:
+    cflags += ["-O2"]
+if os.environ.get("SHMLINK_ASAN") == "1":
+    cflags += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+    ldflags += ["-fsanitize=address"]
+
+setup(
+    ext_modules=[
+        Extension(
+            "shmlink._core",
+            sources=["src/shmlink/_core.c"],
+            depends=["src/shmlink/include/shmlink.h"],
+            extra_compile_args=cflags,
+            extra_link_args=ldflags,
+        )
+    ]
+)

@@ -1,0 +1,125 @@
+"""The shmlink exception hierarchy.
+
+Every error shmlink raises is a :class:`ShmlinkError`.  Each subclass also
+derives from the builtin exception it refines, so code that already catches
+``FileNotFoundError`` or ``TimeoutError`` keeps working.  The failure lives in
+the type; the message names the object and the next step.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ShmlinkError",
+    "InvalidName",
+    "InvalidSize",
+    "SegmentNotFound",
+    "SegmentExists",
+    "AccessDenied",
+    "Timeout",
+    "IncompatibleSegment",
+    "WrongKind",
+    "CorruptSegment",
+    "CreatorDied",
+    "SegmentBusy",
+    "SegmentClosed",
+    "OutOfRange",
+    "TextTooLong",
+    "TextDecodeError",
+    "MessageTooLarge",
+    "OwnerDied",
+    "NotOwner",
+    "PeerDisconnected",
+    "TooManyParticipants",
+]
+
+
+class ShmlinkError(Exception):
+    """Base of every error raised by shmlink."""
+
+
+class InvalidName(ShmlinkError, ValueError):
+    """A segment name is empty, too long, or holds characters that are not allowed."""
+
+
+class InvalidSize(ShmlinkError, ValueError):
+    """A size is zero, negative, or larger than the machine can map."""
+
+
+class SegmentNotFound(ShmlinkError, FileNotFoundError):
+    """No segment of that name exists (``open`` never creates)."""
+
+
+class SegmentExists(ShmlinkError, FileExistsError):
+    """A segment of that name already exists (``create`` never opens)."""
+
+
+class AccessDenied(ShmlinkError, PermissionError):
+    """The operating system refused access (mode bits, owner, read-only mapping)."""
+
+
+class Timeout(ShmlinkError, TimeoutError):
+    """A blocking call ran out of time."""
+
+
+class IncompatibleSegment(ShmlinkError):
+    """The file is not a shmlink segment, or was made by an incompatible layout version."""
+
+
+class WrongKind(IncompatibleSegment, TypeError):
+    """The segment exists but holds another kind of object (a queue opened as a board, ...)."""
+
+
+class CorruptSegment(ShmlinkError):
+    """A shmlink header or control block holds values that cannot be right."""
+
+
+class CreatorDied(ShmlinkError):
+    """The process that created the segment died before it finished initialising it."""
+
+
+class SegmentBusy(ShmlinkError, BufferError):
+    """The mapping cannot be closed while views of it are still alive."""
+
+
+class SegmentClosed(ShmlinkError, ValueError):
+    """An operation on a handle that was already closed."""
+
+
+class OutOfRange(ShmlinkError, IndexError):
+    """An offset or length falls outside the segment's data area."""
+
+
+class TextTooLong(ShmlinkError, ValueError):
+    """Encoded text (with its NUL terminator) does not fit where it was to be written."""
+
+
+class TextDecodeError(ShmlinkError, ValueError):
+    """The bytes in the segment are not valid text in the requested encoding."""
+
+
+class MessageTooLarge(ShmlinkError, ValueError):
+    """A message is larger than the object's maximum message size (or the receive buffer)."""
+
+
+class OwnerDied(ShmlinkError):
+    """The previous holder of a mutex died while holding it.
+
+    Raised by ``Mutex.acquire`` *after* the lock has been taken: the caller
+    holds it, and the data it protects may be half-written.
+    """
+
+    def __init__(self, message: str, *, previous_pid: int = 0) -> None:
+        super().__init__(message)
+        self.previous_pid = previous_pid
+
+
+class NotOwner(ShmlinkError, RuntimeError):
+    """Releasing a mutex that this process (or thread) does not hold."""
+
+
+class PeerDisconnected(ShmlinkError, ConnectionError):
+    """The other end of a connection closed or died."""
+
+
+class TooManyParticipants(ShmlinkError, OSError):
+    """Every participant slot of the segment is held by a live process."""

@@ -1,0 +1,554 @@
+/*
+ * shmlink.h -- the shmlink shared-memory protocol, for C and C++ programs.
+ *
+ * This header has no Python in it.  A C or C++ program that includes it can
+ * open a shmlink segment (a file in /dev/shm named "shmlink.<name>", or a
+ * regular file), check its header, and speak the same protocol as Python
+ * peers: the robust lock, futex wait/wake, and the message ring used by
+ * shmlink.Queue.
+ *
+ * Conventions (see DESIGN.md):
+ *   - shared memory holds fixed-width integers and offsets, never pointers;
+ *   - words written by producers and by consumers sit on separate 64-byte
+ *     cache lines;
+ *   - shared words are touched only through the SHM_* macros below;
+ *   - each release store carries a "SYNC:" comment naming its acquire partner;
+ *   - internal functions return 0 or a negative errno value;
+ *   - every index and length read from shared memory is loaded once into a
+ *     local, checked, then used: a peer may be buggy or hostile.
+ *
+ * Linux only (futex).  Requires GCC or Clang (__atomic builtins).
+ */
+#ifndef SHMLINK_H
+#define SHMLINK_H
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef __cplusplus
+extern "C" {
+#define SHMLINK_STATIC_ASSERT(c, m) static_assert(c, m)
+#else
+#define SHMLINK_STATIC_ASSERT(c, m) _Static_assert(c, m)
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Ordering vocabulary.  Defined once; everything below uses only these.    */
+/* ------------------------------------------------------------------------ */
+
+/* A word this side owns, or a value whose ordering does not matter. */
+#define SHM_LOAD_RELAXED(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define SHM_STORE_RELAXED(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+/* Reads the other side's published index: what it wrote before its release
+ * store is visible after this load. */
+#define SHM_LOAD_ACQUIRE(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+/* Publishes: everything written before is visible to an acquire load that
+ * sees the new value. */
+#define SHM_STORE_RELEASE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+/* Read-modify-write with full ordering (locks, counters, waiter counts). */
+#define SHM_CAS(p, expected_ptr, desired)                                      \
+    __atomic_compare_exchange_n((p), (expected_ptr), (desired), 0,             \
+                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)
+#define SHM_FETCH_ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
+#define SHM_EXCHANGE(p, v) __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
+#define SHM_LOAD_SEQ_CST(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define SHM_STORE_SEQ_CST(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+/* Store-load ordering between "I announced myself" and "I re-check". */
+#define SHM_FENCE() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define SHM_FENCE_ACQUIRE() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SHM_CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define SHM_CPU_RELAX() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define SHM_CPU_RELAX() __asm__ __volatile__("" ::: "memory")
+#endif
+
+#define SHMLINK_CACHE_LINE 64
+
+/* ------------------------------------------------------------------------ */
+/* Segment header.  Sits at offset 0 of every segment; the data area starts  */
+/* at SHMLINK_DATA_OFFSET (one page, so the data is page-aligned).          */
+/* ------------------------------------------------------------------------ */
+
+#define SHMLINK_MAGIC 0x4b4e494c4d485301ULL /* "\x01SHMLINK" little-endian */
+#define SHMLINK_LAYOUT_VERSION 1u
+#define SHMLINK_DATA_OFFSET 4096u
+#define SHMLINK_MAX_PARTICIPANTS 128u
+#define SHMLINK_NAME_PREFIX "shmlink."
+
+enum shmlink_kind {
+    SHMLINK_KIND_RAW = 1,    /* plain Segment: the data area is the user's */
+    SHMLINK_KIND_MUTEX = 2,
+    SHMLINK_KIND_EVENT = 3,
+    SHMLINK_KIND_QUEUE = 4,
+    SHMLINK_KIND_TOPIC = 5,
+    SHMLINK_KIND_BOARD = 6,
+    SHMLINK_KIND_LISTENER = 7,
+    SHMLINK_KIND_CONNECTION = 8,
+};
+#define SHMLINK_KIND_MAX 8
+
+/* header.flags */
+#define SHMLINK_FLAG_UNLINK_ON_LAST_CLOSE 0x1u /* lifetime policy "auto" */
+
+/* The ready word's values.  A creator holds an exclusive flock() on the file
+ * while it initialises; openers wait (futex on `ready`) until it is 1. */
+#define SHMLINK_NOT_READY 0u
+#define SHMLINK_READY 1u
+
+struct shmlink_participant {
+    uint32_t pid;        /* 0 = free slot; claimed by CAS 0 -> pid */
+    uint32_t reserved;
+    uint64_t start_time; /* /proc/PID/stat field 22; 0 while being claimed */
+};
+
+struct shmlink_header {
+    uint64_t magic;          /*  0 SHMLINK_MAGIC */
+    uint32_t layout_version; /*  8 SHMLINK_LAYOUT_VERSION */
+    uint32_t kind;           /* 12 enum shmlink_kind */
+    uint64_t data_offset;    /* 16 SHMLINK_DATA_OFFSET */
+    uint64_t data_size;      /* 24 exact size the creator asked for */
+    uint64_t total_size;     /* 32 data_offset + data_size == file size */
+    uint32_t creator_pid;    /* 40 */
+    uint32_t flags;          /* 44 SHMLINK_FLAG_* */
+    uint64_t creator_start;  /* 48 creator's process start time */
+    uint64_t created_ns;     /* 56 CLOCK_REALTIME at creation, nanoseconds */
+    uint32_t ready;          /* 64 futex word: SHMLINK_NOT_READY / _READY */
+    uint32_t max_participants; /* 68 SHMLINK_MAX_PARTICIPANTS */
+    uint32_t kind_version;   /* 72 layout version of the kind's own block */
+    uint32_t reserved0;      /* 76 */
+    uint8_t reserved1[128 - 80];
+    struct shmlink_participant participants[SHMLINK_MAX_PARTICIPANTS]; /* 128 */
+};
+
+SHMLINK_STATIC_ASSERT(offsetof(struct shmlink_header, ready) == 64,
+                      "the ready word starts the second cache line");
+SHMLINK_STATIC_ASSERT(offsetof(struct shmlink_header, participants) == 128,
+                      "participants table at a fixed offset for all versions");
+SHMLINK_STATIC_ASSERT(sizeof(struct shmlink_header) <= SHMLINK_DATA_OFFSET,
+                      "header must fit before the page-aligned data area");
+SHMLINK_STATIC_ASSERT(sizeof(struct shmlink_participant) == 16,
+                      "participant slots are 16 bytes in every language");
+
+/* ------------------------------------------------------------------------ */
+/* Futex wait and wake.  The only place a thread sleeps.                    */
+/* ------------------------------------------------------------------------ */
+
+/* Sleep while *addr == expected, until woken or until the absolute
+ * CLOCK_MONOTONIC deadline (NULL = forever).  The deadline is absolute so
+ * that retrying after EINTR never extends it.  Returns 0 when woken (maybe
+ * spuriously), -EAGAIN when *addr != expected, -ETIMEDOUT, or -EINTR when a
+ * signal arrived (the caller handles the signal, then decides). */
+static inline int shmlink_futex_wait(uint32_t *addr, uint32_t expected,
+                                     const struct timespec *deadline) {
+    /* Not FUTEX_PRIVATE_FLAG: waiters and wakers are different processes. */
+    long rc = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET, expected, deadline,
+                      NULL, FUTEX_BITSET_MATCH_ANY);
+    if (rc == 0)
+        return 0;
+    return -errno;
+}
+
+/* Wake up to n waiters of addr.  Returns how many were woken, or -errno. */
+static inline int shmlink_futex_wake(uint32_t *addr, int n) {
+    long rc = syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
+    return rc < 0 ? -errno : (int)rc;
+}
+
+static inline void shmlink_deadline_after(struct timespec *ts, double seconds) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    if (seconds < 0)
+        seconds = 0;
+    if (seconds > 1e9)
+        seconds = 1e9;
+    long long whole = (long long)seconds;
+    ts->tv_sec += (time_t)whole;
+    ts->tv_nsec += (long)((seconds - (double)whole) * 1e9);
+    while (ts->tv_nsec >= 1000000000L) {
+        ts->tv_nsec -= 1000000000L;
+        ts->tv_sec += 1;
+    }
+}
+
+/* 1 if now is at or past *deadline (NULL never passes). */
+static inline int shmlink_deadline_passed(const struct timespec *deadline) {
+    struct timespec now;
+    if (!deadline)
+        return 0;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > deadline->tv_sec ||
+           (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+/* The earlier of *deadline and now + seconds, into *out. */
+static inline void shmlink_deadline_min(struct timespec *out,
+                                        const struct timespec *deadline,
+                                        double seconds) {
+    shmlink_deadline_after(out, seconds);
+    if (deadline && (deadline->tv_sec < out->tv_sec ||
+                     (deadline->tv_sec == out->tv_sec &&
+                      deadline->tv_nsec < out->tv_nsec)))
+        *out = *deadline;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Process identity: a PID plus its start time, so a reused PID is not       */
+/* mistaken for the process that died.                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Start time of pid in clock ticks since boot (/proc/PID/stat field 22), or
+ * 0 if the process does not exist (or /proc is unreadable). */
+static inline uint64_t shmlink_process_start_time(uint32_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* The command name (field 2) may hold spaces and ')': skip to the last
+     * ')', then count fields 3..22. */
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return 0;
+    p++;
+    int field = 2;
+    while (*p && field < 22) {
+        if (*p == ' ') {
+            field++;
+            while (*p == ' ')
+                p++;
+            continue;
+        }
+        p++;
+    }
+    if (field != 22)
+        return 0;
+    unsigned long long st = 0;
+    if (sscanf(p, "%llu", &st) != 1)
+        return 0;
+    /* a zombie has exited: it will never release anything */
+    char *state = strrchr(buf, ')');
+    if (state && state[1] == ' ' && (state[2] == 'Z' || state[2] == 'X'))
+        return 0;
+    return (uint64_t)st;
+}
+
+/* 1 if the process (pid, start_time) is alive.  start_time 0 means "not
+ * recorded yet": then the PID alone decides. */
+static inline int shmlink_process_alive(uint32_t pid, uint64_t start_time) {
+    if (pid == 0)
+        return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 0;
+    uint64_t now = shmlink_process_start_time(pid);
+    if (now == 0)
+        return 0; /* gone, or a zombie */
+    return start_time == 0 || now == start_time;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Robust lock.  The word holds the owner's PID (0 = free).  A waiter that   */
+/* has slept for a slice checks whether the owner is still alive (PID and    */
+/* start time); if it died, the waiter takes the lock over by CAS and is     */
+/* told (return 1).  Lock algorithm here; sleeping is shmlink_futex_wait.   */
+/* ------------------------------------------------------------------------ */
+
+struct shmlink_lock {
+    uint32_t owner;       /* PID of the holder, 0 = free (futex word) */
+    uint32_t waiters;     /* processes sleeping on `owner` */
+    uint64_t owner_start; /* holder's start time, written after taking it */
+};
+SHMLINK_STATIC_ASSERT(sizeof(struct shmlink_lock) == 16, "lock is 16 bytes");
+
+/* How long a waiter sleeps before it checks that the owner is alive. */
+#ifndef SHMLINK_LIVENESS_SLICE_S
+#define SHMLINK_LIVENESS_SLICE_S 0.02
+#endif
+
+/* 0 if taken, -EBUSY if held by someone. */
+static inline int shmlink_lock_try(struct shmlink_lock *l, uint32_t self_pid,
+                                   uint64_t self_start) {
+    uint32_t expected = 0;
+    if (SHM_CAS(&l->owner, &expected, self_pid)) {
+        SHM_STORE_RELAXED(&l->owner_start, self_start);
+        return 0;
+    }
+    return -EBUSY;
+}
+
+/* Take over a lock whose owner `dead` (with start time dead_start) died.
+ * 1 if this caller now holds it, 0 if someone else changed it first. */
+static inline int shmlink_lock_steal(struct shmlink_lock *l, uint32_t dead,
+                                     uint64_t dead_start, uint32_t self_pid,
+                                     uint64_t self_start) {
+    uint32_t expected = dead;
+    /* The start time is re-read after the CAS: if it changed, a new owner
+     * with the same (reused) PID took the lock between our check and the
+     * CAS.  That window needs the old owner to die and its PID to be reused
+     * within one liveness check: we accept it as impossible in practice. */
+    if (SHM_CAS(&l->owner, &expected, self_pid)) {
+        (void)dead_start;
+        SHM_STORE_RELAXED(&l->owner_start, self_start);
+        return 1;
+    }
+    return 0;
+}
+
+/* One bounded attempt to sleep on a held lock, then a liveness check.
+ * Returns 0 (try again), 1 (the lock is now ours, its owner had died),
+ * -ETIMEDOUT or -EINTR. */
+static inline int shmlink_lock_wait_once(struct shmlink_lock *l,
+                                         uint32_t self_pid, uint64_t self_start,
+                                         const struct timespec *deadline) {
+    uint32_t owner = SHM_LOAD_ACQUIRE(&l->owner);
+    if (owner == 0)
+        return 0;
+    uint64_t owner_start = SHM_LOAD_RELAXED(&l->owner_start);
+    struct timespec slice;
+    shmlink_deadline_min(&slice, deadline, SHMLINK_LIVENESS_SLICE_S);
+    SHM_FETCH_ADD(&l->waiters, 1);
+    int rc = shmlink_futex_wait(&l->owner, owner, &slice);
+    SHM_FETCH_ADD(&l->waiters, (uint32_t)-1);
+    if (rc == -EINTR)
+        return -EINTR;
+    if (rc == -ETIMEDOUT) {
+        if (SHM_LOAD_ACQUIRE(&l->owner) == owner &&
+            !shmlink_process_alive(owner, owner_start) &&
+            shmlink_lock_steal(l, owner, owner_start, self_pid, self_start))
+            return 1;
+        if (shmlink_deadline_passed(deadline))
+            return -ETIMEDOUT;
+    }
+    return 0;
+}
+
+static inline void shmlink_lock_release(struct shmlink_lock *l) {
+    SHM_STORE_RELAXED(&l->owner_start, 0);
+    /* SYNC: pairs with the CAS in shmlink_lock_try of the next owner: the
+     * data written under the lock is visible to it. */
+    SHM_STORE_SEQ_CST(&l->owner, 0);
+    if (SHM_LOAD_SEQ_CST(&l->waiters) != 0)
+        shmlink_futex_wake(&l->owner, 1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Event count: "sleep until something changes" without lost wake-ups.       */
+/*   waiter: seq = load(seq); waiters++; fence; re-check condition; if not   */
+/*           met, futex_wait(seq, seq_value); waiters--.                     */
+/*   waker:  make the condition true; fence; if waiters: seq++, wake all.    */
+/* Either the waker sees the waiter announced (and bumps seq, so the wait    */
+/* returns at once) or the waiter's re-check sees the condition.             */
+/* ------------------------------------------------------------------------ */
+
+struct shmlink_eventcount {
+    uint32_t seq;
+    uint32_t waiters;
+};
+
+static inline void shmlink_ec_notify(struct shmlink_eventcount *ec) {
+    SHM_FENCE(); /* the condition's stores before the waiters load */
+    if (SHM_LOAD_RELAXED(&ec->waiters) != 0) {
+        SHM_FETCH_ADD(&ec->seq, 1);
+        shmlink_futex_wake(&ec->seq, INT_MAX);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Message ring (shmlink.Queue): lossless, variable-length, many producers   */
+/* and many consumers.                                                      */
+/*                                                                          */
+/* Producers serialise on prod_lock, consumers on cons_lock (both robust).   */
+/* head and tail are monotonically increasing byte positions; the byte at    */
+/* position p lives at data[p % capacity].  A record is an 8-byte header     */
+/* (length, check) followed by the payload padded to 8 bytes.  A record      */
+/* never wraps: a producer that lacks contiguous room commits a WRAP marker  */
+/* that fills the rest of the ring, then writes at position 0.              */
+/*                                                                          */
+/* Crash safety: a producer publishes a record by one release store of tail; */
+/* killed before it, the record never existed.  A consumer consumes by one   */
+/* release store of head; killed before it, the record stays for others.    */
+/* A lock whose holder died is taken over by the next waiter.               */
+/* ------------------------------------------------------------------------ */
+
+#define SHMLINK_RING_MAGIC 0x474e4952u /* "RING" */
+#define SHMLINK_RING_VERSION 1u
+#define SHMLINK_RECORD_HEADER 8u
+#define SHMLINK_RECORD_WRAP 0xFFFFFFFFu /* length field of a wrap marker */
+#define SHMLINK_RECORD_CHECK 0x5A17C0DEu /* check = length ^ this */
+
+struct shmlink_ring {
+    /* line 0: constants, written by the creator before the segment is ready */
+    uint32_t magic;
+    uint32_t version;
+    uint64_t capacity;    /* bytes in the data area, multiple of 8, >= 64 */
+    uint64_t max_message; /* largest payload; <= capacity - 8 */
+    uint64_t data_offset; /* from the start of this struct */
+    uint8_t pad0[SHMLINK_CACHE_LINE - 32];
+    /* line 1: written by producers (under prod_lock) */
+    struct shmlink_lock prod_lock;
+    uint64_t tail;  /* SYNC: released by producers, acquired by consumers */
+    uint64_t sent;  /* messages committed */
+    uint8_t pad1[SHMLINK_CACHE_LINE - 32];
+    /* line 2: written by consumers (under cons_lock) */
+    struct shmlink_lock cons_lock;
+    uint64_t head;  /* SYNC: released by consumers, acquired by producers */
+    uint64_t received;
+    uint8_t pad2[SHMLINK_CACHE_LINE - 32];
+    /* line 3: producers notify consumers here */
+    struct shmlink_eventcount data_ec;
+    uint8_t pad3[SHMLINK_CACHE_LINE - 8];
+    /* line 4: consumers notify producers here */
+    struct shmlink_eventcount space_ec;
+    uint8_t pad4[SHMLINK_CACHE_LINE - 8];
+};
+SHMLINK_STATIC_ASSERT(sizeof(struct shmlink_ring) == 5 * SHMLINK_CACHE_LINE,
+                      "ring control block is five cache lines");
+SHMLINK_STATIC_ASSERT(offsetof(struct shmlink_ring, prod_lock) % 64 == 0 &&
+                          offsetof(struct shmlink_ring, cons_lock) % 64 == 0,
+                      "producer and consumer words on separate cache lines");
+#define SHMLINK_RING_DATA_OFFSET ((uint64_t)sizeof(struct shmlink_ring))
+
+static inline uint64_t shmlink_ring_record_size(uint64_t len) {
+    return SHMLINK_RECORD_HEADER + ((len + 7u) & ~(uint64_t)7u);
+}
+
+/* Bytes a ring of the given capacity needs, control block included. */
+static inline uint64_t shmlink_ring_footprint(uint64_t capacity) {
+    return SHMLINK_RING_DATA_OFFSET + capacity;
+}
+
+/* Initialise a ring in `mem` (size bytes).  Before the segment is ready. */
+static inline int shmlink_ring_init(void *mem, uint64_t size,
+                                    uint64_t max_message) {
+    struct shmlink_ring *r = (struct shmlink_ring *)mem;
+    if (size < SHMLINK_RING_DATA_OFFSET + 64)
+        return -EINVAL;
+    uint64_t capacity = (size - SHMLINK_RING_DATA_OFFSET) & ~(uint64_t)7u;
+    if (max_message == 0 || max_message > capacity - SHMLINK_RECORD_HEADER)
+        max_message = capacity - SHMLINK_RECORD_HEADER;
+    memset(r, 0, sizeof *r);
+    r->version = SHMLINK_RING_VERSION;
+    r->capacity = capacity;
+    r->max_message = max_message;
+    r->data_offset = SHMLINK_RING_DATA_OFFSET;
+    SHM_STORE_RELEASE(&r->magic, SHMLINK_RING_MAGIC);
+    return 0;
+}
+
+/* The constants a handle records at open, checked once against the mapping
+ * and never re-read from shared memory afterwards. */
+struct shmlink_ring_handle {
+    struct shmlink_ring *ring;
+    uint8_t *data;
+    uint64_t capacity;
+    uint64_t max_message;
+};
+
+/* -EPROTO: not a ring or another version; -EBADMSG: inconsistent. */
+static inline int shmlink_ring_attach(struct shmlink_ring_handle *h, void *mem,
+                                      uint64_t size) {
+    struct shmlink_ring *r = (struct shmlink_ring *)mem;
+    if (size < SHMLINK_RING_DATA_OFFSET + 64)
+        return -EBADMSG;
+    if (SHM_LOAD_ACQUIRE(&r->magic) != SHMLINK_RING_MAGIC ||
+        SHM_LOAD_RELAXED(&r->version) != SHMLINK_RING_VERSION)
+        return -EPROTO;
+    uint64_t capacity = SHM_LOAD_RELAXED(&r->capacity);
+    uint64_t max_message = SHM_LOAD_RELAXED(&r->max_message);
+    uint64_t data_offset = SHM_LOAD_RELAXED(&r->data_offset);
+    if (data_offset != SHMLINK_RING_DATA_OFFSET || capacity < 64 ||
+        capacity % 8 != 0 || capacity > size - SHMLINK_RING_DATA_OFFSET ||
+        max_message == 0 || max_message > capacity - SHMLINK_RECORD_HEADER)
+        return -EBADMSG;
+    h->ring = r;
+    h->data = (uint8_t *)mem + data_offset;
+    h->capacity = capacity;
+    h->max_message = max_message;
+    return 0;
+}
+
+/* Space check and placement for one record of len bytes, with prod_lock
+ * held.  Returns the position to write at (>= tail), with *wrap set when a
+ * wrap marker must first fill [tail, pos); or -EAGAIN when the ring lacks
+ * room now; or -EBADMSG when head/tail are inconsistent. */
+static inline int64_t shmlink_ring_place(const struct shmlink_ring_handle *h,
+                                         uint64_t tail, uint64_t head,
+                                         uint64_t len, int *wrap) {
+    uint64_t cap = h->capacity;
+    if (tail - head > cap || (tail & 7u) || (head & 7u))
+        return -EBADMSG;
+    uint64_t need = shmlink_ring_record_size(len);
+    uint64_t to_end = cap - (tail % cap);
+    uint64_t pos = tail;
+    *wrap = 0;
+    if (need > to_end) {
+        pos = tail + to_end;
+        *wrap = 1;
+    }
+    if (pos + need - head > cap)
+        return -EAGAIN;
+    return (int64_t)pos;
+}
+
+/* Write a record (or a wrap marker when payload == NULL and len ==
+ * SHMLINK_RECORD_WRAP) at pos.  Caller holds prod_lock and has checked room. */
+static inline void shmlink_ring_write_record(const struct shmlink_ring_handle *h,
+                                             uint64_t pos, const void *payload,
+                                             uint32_t len) {
+    uint8_t *at = h->data + (pos % h->capacity);
+    uint32_t hdr[2] = {len, len ^ SHMLINK_RECORD_CHECK};
+    memcpy(at, hdr, sizeof hdr);
+    if (payload && len)
+        memcpy(at + SHMLINK_RECORD_HEADER, payload, len);
+}
+
+/* Read and check the record header at head (with cons_lock held, tail
+ * acquired).  Returns the payload length, or -EAGAIN when empty, or -EBADMSG
+ * for a corrupt ring.  Wrap markers are skipped (*head_io advances). */
+static inline int64_t shmlink_ring_peek(const struct shmlink_ring_handle *h,
+                                        uint64_t *head_io, uint64_t tail) {
+    uint64_t cap = h->capacity;
+    for (int hops = 0; hops < 2; hops++) {
+        uint64_t head = *head_io;
+        if (tail == head)
+            return -EAGAIN;
+        if (tail - head > cap || (head & 7u) || (tail & 7u))
+            return -EBADMSG;
+        uint64_t off = head % cap;
+        uint32_t hdr[2];
+        memcpy(hdr, h->data + off, sizeof hdr);
+        if ((hdr[0] ^ SHMLINK_RECORD_CHECK) != hdr[1])
+            return -EBADMSG;
+        if (hdr[0] == SHMLINK_RECORD_WRAP) {
+            uint64_t skip = cap - off;
+            if (skip > tail - head)
+                return -EBADMSG;
+            *head_io = head + skip;
+            continue;
+        }
+        uint64_t len = hdr[0];
+        uint64_t rec = shmlink_ring_record_size(len);
+        if (len > h->max_message || rec > tail - head || rec > cap - off)
+            return -EBADMSG;
+        return (int64_t)len;
+    }
+    return -EBADMSG; /* two wrap markers in a row */
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SHMLINK_H */
