@@ -1,1 +1,25 @@
+"""shmlink: inter-process communication through named shared memory.
+
+Objects (each a named segment, opened by any process that knows the name):
+
+* :class:`Segment` -- named memory: create/open by name, exact size, views, text.
+* :class:`Mutex`, :class:`Event` -- robust synchronisation.
+* :class:`Queue` -- lossless many-to-many messages.
+* :class:`Topic`, :class:`Board`, :class:`Connection` / :class:`Listener`.
+
+Every error is a :class:`ShmlinkError`; every blocking call takes ``timeout=``.
+"""
+
 from . import errors
+from .errors import *  # noqa: F401,F403
+from .segment import Segment, SegmentInfo, gc, info, list_segments, remove
+
+__version__ = "0.1.0"
+
+__all__ = ["Segment", "SegmentInfo", "list_segments", "info", "gc", "remove", "__version__"]
+__all__ += errors.__all__
+
+from .queue import MessageView, Queue
+from .sync import Event, Mutex
+
+__all__ += ["Mutex", "Event", "Queue", "MessageView"]

@@ -1,0 +1,397 @@
+"""The lossless many-to-many message queue: :class:`Queue`.
+
+A queue is a segment holding a byte ring (``struct shmlink_ring`` in
+``include/shmlink.h``).  Messages are variable-length, from 0 bytes up to
+``max_message_size``.  Producers serialise on one robust lock, consumers on
+another; each lock is held only for a memcpy.  The C core does the copying,
+checks every offset and length it reads from shared memory, and waits with
+the GIL released.
+
+Guarantees:
+
+* per-producer FIFO order; every message whose ``send`` returned is received
+  exactly once (unless the queue is unlinked and forgotten);
+* a producer killed mid-send leaves no trace of the message; a consumer
+  killed mid-receive leaves the message for the others; a lock held by a
+  process that died is taken over within ~20 ms by the next process that
+  needs it;
+* a ring overwritten with garbage raises :class:`CorruptSegment`, never
+  reads or writes outside the mapping.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Iterable, Iterator
+
+from . import _core
+from .errors import SegmentClosed, Timeout
+from .segment import DATA_OFFSET, _Named
+from .sync import deadline_of
+
+__all__ = ["Queue", "MessageView", "WAIT_STRATEGIES"]
+
+#: How long each strategy spins (ns) before sleeping on a futex; -1 = until the deadline.
+WAIT_STRATEGIES = {"block": 0, "hybrid": 50_000, "spin": -1}
+
+
+def _spin_of(wait: str) -> int:
+    try:
+        return WAIT_STRATEGIES[wait]
+    except KeyError:
+        raise ValueError(
+            f"wait must be one of {', '.join(map(repr, WAIT_STRATEGIES))}, not {wait!r}"
+        ) from None
+
+
+class MessageView:
+    """A zero-copy received message: a read-only memoryview into the ring.
+
+    While it is open this handle holds the queue's consumer lock (other
+    consumers wait), so keep it short.  Leaving the ``with`` block normally
+    consumes the message; leaving it by an exception leaves the message in
+    the queue for the next receive.  :meth:`release` does the same
+    explicitly.
+    """
+
+    __slots__ = ("_queue", "_view", "_done")
+
+    def __init__(self, queue: "Queue", view: memoryview) -> None:
+        self._queue = queue
+        self._view = view
+        self._done = False
+
+    @property
+    def data(self) -> memoryview:
+        if self._done:
+            raise ValueError("the message view was released")
+        return self._view
+
+    def release(self, *, consume: bool = True) -> None:
+        """Release the view; consume the message unless ``consume=False``.
+
+        Raises ``BufferError`` if objects made from the view (numpy arrays,
+        further memoryviews) are still alive: drop them first.
+        """
+        if self._done:
+            return
+        self._view.release()
+        self._done = True
+        self._queue._ring.view_end(consume)
+
+    def __enter__(self) -> memoryview:
+        return self.data
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        self.release(consume=exc_type is None)
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.data)
+
+    def __del__(self) -> None:
+        try:
+            if not self._done:
+                self.release(consume=False)
+        except Exception:
+            pass
+
+
+class Queue(_Named):
+    """A named, lossless, bounded queue of variable-length messages.
+
+    Many producers and many consumers, in any processes.  Blocking calls
+    take ``timeout=`` (seconds; None = forever; 0 = don't wait) and raise
+    :class:`Timeout` when it runs out; ``try_`` twins return False/None
+    instead.  How a blocked call waits is the handle's ``wait`` strategy:
+    ``"hybrid"`` (default) spins ~50 µs then sleeps, ``"block"`` sleeps at
+    once, ``"spin"`` never sleeps (lowest latency, burns a core).
+    """
+
+    KIND = "queue"
+    _ring: Any = None
+    _spin = WAIT_STRATEGIES["hybrid"]
+    _wait = "hybrid"
+
+    @classmethod
+    def create(cls, name: str, capacity: int = 1 << 20, *, max_message_size: int | None = None,
+               wait: str = "hybrid", mode: int = 0o600, lifetime: str = "persist") -> "Queue":
+        """Create a new, empty queue; fail if the name exists.
+
+        Parameters
+        ----------
+        name : str
+            Queue name (letters, digits, ``_ . -``).
+        capacity : int
+            Bytes of message storage (rounded up to a multiple of 8, at least
+            64).  Each message takes 8 bytes of header plus its length
+            rounded up to 8.
+        max_message_size : int, optional
+            Largest message accepted by ``send``; default and maximum:
+            ``capacity - 8``.
+        wait : {"hybrid", "block", "spin"}
+            How this handle waits.
+        """
+        _spin_of(wait)
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 64:
+            from .errors import InvalidSize
+            raise InvalidSize(f"queue {name!r}: capacity must be an int >= 64 bytes, not {capacity!r}")
+        capacity = (capacity + 7) & ~7
+        if max_message_size is not None:
+            if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) \
+                    or not 1 <= max_message_size <= capacity - 8:
+                from .errors import InvalidSize
+                raise InvalidSize(
+                    f"queue {name!r}: max_message_size must be between 1 and capacity - 8 "
+                    f"({capacity - 8}), not {max_message_size!r}"
+                )
+        size = _core.RING_HEADER + capacity
+        mm_max = 0 if max_message_size is None else max_message_size
+
+        def init(mm: Any) -> None:
+            _core.ring_init(mm, DATA_OFFSET, size, mm_max)
+
+        q = cls._create_kind(name, size, kind=cls._kind_id(), mode=mode, lifetime=lifetime,
+                             init=init)
+        q.wait = wait
+        return q
+
+    @classmethod
+    def open(cls, name: str, *, wait: str = "hybrid", timeout: float | None = 5.0) -> "Queue":
+        """Open an existing queue by name."""
+        _spin_of(wait)
+        q = cls._open_kind(name, timeout=timeout)
+        q.wait = wait
+        return q
+
+    @classmethod
+    def create_or_open(cls, name: str, capacity: int = 1 << 20, *,
+                       max_message_size: int | None = None, wait: str = "hybrid",
+                       mode: int = 0o600, lifetime: str = "persist",
+                       timeout: float | None = 5.0) -> "Queue":
+        """Create the queue, or open it if it exists (``.created`` tells which)."""
+        while True:
+            try:
+                return cls.create(name, capacity, max_message_size=max_message_size, wait=wait,
+                                  mode=mode, lifetime=lifetime)
+            except FileExistsError:
+                pass
+            try:
+                return cls.open(name, wait=wait, timeout=timeout)
+            except FileNotFoundError:
+                continue
+
+    def _attach(self) -> None:
+        m = self._mapping()
+        self._ring = _core.Ring(m.mm, DATA_OFFSET, m.header.data_size)
+
+    def _detach_kind(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+
+    def _r(self) -> Any:
+        if self._ring is None:
+            raise SegmentClosed(f"queue {self._name!r} is closed; open it again to use it")
+        return self._ring
+
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return {"wait": self._wait}
+
+    # -- configuration and introspection --
+
+    @property
+    def wait(self) -> str:
+        """This handle's wait strategy: "hybrid", "block" or "spin"."""
+        return self._wait
+
+    @wait.setter
+    def wait(self, value: str) -> None:
+        self._spin = _spin_of(value)
+        self._wait = value
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of message storage."""
+        return self._r().capacity
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest message ``send`` accepts."""
+        return self._r().max_message
+
+    def stats(self) -> dict[str, int]:
+        """Counters: capacity, max_message, used bytes, sent, received (all processes)."""
+        return self._r().stats()
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes of storage free now."""
+        s = self.stats()
+        return s["capacity"] - s["used"]
+
+    @property
+    def sent(self) -> int:
+        """Messages sent into the queue, by all producers, since creation."""
+        return self.stats()["sent"]
+
+    @property
+    def received(self) -> int:
+        """Messages taken out, by all consumers, since creation."""
+        return self.stats()["received"]
+
+    def __len__(self) -> int:
+        s = self.stats()
+        return max(0, s["sent"] - s["received"])
+
+    def state(self) -> dict[str, Any]:
+        """Kind-specific state for ``shmlink info``."""
+        s = self.stats()
+        return {"depth": max(0, s["sent"] - s["received"]), "capacity": s["capacity"],
+                "used_bytes": s["used"], "max_message_size": s["max_message"],
+                "sent": s["sent"], "received": s["received"]}
+
+    # -- sending --
+
+    def send(self, data: Any, *, timeout: float | None = None) -> None:
+        """Append one message (any bytes-like object), waiting while the queue is full.
+
+        Raises
+        ------
+        Timeout
+            If there was no room within ``timeout`` seconds (nothing was sent).
+        MessageTooLarge
+            If ``len(data) > max_message_size``.
+        """
+        if not self._r().send(data, deadline_of(timeout), self._spin):
+            raise Timeout(f"queue {self._name!r} stayed full for {timeout} s; nothing was sent")
+
+    def try_send(self, data: Any) -> bool:
+        """Append one message if there is room now; True if it was sent."""
+        return self._r().try_send(data)
+
+    def send_many(self, messages: Iterable[Any], *, timeout: float | None = None) -> int:
+        """Append messages in order, taking the producer lock as few times as room allows.
+
+        Returns
+        -------
+        int
+            How many were sent (all of them).
+
+        Raises
+        ------
+        Timeout
+            If room ran out for ``timeout`` seconds; ``err.sent`` says how many
+            went in (the first ``err.sent``, in order).
+        """
+        if not isinstance(messages, (list, tuple)):
+            messages = list(messages)
+        n = self._r().send_many(messages, deadline_of(timeout), self._spin)
+        if n < len(messages):
+            err = Timeout(f"queue {self._name!r} stayed full for {timeout} s; sent {n} of "
+                          f"{len(messages)} messages")
+            err.sent = n  # type: ignore[attr-defined]
+            raise err
+        return n
+
+    def send_text(self, text: str, *, encoding: str = "utf-8", timeout: float | None = None) -> None:
+        """Send ``text`` encoded."""
+        self.send(text.encode(encoding), timeout=timeout)
+
+    def send_object(self, obj: Any, *, timeout: float | None = None) -> None:
+        """Send any picklable object."""
+        self.send(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), timeout=timeout)
+
+    # -- receiving --
+
+    def recv(self, *, timeout: float | None = None) -> bytes:
+        """Take the oldest message, waiting until one arrives.
+
+        Raises
+        ------
+        Timeout
+            If none arrived within ``timeout`` seconds.
+        """
+        data = self._r().recv(deadline_of(timeout), self._spin)
+        if data is None:
+            raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
+        return data
+
+    def try_recv(self) -> bytes | None:
+        """Take the oldest message if there is one now, else None."""
+        return self._r().try_recv()
+
+    def recv_many(self, max_count: int, *, timeout: float | None = None) -> list[bytes]:
+        """Wait for at least one message, then take up to ``max_count`` at once.
+
+        Raises
+        ------
+        Timeout
+            If none arrived within ``timeout`` seconds.
+        """
+        out = self._r().recv_many(max_count, deadline_of(timeout), self._spin)
+        if not out:
+            raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
+        return out
+
+    def recv_into(self, buffer: Any, *, timeout: float | None = None) -> int:
+        """Copy the oldest message into a writable buffer; return its length.
+
+        Raises
+        ------
+        MessageTooLarge
+            If the message does not fit; it stays in the queue.
+        Timeout
+            If none arrived within ``timeout`` seconds.
+        """
+        n = self._r().recv_into(buffer, deadline_of(timeout), self._spin)
+        if n is None:
+            raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
+        return n
+
+    def recv_view(self, *, timeout: float | None = None) -> MessageView:
+        """Zero-copy receive: a :class:`MessageView` of the oldest message.
+
+        Use it as ``with q.recv_view() as mv: ...``: ``mv`` is a read-only
+        memoryview into the ring, valid inside the block.
+
+        Raises
+        ------
+        Timeout
+            If none arrived within ``timeout`` seconds.
+        """
+        ring = self._r()
+        got = ring.view_begin(deadline_of(timeout), self._spin)
+        if got is None:
+            raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
+        offset, length = got
+        try:
+            with memoryview(self._mm) as whole:
+                view = whole.toreadonly()[offset:offset + length]
+        except BaseException:
+            ring.view_end(False)
+            raise
+        return MessageView(self, view)
+
+    def recv_text(self, *, encoding: str = "utf-8", timeout: float | None = None) -> str:
+        """Receive a message and decode it."""
+        return self.recv(timeout=timeout).decode(encoding)
+
+    def recv_object(self, *, timeout: float | None = None) -> Any:
+        """Receive a message sent with :meth:`send_object`.
+
+        Only unpickle messages from processes you trust.
+        """
+        return pickle.loads(self.recv(timeout=timeout))
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages as they arrive, forever (break out, or Ctrl-C)."""
+        while True:
+            yield self.recv()
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<shmlink.Queue {self._name!r} closed>"
+        return f"<shmlink.Queue {self._name!r} capacity={self.capacity} depth={len(self)}>"

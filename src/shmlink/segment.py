@@ -1,0 +1,1130 @@
+"""Named shared memory: :class:`Segment`.
+
+A name maps to one file ``shmlink.<name>`` in the shared-memory directory
+(``/dev/shm``), or, for file-backed segments, to a regular file of the
+caller's choosing.  A fixed header (see ``include/shmlink.h``) precedes the
+data area, which starts one page in and holds exactly ``size`` bytes.
+
+How the pieces fit:
+
+* **Creation is atomic by construction.**  The creator builds the whole
+  segment (header, the kind's control block) under a temporary name, marks it
+  ready, and only then ``link()``\\ s it to its real name.  An opener can never
+  see a half-initialised shmlink segment; a creator killed half-way leaves a
+  temporary file that ``gc`` removes.  Openers still check the ready flag, for
+  segments laid out in place by C programs.
+* **Liveness is tracked by the kernel.**  Every process that has a segment
+  open holds a shared ``flock`` on its file; the kernel drops it when the
+  process dies, however it dies.  Nobody holds it <=> nobody uses the segment.
+  The participant table in the header records PIDs (with process start times,
+  so a reused PID is not mistaken for life) for introspection.
+* **Lifetime is explicit.**  ``lifetime="persist"`` (default): the segment
+  stays until :meth:`Segment.unlink` or ``shmlink rm``.  ``lifetime="auto"``:
+  it is removed when its last participant closes, or, when the last one died,
+  by the next ``shmlink gc``.  :meth:`Segment.close` never unlinks otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import mmap
+import os
+import re
+import secrets
+import stat
+import struct
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from . import _core
+from .errors import (
+    AccessDenied,
+    CorruptSegment,
+    CreatorDied,
+    IncompatibleSegment,
+    InvalidName,
+    InvalidSize,
+    OutOfRange,
+    SegmentBusy,
+    SegmentClosed,
+    SegmentExists,
+    SegmentNotFound,
+    TextDecodeError,
+    TextTooLong,
+    Timeout,
+    TooManyParticipants,
+    WrongKind,
+)
+
+__all__ = ["Segment", "SegmentInfo", "list_segments", "gc", "remove", "shm_dir", "KINDS"]
+
+# --- layout (mirrors struct shmlink_header in include/shmlink.h) -----------
+
+MAGIC = 0x4B4E494C4D485301
+LAYOUT_VERSION = _core.LAYOUT_VERSION
+DATA_OFFSET = _core.DATA_OFFSET
+MAX_PARTICIPANTS = _core.MAX_PARTICIPANTS
+PREFIX = "shmlink."
+_TMP_MARK = ".new."  # PREFIX + _TMP_MARK + "<pid>.<rand>." + name: a segment being created
+
+_HDR = struct.Struct("<QIIQQQIIQQIII")  # up to kind_version
+_OFF_READY = 64
+_OFF_PARTICIPANTS = 128
+_PART = struct.Struct("<IIQ")
+
+FLAG_AUTO = 0x1
+
+KINDS = {
+    1: "segment",
+    2: "mutex",
+    3: "event",
+    4: "queue",
+    5: "topic",
+    6: "board",
+    7: "listener",
+    8: "connection",
+}
+_KIND_IDS = {v: k for k, v in KINDS.items()}
+
+NAME_MAX = 200
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
+
+
+def shm_dir() -> str:
+    """The directory named segments live in (``$SHMLINK_DIR`` or ``/dev/shm``)."""
+    return os.environ.get("SHMLINK_DIR", "/dev/shm")
+
+
+def validate_name(name: object) -> str:
+    """Check a segment name; return it.
+
+    Raises
+    ------
+    InvalidName
+        Unless the name is 1-200 characters of letters, digits, ``_ . -``,
+        not starting with ``.`` or ``-``, without ``..``.
+    """
+    if not isinstance(name, str):
+        raise InvalidName(f"segment name must be a str, not {type(name).__name__}")
+    if not name:
+        raise InvalidName("segment name is empty; pick a name such as 'sensor-1'")
+    if len(name) > NAME_MAX:
+        raise InvalidName(
+            f"segment name {name[:40]!r}... is {len(name)} characters; the limit is {NAME_MAX}"
+        )
+    if not _NAME_RE.match(name) or ".." in name:
+        raise InvalidName(
+            f"segment name {name!r} is not allowed: use letters, digits, '_', '.' and '-' "
+            "(no '/', NUL, '..', or a leading '.' or '-')"
+        )
+    return name
+
+
+def _name_path(name: str) -> str:
+    return os.path.join(shm_dir(), PREFIX + validate_name(name))
+
+
+def _start_time(pid: int) -> int:
+    return _core.process_start_time(pid)
+
+
+_self_identity: tuple[int, int] | None = None
+
+
+def _identity() -> tuple[int, int]:
+    global _self_identity
+    pid = os.getpid()
+    if _self_identity is None or _self_identity[0] != pid:
+        _self_identity = (pid, _start_time(pid))
+    return _self_identity
+
+
+# --- header parsing ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    kind: int
+    data_size: int
+    total_size: int
+    creator_pid: int
+    flags: int
+    creator_start: int
+    created_ns: int
+    ready: int
+    kind_version: int
+
+
+def _parse_header(raw: bytes, file_size: int, where: str) -> _Header:
+    """Validate a header read from untrusted memory."""
+    if len(raw) < _HDR.size or file_size < DATA_OFFSET:
+        raise IncompatibleSegment(
+            f"{where} is {file_size} bytes, too small to be a shmlink segment; "
+            "it was not made by shmlink: remove it or use another name"
+        )
+    (magic, version, kind, data_offset, data_size, total_size, creator_pid, flags,
+     creator_start, created_ns, ready, max_parts, kind_version) = _HDR.unpack_from(raw)
+    if magic != MAGIC:
+        raise IncompatibleSegment(
+            f"{where} is not a shmlink segment (bad magic 0x{magic:016x}); "
+            "another program owns this file: use another name"
+        )
+    if version != LAYOUT_VERSION:
+        raise IncompatibleSegment(
+            f"{where} has layout version {version}, this shmlink speaks {LAYOUT_VERSION}; "
+            "use the same shmlink version on both sides"
+        )
+    if kind not in KINDS:
+        raise CorruptSegment(f"{where} has an unknown kind {kind}; the header is corrupt")
+    if data_offset != DATA_OFFSET or max_parts != MAX_PARTICIPANTS:
+        raise CorruptSegment(
+            f"{where} has data_offset {data_offset} / {max_parts} participant slots; "
+            "the header is corrupt: remove the segment and recreate it"
+        )
+    if data_size <= 0 or total_size != DATA_OFFSET + data_size or total_size != file_size:
+        raise CorruptSegment(
+            f"{where} header says {data_size} data bytes ({total_size} total) but the file "
+            f"has {file_size}; the segment is corrupt or truncated: remove it and recreate it"
+        )
+    return _Header(kind, data_size, total_size, creator_pid, flags, creator_start,
+                   created_ns, ready, kind_version)
+
+
+# --- the process-local registry of mappings ----------------------------------
+
+
+class _Mapping:
+    """One open file and its mapping, shared by every handle of this process."""
+
+    def __init__(self, key: str, path: str, fd: int, mm: mmap.mmap, header: _Header,
+                 readonly: bool) -> None:
+        self.key = key
+        self.path = path
+        self.fd = fd
+        self.mm = mm
+        self.header = header
+        self.readonly = readonly
+        self.memory = _core.Memory(mm)
+        self.refs = 0
+        self.slot = -1
+        self.pid = os.getpid()
+
+    def register(self) -> None:
+        """Claim a participant slot (read-write mappings only)."""
+        if self.readonly:
+            return
+        pid, start = _identity()
+        mem = self.memory
+        for attempt in range(2):
+            for i in range(MAX_PARTICIPANTS):
+                off = _OFF_PARTICIPANTS + 16 * i
+                cur = mem.load32(off)
+                if cur == 0 or (attempt and not _core.process_alive(cur, mem.load64(off + 8))):
+                    if mem.cas32(off, cur, pid):
+                        mem.store64(off + 8, start)
+                        self.slot = i
+                        return
+        raise TooManyParticipants(
+            f"segment at {self.path}: all {MAX_PARTICIPANTS} participant slots are held "
+            "by live processes; close some handles first"
+        )
+
+    def unregister(self) -> None:
+        if self.slot >= 0 and not self.mm.closed:
+            off = _OFF_PARTICIPANTS + 16 * self.slot
+            pid, _ = _identity()
+            self.memory.cas32(off, pid, 0)
+            self.slot = -1
+
+
+_registry: dict[str, _Mapping] = {}
+_registry_lock = threading.RLock()
+
+
+def _after_fork_in_child() -> None:
+    # The child shares the parent's mappings, but not its participant slots.
+    global _registry_lock
+    _registry_lock = threading.RLock()
+    _registry.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _os_error(err: OSError, what: str, name: str) -> Exception:
+    if err.errno == errno.ENOENT:
+        return SegmentNotFound(f"{what} {name!r} does not exist; create it first (or check the name)")
+    if err.errno == errno.EEXIST:
+        return SegmentExists(f"{what} {name!r} already exists; open it, or unlink it first")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(
+            f"{what} {name!r}: permission denied ({err.strerror}); it belongs to another "
+            "user or was created with a narrower mode"
+        )
+    if err.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM, errno.EINVAL):
+        return InvalidSize(f"{what} {name!r}: the system cannot provide that much memory ({err.strerror})")
+    return err
+
+
+# --- the base of every named object --------------------------------------------
+
+
+class _Named:
+    """Machinery shared by every named object: open/create, registry, lifetime.
+
+    Subclasses set ``KIND`` and override ``_attach`` / ``_detach_kind``.
+    """
+
+    # class-level defaults so close() works on a half-built object
+    _map: _Mapping | None = None
+    _closed = True
+    _name = "?"
+    created = False
+
+    KIND = "segment"
+
+    def __init__(self, *_: Any, **__: Any) -> None:
+        raise TypeError(
+            f"use {type(self).__name__}.create(), .open() or .create_or_open()"
+        )
+
+    # -- machinery shared by every kind --
+
+    @classmethod
+    def _kind_id(cls) -> int:
+        return _KIND_IDS[cls.KIND]
+
+    @classmethod
+    def _create_kind(cls, name: str | None, size: int, *, kind: int, mode: int = 0o600,
+                     path: str | None = None, lifetime: str = "persist",
+                     init: Callable[[mmap.mmap], None] | None = None,
+                     kind_version: int = 0) -> Any:
+        final, key, shown = _resolve(name, path)
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise InvalidSize(f"segment {shown!r}: size must be an int, not {type(size).__name__}")
+        if size <= 0:
+            raise InvalidSize(f"segment {shown!r}: size must be at least 1 byte, not {size}")
+        if size > (1 << 46):
+            raise InvalidSize(f"segment {shown!r}: {size} bytes is more than this machine can map")
+        if lifetime not in ("persist", "auto"):
+            raise ValueError(f"lifetime must be 'persist' or 'auto', not {lifetime!r}")
+        if not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise ValueError(f"mode must be permission bits such as 0o600, not {mode!r}")
+        directory = os.path.dirname(final) or "."
+        try:
+            free = os.statvfs(directory)
+            avail = free.f_bavail * free.f_frsize
+        except OSError:
+            avail = None
+        total = DATA_OFFSET + size
+        if avail is not None and total > avail:
+            raise InvalidSize(
+                f"segment {shown!r}: {size} bytes do not fit in {directory} ({avail} bytes "
+                "free); pick a smaller size or free some space"
+            )
+        if os.path.lexists(final):
+            raise SegmentExists(f"segment {shown!r} already exists; open it, or unlink it first")
+        pid, start = _identity()
+        # Built under a temporary name in the same directory, linked into place
+        # when ready.  In /dev/shm the name marks it for gc; for file-backed
+        # segments it is a hidden file beside the target.
+        tag = f"{pid}.{secrets.token_hex(4)}."
+        base = os.path.basename(final)
+        tmp = os.path.join(directory, (PREFIX + _TMP_MARK + tag + base[len(PREFIX):])
+                           if path is None else ("." + base + _TMP_MARK + tag.rstrip(".")))
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        except OSError as e:
+            raise _os_error(e, "segment", shown) from None
+        mm = None
+        mapping = None
+        try:
+            os.fchmod(fd, mode)  # the umask must not narrow or widen what was asked
+            try:
+                os.posix_fallocate(fd, 0, total)  # reserve now: no SIGBUS on first touch
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise _os_error(e, "segment", shown) from None
+                os.ftruncate(fd, total)
+            mm = mmap.mmap(fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            flags = FLAG_AUTO if lifetime == "auto" else 0
+            _HDR.pack_into(mm, 0, MAGIC, LAYOUT_VERSION, kind, DATA_OFFSET, size, total, pid,
+                           flags, start, time.time_ns(), 0, MAX_PARTICIPANTS, kind_version)
+            if init is not None:
+                init(mm)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            header = _parse_header(mm[:_HDR.size], total, shown)
+            mapping = _Mapping(key, final, fd, mm, header, readonly=False)
+            mapping.register()
+            # SYNC: ready is published by a seq-cst store; openers acquire-load it.
+            mapping.memory.store32(_OFF_READY, 1)
+            try:
+                os.link(tmp, final)
+            except OSError as e:
+                raise _os_error(e, "segment", shown) from None
+        except BaseException:
+            if mapping is not None:
+                mapping.memory.release()
+            if mm is not None:
+                mm.close()
+            os.close(fd)
+            raise
+        finally:
+            _unlink_quiet(tmp)
+        with _registry_lock:
+            # A stale entry for this key means the name was unlinked and
+            # recreated under us: the new file is a different segment.
+            old = _registry.get(key)
+            if old is not None:
+                _registry.pop(key)
+            _registry[key] = mapping
+        obj = cls._wrap(mapping, shown, created=True)
+        return obj
+
+    @classmethod
+    def _open_kind(cls, name: str | None, *, path: str | None = None, readonly: bool = False,
+                   timeout: float | None = 5.0) -> Any:
+        final, key, shown = _resolve(name, path)
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        with _registry_lock:
+            m = _registry.get(key)
+            if m is not None and not m.mm.closed and _still_linked(m):
+                if m.readonly and not readonly:
+                    raise AccessDenied(
+                        f"segment {shown!r} is already mapped read-only in this process; "
+                        "close that handle before opening it read-write"
+                    )
+                return cls._wrap(m, shown, created=False)
+        mapping = _attach(final, key, shown, readonly, deadline)
+        with _registry_lock:
+            m = _registry.get(key)
+            if m is not None and not m.mm.closed and _still_linked(m):
+                _detach(mapping, auto_ok=False)  # another thread won the race
+                return cls._wrap(m, shown, created=False)
+            _registry[key] = mapping
+        try:
+            return cls._wrap(mapping, shown, created=False)
+        except BaseException:
+            with _registry_lock:
+                if _registry.get(key) is mapping and mapping.refs == 0:
+                    _registry.pop(key)
+                    _detach(mapping, auto_ok=False)
+            raise
+
+    @classmethod
+    def _wrap(cls, mapping: _Mapping, shown: str, *, created: bool) -> Any:
+        kind = mapping.header.kind
+        if kind != cls._kind_id():
+            raise WrongKind(
+                f"segment {shown!r} holds a {KINDS.get(kind, kind)}, not a {cls.KIND}; "
+                f"open it with shmlink.{KINDS.get(kind, 'segment').capitalize()}.open()"
+            )
+        obj = object.__new__(cls)
+        obj._map = mapping
+        obj._name = shown
+        obj._closed = False
+        obj.created = created
+        mapping.refs += 1
+        try:
+            obj._attach()
+        except BaseException:
+            mapping.refs -= 1
+            obj._closed = True
+            raise
+        return obj
+
+    def _attach(self) -> None:
+        """Hook for kinds: set up handles on the mapped control block."""
+
+    def _detach_kind(self) -> None:
+        """Hook for kinds: release what _attach took (before the unmap)."""
+
+    # -- properties --
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def path(self) -> str:
+        return self._mapping().path
+
+    @property
+    def size(self) -> int:
+        return self._mapping().header.data_size
+
+    @property
+    def readonly(self) -> bool:
+        return self._mapping().readonly
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def lifetime(self) -> str:
+        return "auto" if self._mapping().header.flags & FLAG_AUTO else "persist"
+
+    @property
+    def creator_pid(self) -> int:
+        return self._mapping().header.creator_pid
+
+    def _mapping(self) -> _Mapping:
+        if self._closed or self._map is None:
+            raise SegmentClosed(f"{self.KIND} {self._name!r} is closed; open it again to use it")
+        return self._map
+
+    def participants(self) -> list[int]:
+        """PIDs of the live processes attached (read-write) to this segment."""
+        return _live_participants(self._mapping().memory)
+
+    # -- lifetime --
+
+    def close(self) -> None:
+        """Detach this handle (idempotent).
+
+        The mapping goes away when the last handle of this process closes.
+        The segment itself stays unless its lifetime is ``"auto"`` and this
+        was the last participant.
+
+        Raises
+        ------
+        SegmentBusy
+            If views of the data are still alive; release them and call
+            close() again (the handle stays open).
+        """
+        if self._closed or self._map is None:
+            self._closed = True
+            return
+        m = self._map
+        with _registry_lock:
+            if m.refs == 1:
+                self._detach_kind()
+                try:
+                    _detach(m, auto_ok=True)
+                except SegmentBusy:
+                    self._attach()
+                    raise
+                if _registry.get(m.key) is m:
+                    _registry.pop(m.key)
+            else:
+                self._detach_kind()
+            m.refs -= 1
+            self._closed = True
+
+    def unlink(self) -> None:
+        """Remove the segment's name now.
+
+        Processes that have it open keep using it; the memory is freed when
+        the last of them closes.  New ``open`` calls fail.
+        """
+        m = self._mapping()
+        try:
+            st = os.stat(m.path)
+            if st.st_ino == os.fstat(m.fd).st_ino:
+                os.unlink(m.path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "Segment":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Never blocks, raises or unlinks: at worst the mapping lives on
+        # until the process exits.
+        try:
+            if not self._closed:
+                self.close()
+        except Exception:
+            pass
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by name: the receiving process opens its own mapping.
+        m = self._mapping()
+        is_file = not m.path.startswith(os.path.join(shm_dir(), PREFIX))
+        return (_reopen, (type(self), None if is_file else self._name,
+                          m.path if is_file else None, m.readonly, self._reopen_kwargs()))
+
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<shmlink.{type(self).__name__} {self._name!r} closed>"
+        return f"<shmlink.{type(self).__name__} {self._name!r} size={self.size}>"
+
+    # -- for kinds: the data area as the kind's control block --
+
+    @property
+    def _memory(self) -> Any:
+        return self._mapping().memory
+
+    @property
+    def _mm(self) -> mmap.mmap:
+        return self._mapping().mm
+
+
+class Segment(_Named):
+    """A named block of shared memory.
+
+    Use the named constructors :meth:`create`, :meth:`open` and
+    :meth:`create_or_open`; the same name opened twice in one process shares
+    one mapping.  A handle is a context manager; :meth:`close` detaches this
+    handle, :meth:`unlink` removes the name.
+
+    Attributes
+    ----------
+    name : str
+        The segment's name (for file-backed segments, the file's base name).
+    path : str
+        The file behind the segment.
+    size : int
+        Exact size of the data area, as the creator asked.
+    readonly : bool
+        Whether this handle maps the segment read-only.
+    created : bool
+        True if this handle created the segment (``create``, or
+        ``create_or_open`` when the name was free).
+    """
+
+    KIND = "segment"
+
+    # -- constructors --
+
+    @classmethod
+    def create(cls, name: str | None, size: int, *, mode: int = 0o600, path: str | None = None,
+               lifetime: str = "persist") -> "Segment":
+        """Create a new segment; fail if the name exists.
+
+        Parameters
+        ----------
+        name : str
+            Segment name: letters, digits, ``_ . -``; at most 200 characters.
+            Ignored (may be None) when ``path`` is given.
+        size : int
+            Exact size of the data area in bytes (>= 1).
+        mode : int
+            Permission bits of the file (default ``0o600``: this user only).
+        path : str, optional
+            Keep the segment in this regular file instead of ``/dev/shm``:
+            it outlives a reboot and can live on any local filesystem.
+        lifetime : {"persist", "auto"}
+            ``persist``: stays until unlinked.  ``auto``: removed when the
+            last participant closes (or, after a crash, by ``shmlink gc``).
+
+        Raises
+        ------
+        SegmentExists, InvalidName, InvalidSize, AccessDenied
+        """
+        return cls._create_kind(name, size, kind=1, mode=mode, path=path, lifetime=lifetime)
+
+    @classmethod
+    def open(cls, name: str | None = None, *, path: str | None = None, readonly: bool = False,
+             timeout: float | None = 5.0) -> "Segment":
+        """Open an existing segment by name (or ``path``); never creates.
+
+        Parameters
+        ----------
+        name : str
+            The segment's name.
+        path : str, optional
+            Open a file-backed segment at this path instead.
+        readonly : bool
+            Map read-only: writes raise, the participant table is not touched.
+        timeout : float or None
+            How long to wait for a segment whose creator is still
+            initialising it (seconds; None = forever).
+
+        Raises
+        ------
+        SegmentNotFound, IncompatibleSegment, CorruptSegment, CreatorDied,
+        Timeout, AccessDenied, WrongKind
+        """
+        return cls._open_kind(name, path=path, readonly=readonly, timeout=timeout)
+
+    @classmethod
+    def create_or_open(cls, name: str | None, size: int, *, mode: int = 0o600,
+                       path: str | None = None, lifetime: str = "persist",
+                       timeout: float | None = 5.0) -> "Segment":
+        """Create the segment, or open it if it exists.
+
+        ``handle.created`` tells which happened.  When opened, the existing
+        segment's size wins (``handle.size``), whatever ``size`` says.
+        """
+        while True:
+            try:
+                return cls.create(name, size, mode=mode, path=path, lifetime=lifetime)
+            except SegmentExists:
+                pass
+            try:
+                return cls.open(name, path=path, timeout=timeout)
+            except SegmentNotFound:
+                continue  # removed between the two: try creating again
+
+    # -- data access --
+
+    @property
+    def buf(self) -> memoryview:
+        """A zero-copy view of the whole data area.
+
+        Release it (``with seg.buf as b:`` or ``b.release()``) before
+        :meth:`close`; closing with live views raises :class:`SegmentBusy`.
+        """
+        return self.view()
+
+    def view(self, offset: int = 0, length: int | None = None) -> memoryview:
+        """A zero-copy memoryview of ``length`` bytes at ``offset`` of the data area.
+
+        Raises
+        ------
+        OutOfRange
+            If the range does not lie within the data area.
+        """
+        m = self._mapping()
+        offset, length = self._range(offset, length)
+        with memoryview(m.mm) as whole:
+            return whole[DATA_OFFSET + offset:DATA_OFFSET + offset + length]
+
+    def _range(self, offset: int, length: int | None) -> tuple[int, int]:
+        size = self.size
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise TypeError("offset must be an int")
+        if offset < 0 or offset > size:
+            raise OutOfRange(f"segment {self._name!r}: offset {offset} is outside 0..{size}")
+        if length is None:
+            length = size - offset
+        if length < 0 or offset + length > size:
+            raise OutOfRange(
+                f"segment {self._name!r}: {length} bytes at offset {offset} overrun its "
+                f"{size}-byte data area"
+            )
+        return offset, length
+
+    def read(self, offset: int = 0, n: int | None = None) -> bytes:
+        """Copy ``n`` bytes (default: to the end) from ``offset`` of the data area."""
+        m = self._mapping()
+        offset, n = self._range(offset, n)
+        return m.mm[DATA_OFFSET + offset:DATA_OFFSET + offset + n]
+
+    def write(self, data: Any, offset: int = 0) -> int:
+        """Copy a bytes-like object into the data area at ``offset``; returns its length.
+
+        Raises
+        ------
+        OutOfRange
+            If it does not fit (nothing is written).
+        AccessDenied
+            If the handle is read-only.
+        """
+        m = self._mapping()
+        with memoryview(data) as src:
+            src = src.cast("B") if src.format != "B" or src.ndim != 1 else src
+            n = src.nbytes
+            offset, n = self._range(offset, n)
+            self._writable(m)
+            m.mm[DATA_OFFSET + offset:DATA_OFFSET + offset + n] = src
+        return n
+
+    def _writable(self, m: _Mapping) -> None:
+        if m.readonly:
+            raise AccessDenied(f"segment {self._name!r} is open read-only; open it with readonly=False")
+
+    def write_text(self, text: str, encoding: str = "utf-8", offset: int = 0) -> int:
+        """Write ``text`` NUL-terminated at ``offset``; returns bytes written (with the NUL).
+
+        The terminator is one code unit of the encoding (2 bytes for UTF-16,
+        4 for UTF-32), as a C program reading ``char*`` or ``wchar_t*`` expects.
+
+        Raises
+        ------
+        TextTooLong
+            If the encoded text and its terminator do not fit (nothing is written).
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"write_text() takes a str, not {type(text).__name__}")
+        encoded = text.encode(encoding)
+        unit = _code_unit(encoding)
+        if "\0" in text:
+            raise ValueError("text holds a NUL character, which would end it early for readers")
+        data = encoded + b"\0" * unit
+        size = self.size
+        if offset < 0 or offset + len(data) > size:
+            raise TextTooLong(
+                f"segment {self._name!r}: {len(encoded)} bytes of {encoding} text plus its "
+                f"{unit}-byte NUL do not fit in {max(0, size - offset)} bytes at offset {offset}; "
+                "shorten the text or create a larger segment"
+            )
+        return self.write(data, offset)
+
+    def read_text(self, encoding: str = "utf-8", offset: int = 0, *, errors: str = "strict") -> str:
+        """Read NUL-terminated text at ``offset`` (up to the end if there is no NUL).
+
+        Raises
+        ------
+        TextDecodeError
+            If the bytes are not valid in ``encoding`` (pass ``errors="replace"``
+            to decode anyway).
+        """
+        m = self._mapping()
+        offset, n = self._range(offset, None)
+        unit = _code_unit(encoding)
+        start = DATA_OFFSET + offset
+        end = start + n
+        if unit == 1:
+            nul = m.mm.find(b"\0", start, end)
+            stop = end if nul < 0 else nul
+        else:
+            stop = end - (n % unit)
+            pos = start
+            zero = b"\0" * unit
+            while True:
+                nul = m.mm.find(zero, pos, stop)
+                if nul < 0:
+                    break
+                if (nul - start) % unit == 0:
+                    stop = nul
+                    break
+                pos = nul + 1
+        raw = m.mm[start:stop]
+        try:
+            return raw.decode(encoding, errors)
+        except UnicodeDecodeError as e:
+            raise TextDecodeError(
+                f"segment {self._name!r}: bytes at offset {offset + e.start} are not valid "
+                f"{encoding} ({e.reason}); pass the encoding the writer used, or errors='replace'"
+            ) from None
+
+    def clear(self) -> None:
+        """Set every byte of the data area to zero."""
+        m = self._mapping()
+        self._writable(m)
+        chunk = 1 << 20
+        zeros = bytes(min(chunk, self.size))
+        pos = 0
+        while pos < self.size:
+            n = min(chunk, self.size - pos)
+            m.mm[DATA_OFFSET + pos:DATA_OFFSET + pos + n] = zeros[:n]
+            pos += n
+
+
+
+def _reopen(cls: type, name: str | None, path: str | None, readonly: bool,
+            kwargs: dict[str, Any]) -> Any:
+    if cls is Segment:
+        return Segment.open(name, path=path, readonly=readonly)
+    if path is not None:
+        kwargs = dict(kwargs, path=path)
+    return cls.open(name, **kwargs)
+
+
+def _code_unit(encoding: str) -> int:
+    enc = encoding.lower().replace("_", "-")
+    if enc.startswith(("utf-16", "utf16")):
+        return 2
+    if enc.startswith(("utf-32", "utf32")):
+        return 4
+    return 1
+
+
+def _resolve(name: str | None, path: str | None) -> tuple[str, str, str]:
+    """(file path, registry key, name to show) of a name or a file path."""
+    if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError("path must be a str or os.PathLike")
+        full = os.path.abspath(os.fspath(path))
+        return full, full, os.path.basename(full)
+    full = _name_path(name)  # validates
+    return full, full, name  # type: ignore[return-value]
+
+
+def _still_linked(m: _Mapping) -> bool:
+    try:
+        st = os.stat(m.path)
+        return st.st_ino == os.fstat(m.fd).st_ino
+    except OSError:
+        return False
+
+
+def _attach(final: str, key: str, shown: str, readonly: bool,
+            deadline: float | None) -> _Mapping:
+    """Open, lock, validate and map a segment file, waiting for it to be ready."""
+    flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NOFOLLOW
+    while True:
+        try:
+            fd = os.open(final, flags)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise IncompatibleSegment(f"segment {shown!r} is a symbolic link; refusing to follow it") from None
+            raise _os_error(e, "segment", shown) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IncompatibleSegment(f"segment {shown!r} is not a regular file")
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            # An "auto" segment may have been unlinked between our open and
+            # our lock: then this file is dead; look the name up again.
+            try:
+                if os.stat(final).st_ino != st.st_ino:
+                    os.close(fd)
+                    continue
+            except FileNotFoundError:
+                os.close(fd)
+                raise SegmentNotFound(f"segment {shown!r} does not exist; create it first (or check the name)") from None
+            size = st.st_size
+            raw = os.pread(fd, _HDR.size, 0)
+            header = _parse_header(raw, size, f"segment {shown!r}")
+            prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            mapping = _Mapping(key, final, fd, mm, header, readonly)
+            _wait_ready(mapping, shown, deadline)
+            mapping.register()
+            return mapping
+        except BaseException:
+            m = locals().get("mapping")
+            if m is not None:
+                m.memory.release()
+                m.mm.close()
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            raise
+
+
+def _wait_ready(m: _Mapping, shown: str, deadline: float | None) -> None:
+    mem = m.memory
+    while mem.load32(_OFF_READY) != 1:
+        ready = mem.load32(_OFF_READY)
+        if ready not in (0, 1):
+            raise CorruptSegment(f"segment {shown!r} has ready flag {ready}; the header is corrupt")
+        h = m.header
+        if not _core.process_alive(h.creator_pid, h.creator_start):
+            raise CreatorDied(
+                f"segment {shown!r}: its creator (PID {h.creator_pid}) died before marking it "
+                "ready; remove it (shmlink rm / shmlink gc) and create it again"
+            )
+        if deadline is not None and time.monotonic() >= deadline:
+            raise Timeout(
+                f"segment {shown!r} is still being initialised by PID {h.creator_pid}; "
+                "wait longer (timeout=) or check that process"
+            )
+        slice_end = time.monotonic() + 0.05
+        mem.wait32(_OFF_READY, 0, slice_end if deadline is None else min(slice_end, deadline))
+
+
+def _detach(m: _Mapping, *, auto_ok: bool) -> None:
+    """Unmap and close one mapping; remove an "auto" segment if we were last."""
+    if m.pid != os.getpid():
+        return  # inherited through fork: the parent owns it
+    try:
+        m.memory.release()
+        m.mm.close()
+    except BufferError:
+        m.memory = _core.Memory(m.mm)
+        raise SegmentBusy(
+            f"segment at {m.path} still has live views (memoryviews or numpy arrays); "
+            "release them, then close() again"
+        ) from None
+    # Participant slot: cleared through a short-lived mapping of the header.
+    if m.slot >= 0 and not m.readonly:
+        try:
+            hm = mmap.mmap(m.fd, DATA_OFFSET, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                mem = _core.Memory(hm)
+                mem.cas32(_OFF_PARTICIPANTS + 16 * m.slot, _identity()[0], 0)
+                mem.release()
+            finally:
+                hm.close()
+        except (OSError, ValueError):
+            pass
+        m.slot = -1
+    try:
+        if auto_ok and m.header.flags & FLAG_AUTO:
+            try:
+                fcntl.flock(m.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # others still attached
+            else:
+                try:
+                    if os.stat(m.path).st_ino == os.fstat(m.fd).st_ino:
+                        os.unlink(m.path)
+                except FileNotFoundError:
+                    pass
+    finally:
+        os.close(m.fd)
+
+
+def _live_participants(mem: Any) -> list[int]:
+    pids = []
+    for i in range(MAX_PARTICIPANTS):
+        off = _OFF_PARTICIPANTS + 16 * i
+        pid = mem.load32(off)
+        if pid and _core.process_alive(pid, mem.load64(off + 8)):
+            pids.append(pid)
+    return sorted(set(pids))
+
+
+# --- listing, inspection, removal -------------------------------------------------
+
+
+@dataclasses.dataclass
+class SegmentInfo:
+    """What :func:`list_segments` knows about one segment file."""
+
+    name: str
+    path: str
+    kind: str
+    size: int
+    creator_pid: int
+    created: float
+    participants: list[int]
+    dead_participants: list[int]
+    lifetime: str
+    in_use: bool
+    error: str | None = None
+
+    @property
+    def age(self) -> float:
+        """Seconds since creation."""
+        return max(0.0, time.time() - self.created) if self.created else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["age"] = round(self.age, 3)
+        return d
+
+
+def _in_use(fd: int) -> bool:
+    """True if any process holds a shared lock on the file (other than us)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def inspect_path(path: str, name: str | None = None) -> SegmentInfo:
+    """Read a segment file's header without attaching to it."""
+    name = name or os.path.basename(path)[len(PREFIX):]
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as e:
+        raise _os_error(e, "segment", name) from None
+    try:
+        st = os.fstat(fd)
+        in_use = _in_use(fd)
+        try:
+            h = _parse_header(os.pread(fd, _HDR.size, 0), st.st_size, f"segment {name!r}")
+        except (IncompatibleSegment, CorruptSegment) as e:
+            return SegmentInfo(name, path, "invalid", st.st_size, 0, st.st_mtime, [], [],
+                               "?", in_use, str(e))
+        table = os.pread(fd, 16 * MAX_PARTICIPANTS, _OFF_PARTICIPANTS)
+        live, dead = [], []
+        for i in range(MAX_PARTICIPANTS):
+            pid, _, start = _PART.unpack_from(table, 16 * i)
+            if pid:
+                (live if _core.process_alive(pid, start) else dead).append(pid)
+        return SegmentInfo(name, path, KINDS[h.kind], h.data_size, h.creator_pid,
+                           h.created_ns / 1e9, sorted(set(live)), sorted(set(dead)),
+                           "auto" if h.flags & FLAG_AUTO else "persist", in_use)
+    finally:
+        os.close(fd)
+
+
+def _segment_files() -> Iterator[tuple[str, str]]:
+    d = shm_dir()
+    try:
+        entries = sorted(os.listdir(d))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.startswith(PREFIX) and not entry.startswith(PREFIX + _TMP_MARK):
+            yield entry[len(PREFIX):], os.path.join(d, entry)
+
+
+def list_segments() -> list[SegmentInfo]:
+    """Every shmlink segment in the shared-memory directory.
+
+    Files named like segments that are not valid shmlink segments are
+    listed with ``kind == "invalid"`` and an ``error``.
+    """
+    out = []
+    for name, path in _segment_files():
+        try:
+            out.append(inspect_path(path, name))
+        except ShmlinkErrorTypes:
+            continue  # vanished or unreadable
+    return out
+
+
+def info(name: str) -> SegmentInfo:
+    """Inspect one segment by name (see :class:`SegmentInfo`)."""
+    return inspect_path(_name_path(name), name)
+
+
+def remove(name: str) -> None:
+    """Remove a segment's name (like :meth:`Segment.unlink`, without opening it)."""
+    try:
+        os.unlink(_name_path(name))
+    except OSError as e:
+        raise _os_error(e, "segment", name) from None
+
+
+def gc(*, dry_run: bool = False) -> list[str]:
+    """Remove segments nobody can use any more; return their names.
+
+    Removed: segments no live process has open whose lifetime is ``auto`` or
+    whose participant table names processes that died without closing, and
+    leftovers of creators killed before they finished.  Kept: anything a
+    live process has open, and ``persist`` segments that were closed cleanly
+    (their data is meant to outlive their users).
+    """
+    removed = []
+    d = shm_dir()
+    try:
+        entries = sorted(os.listdir(d))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not entry.startswith(PREFIX):
+            continue
+        path = os.path.join(d, entry)
+        if entry.startswith(PREFIX + _TMP_MARK):
+            parts = entry[len(PREFIX + _TMP_MARK):].split(".", 2)
+            try:
+                pid = int(parts[0])
+            except ValueError:
+                continue
+            if not _core.process_alive(pid, 0):
+                removed.append(entry)
+                if not dry_run:
+                    _unlink_quiet(path)
+            continue
+        try:
+            si = inspect_path(path, entry[len(PREFIX):])
+        except ShmlinkErrorTypes:
+            continue
+        if si.in_use or si.kind == "invalid":
+            continue
+        if si.lifetime == "auto" or si.dead_participants:
+            removed.append(si.name)
+            if not dry_run:
+                _unlink_quiet(path)
+    return removed
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+ShmlinkErrorTypes = (OSError, IncompatibleSegment, CorruptSegment)

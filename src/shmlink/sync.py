@@ -1,0 +1,320 @@
+"""Named, process-shared synchronisation: :class:`Mutex` and :class:`Event`.
+
+Both live in a small segment of their own.  Waiting goes through the C core:
+futex waits with the GIL released, interruptible by Ctrl-C, bounded by an
+absolute deadline computed once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from .errors import NotOwner, OwnerDied, Timeout
+from .segment import DATA_OFFSET, _Named
+
+__all__ = ["Mutex", "Event", "deadline_of"]
+
+# Mutex control block (offsets within the data area)
+_M_LOCK = DATA_OFFSET + 0  # struct shmlink_lock (16 bytes)
+_M_INCONSISTENT = DATA_OFFSET + 16  # 1 after a holder died, until mark_consistent()
+_M_HOLDER = DATA_OFFSET + 20  # PID of the last holder (kept after it dies)
+_M_DEAD = DATA_OFFSET + 24  # PID of the holder that died
+_M_ACQUISITIONS = DATA_OFFSET + 32  # u64 counter
+_M_SIZE = 64
+
+# Event control block
+_E_STATE = DATA_OFFSET + 0  # 0 clear, 1 set
+_E_AUTO = DATA_OFFSET + 4  # 1 for auto-reset events
+_E_SEQ = DATA_OFFSET + 8  # event count: bumped on set() when someone waits
+_E_WAITERS = DATA_OFFSET + 12
+_E_SETS = DATA_OFFSET + 16  # u64: how many times set() was called
+_E_SIZE = 64
+
+_SPIN_NS = 20_000
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    """The absolute ``time.monotonic()`` deadline of a timeout (None = forever)."""
+    if timeout is None:
+        return None
+    if timeout != timeout or timeout < 0:  # NaN or negative
+        raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
+    return time.monotonic() + timeout
+
+
+class Mutex(_Named):
+    """A named mutex shared by processes, robust against holders that die.
+
+    When the holder dies while holding it, the next :meth:`acquire` takes
+    the lock **and** raises :class:`OwnerDied`: the data it protects may be
+    half-written.  Until someone calls :meth:`mark_consistent` (holding the
+    lock, after repairing the data), every acquirer is told the same way.
+    Not recursive; released only by the thread that acquired it.
+    """
+
+    KIND = "mutex"
+
+    @classmethod
+    def create(cls, name: str, *, mode: int = 0o600, lifetime: str = "persist") -> "Mutex":
+        """Create a new, unlocked mutex; fail if the name exists."""
+        return cls._create_kind(name, _M_SIZE, kind=cls._kind_id(), mode=mode, lifetime=lifetime)
+
+    @classmethod
+    def open(cls, name: str, *, timeout: float | None = 5.0) -> "Mutex":
+        """Open an existing mutex by name."""
+        return cls._open_kind(name, timeout=timeout)
+
+    @classmethod
+    def create_or_open(cls, name: str, *, mode: int = 0o600, lifetime: str = "persist",
+                       timeout: float | None = 5.0) -> "Mutex":
+        """Create the mutex, or open it if it exists (``.created`` tells which)."""
+        while True:
+            try:
+                return cls.create(name, mode=mode, lifetime=lifetime)
+            except FileExistsError:
+                pass
+            try:
+                return cls.open(name, timeout=timeout)
+            except FileNotFoundError:
+                continue
+
+    # The thread holding the lock in this process, shared by all handles of
+    # the same name (they share one mapping).
+    def _holder_thread(self) -> int | None:
+        return getattr(self._mapping(), "mutex_thread", None)
+
+    def acquire(self, *, timeout: float | None = None) -> bool:
+        """Take the lock, waiting up to ``timeout`` seconds (None = forever).
+
+        Returns
+        -------
+        bool
+            True.
+
+        Raises
+        ------
+        Timeout
+            If the lock was not free in time.
+        OwnerDied
+            The lock *is* now held by the caller, but a previous holder died
+            while holding it: repair the data, call :meth:`mark_consistent`,
+            then :meth:`release`.
+        RuntimeError
+            If this thread already holds it (not recursive).
+        """
+        deadline = deadline_of(timeout)
+        mem = self._memory
+        me = threading.get_ident()
+        if self._holder_thread() == me and mem.load32(_M_LOCK) == os.getpid():
+            raise RuntimeError(f"mutex {self._name!r} is already held by this thread (it is not recursive)")
+        r = mem.lock_acquire(_M_LOCK, deadline, _SPIN_NS)
+        if r is None:
+            raise Timeout(
+                f"mutex {self._name!r} still held by PID {mem.load32(_M_LOCK)} after {timeout} s; "
+                "wait longer or find out why that process holds it"
+            )
+        return self._taken(r)
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free now (or its holder died); never waits.
+
+        Raises :class:`OwnerDied` like :meth:`acquire`.
+        """
+        mem = self._memory
+        if self._holder_thread() == threading.get_ident() and mem.load32(_M_LOCK) == os.getpid():
+            return False
+        r = mem.lock_try(_M_LOCK)
+        if r is None:
+            return False
+        return self._taken(r)
+
+    def _taken(self, r: int) -> bool:
+        mem = self._memory
+        previous = mem.load32(_M_HOLDER)
+        mem.store32(_M_HOLDER, os.getpid())
+        mem.add64(_M_ACQUISITIONS, 1)
+        if r == 1:
+            mem.store32(_M_DEAD, previous)
+            mem.store32(_M_INCONSISTENT, 1)
+        self._mapping().mutex_thread = threading.get_ident()  # type: ignore[attr-defined]
+        if mem.load32(_M_INCONSISTENT):
+            dead = mem.load32(_M_DEAD)
+            raise OwnerDied(
+                f"mutex {self._name!r}: a holder (PID {dead}) died while holding it; you now "
+                "hold the lock and the data it protects may be half-written: repair it, "
+                "call mark_consistent(), then release()",
+                previous_pid=dead,
+            )
+        return True
+
+    def release(self) -> None:
+        """Release the lock.
+
+        Raises
+        ------
+        NotOwner
+            If this thread of this process does not hold it.
+        """
+        mem = self._memory
+        m = self._mapping()
+        if mem.load32(_M_LOCK) != os.getpid() or getattr(m, "mutex_thread", None) != threading.get_ident():
+            raise NotOwner(
+                f"mutex {self._name!r} is not held by this thread (holder PID "
+                f"{mem.load32(_M_LOCK) or 'none'}); only the thread that acquired it may release it"
+            )
+        m.mutex_thread = None  # type: ignore[attr-defined]
+        mem.lock_release(_M_LOCK)
+
+    def mark_consistent(self) -> None:
+        """Declare the protected data repaired after :class:`OwnerDied` (hold the lock)."""
+        mem = self._memory
+        if mem.load32(_M_LOCK) != os.getpid() or self._holder_thread() != threading.get_ident():
+            raise NotOwner(f"mutex {self._name!r}: acquire it before calling mark_consistent()")
+        mem.store32(_M_INCONSISTENT, 0)
+
+    @property
+    def holder_pid(self) -> int | None:
+        """PID of the process holding the lock now, or None."""
+        pid = self._memory.load32(_M_LOCK)
+        return pid or None
+
+    def locked(self) -> bool:
+        """Whether some process holds the lock now."""
+        return self._memory.load32(_M_LOCK) != 0
+
+    @property
+    def consistent(self) -> bool:
+        """False after a holder died, until :meth:`mark_consistent`."""
+        return self._memory.load32(_M_INCONSISTENT) == 0
+
+    def __enter__(self) -> "Mutex":
+        try:
+            self.acquire()
+        except OwnerDied:
+            # A with-block cannot repair: release (the lock stays marked
+            # inconsistent, so the next acquirer is told too) and tell ours.
+            self.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def state(self) -> dict[str, Any]:
+        """Kind-specific state for ``shmlink info``."""
+        mem = self._memory
+        return {"holder_pid": self.holder_pid, "consistent": self.consistent,
+                "acquisitions": mem.load64(_M_ACQUISITIONS)}
+
+
+class Event(_Named):
+    """A named event: processes wait until another process sets it.
+
+    No wake-up is ever lost: a :meth:`set` that races a waiter going to sleep
+    wakes it (event count + futex).  With ``auto_reset=True`` each
+    :meth:`wait` that returns consumes the set atomically, so a reader never
+    has to clear it after reading -- the race in which a write lands between
+    "read" and "reset" and is lost (the classic manual-reset flaw) cannot
+    happen.  A manual-reset event stays set until :meth:`clear`.
+    """
+
+    KIND = "event"
+
+    @classmethod
+    def create(cls, name: str, *, auto_reset: bool = False, mode: int = 0o600,
+               lifetime: str = "persist") -> "Event":
+        """Create a new, clear event; fail if the name exists."""
+        def init(mm: Any) -> None:
+            mm[_E_AUTO:_E_AUTO + 4] = (1 if auto_reset else 0).to_bytes(4, "little")
+
+        return cls._create_kind(name, _E_SIZE, kind=cls._kind_id(), mode=mode,
+                                lifetime=lifetime, init=init)
+
+    @classmethod
+    def open(cls, name: str, *, timeout: float | None = 5.0) -> "Event":
+        """Open an existing event by name (its reset mode is the creator's)."""
+        return cls._open_kind(name, timeout=timeout)
+
+    @classmethod
+    def create_or_open(cls, name: str, *, auto_reset: bool = False, mode: int = 0o600,
+                       lifetime: str = "persist", timeout: float | None = 5.0) -> "Event":
+        """Create the event, or open it if it exists (``.created`` tells which)."""
+        while True:
+            try:
+                return cls.create(name, auto_reset=auto_reset, mode=mode, lifetime=lifetime)
+            except FileExistsError:
+                pass
+            try:
+                return cls.open(name, timeout=timeout)
+            except FileNotFoundError:
+                continue
+
+    @property
+    def auto_reset(self) -> bool:
+        return self._memory.load32(_E_AUTO) == 1
+
+    def set(self) -> None:
+        """Set the event and wake its waiters (one of them, for auto-reset)."""
+        mem = self._memory
+        mem.store32(_E_STATE, 1)
+        mem.add64(_E_SETS, 1)
+        mem.fence()
+        if mem.load32(_E_WAITERS):
+            mem.add32(_E_SEQ, 1)
+            mem.wake32(_E_SEQ)  # all: a woken waiter may die before it consumes
+
+    def clear(self) -> None:
+        """Reset the event."""
+        self._memory.store32(_E_STATE, 0)
+
+    def is_set(self) -> bool:
+        """Whether the event is set now."""
+        return self._memory.load32(_E_STATE) == 1
+
+    @property
+    def set_count(self) -> int:
+        """How many times :meth:`set` was called, by anyone."""
+        return self._memory.load64(_E_SETS)
+
+    def _consume(self) -> bool:
+        mem = self._memory
+        if mem.load32(_E_AUTO):
+            return mem.cas32(_E_STATE, 1, 0)
+        return mem.load32(_E_STATE) == 1
+
+    def wait(self, *, timeout: float | None = None) -> bool:
+        """Wait until the event is set; returns True.
+
+        For an auto-reset event, returning consumes the set (the event is
+        clear again, and exactly one waiter returns per set).
+
+        Raises
+        ------
+        Timeout
+            If it was not set within ``timeout`` seconds.
+        """
+        deadline = deadline_of(timeout)
+        mem = self._memory
+        while True:
+            if self._consume():
+                return True
+            seq = mem.load32(_E_SEQ)
+            mem.add32(_E_WAITERS, 1)
+            try:
+                if self._consume():
+                    return True
+                woken = mem.wait32(_E_SEQ, seq, deadline)
+            finally:
+                mem.add32(_E_WAITERS, -1)
+            if not woken and self._consume():
+                return True
+            if not woken:
+                raise Timeout(f"event {self._name!r} was not set within {timeout} s")
+
+    def state(self) -> dict[str, Any]:
+        """Kind-specific state for ``shmlink info``."""
+        return {"set": self.is_set(), "auto_reset": self.auto_reset,
+                "set_count": self.set_count, "waiters": self._memory.load32(_E_WAITERS)}
