@@ -88,6 +88,8 @@ KINDS = {
     8: "connection",
 }
 _KIND_IDS = {v: k for k, v in KINDS.items()}
+#: kind name -> the class that opens it (filled as the kind modules load)
+KIND_CLASSES: dict[str, type] = {}
 
 NAME_MAX = 200
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
@@ -290,6 +292,11 @@ class _Named:
         raise TypeError(
             f"use {type(self).__name__}.create(), .open() or .create_or_open()"
         )
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "KIND" in cls.__dict__:
+            KIND_CLASSES[cls.KIND] = cls
 
     # -- machinery shared by every kind --
 

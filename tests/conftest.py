@@ -1,0 +1,125 @@
+"""Shared fixtures: unique names, real child processes, and a /dev/shm leak check.
+
+Children are started with the "spawn" start method or as subprocesses and are
+given *names*, never mapped objects.  Every join has a timeout; pytest-timeout
+turns a hang into a failure with stacks (see pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+import shmlink
+from shmlink.segment import PREFIX, shm_dir
+
+CTX = multiprocessing.get_context("spawn")
+
+
+def _ours() -> set[str]:
+    try:
+        return {e for e in os.listdir(shm_dir()) if e.startswith(PREFIX)}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers_in_dev_shm():
+    """The whole suite must leave nothing of ours in /dev/shm."""
+    before = _ours()
+    yield
+    # Give killed children's leftovers a chance to be collected the way users would.
+    left = _ours() - before
+    assert not left, f"tests left shared memory behind: {sorted(left)}"
+
+
+@pytest.fixture
+def name(request):
+    """A unique segment name for this test; whatever it names is removed afterwards."""
+    base = f"t-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+    made: list[str] = [base]
+
+    def more(suffix: str = "") -> str:
+        n = f"{base}-{suffix or len(made)}"
+        made.append(n)
+        return n
+
+    request.node.more_names = more
+    yield base
+    _cleanup(made)
+
+
+@pytest.fixture
+def names(request):
+    """A factory of unique names, all removed afterwards."""
+    made: list[str] = []
+    base = f"t-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def make(suffix: str = "") -> str:
+        n = f"{base}-{suffix or len(made)}"
+        made.append(n)
+        return n
+
+    yield make
+    _cleanup(made)
+
+
+def _cleanup(made: list[str]) -> None:
+    for n in made:
+        for entry in list(_ours()):
+            full = entry[len(PREFIX):]
+            # the segment itself, objects derived from it (n-..., n.sub...),
+            # and temporary files of creators killed mid-creation
+            if full == n or full.startswith(n + "-") or full.startswith(n + ".") or (
+                    full.startswith("new.") and full.endswith("." + n)):
+                try:
+                    os.unlink(os.path.join(shm_dir(), entry))
+                except FileNotFoundError:
+                    pass
+
+
+def join_all(procs, timeout: float = 60.0) -> None:
+    """Join processes with one overall deadline; kill and fail on a hang."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [p for p in procs if p.is_alive()]
+    for p in hung:
+        p.kill()
+        p.join(5)
+    assert not hung, f"{len(hung)} child process(es) hung past {timeout} s"
+    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    assert not bad, f"child process(es) failed with exit codes {bad}"
+
+
+def run_python(code: str, *args: str, timeout: float = 60.0, **kw) -> subprocess.CompletedProcess:
+    """Run a Python snippet in a fresh interpreter, with a timeout."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def kill(proc, sig=signal.SIGKILL) -> None:
+    """Send a signal to a multiprocessing.Process or Popen and reap it."""
+    os.kill(proc.pid, sig)
+    if hasattr(proc, "join"):
+        proc.join(10)
+    else:
+        proc.wait(10)
