@@ -76,6 +76,13 @@ class Link:
         """Make the resources; return (spec for side a, spec for side b, parent state)."""
         raise NotImplementedError
 
+    def create_oneway(self, ws: Workspace, size: int, receivers: int) -> tuple[Any, list, Any]:
+        """Resources for one sender and ``receivers`` receivers (point-to-point: exactly 1)."""
+        if receivers != 1:
+            raise ValueError(f"{self.name} is point-to-point; it has exactly one receiver")
+        a, b, state = self.create(ws, size, False)
+        return a, [b], state
+
     def destroy(self, state: Any) -> None:
         """Release what ``create`` made (parent side)."""
 
@@ -516,16 +523,29 @@ def iox2_node(prefix: str, root: str):
     return iox2.NodeBuilder.new().config(cfg).create(iox2.ServiceType.Ipc)
 
 
-def iox2_service(node, name: str, size: int, buffer: int, subscribers: int = 1):
+def iox2_service(node, name: str, size: int, buffer: int, subscribers: int = 1,
+                 timeout: float = 30.0):
+    """Open or create a lossless publish-subscribe service of byte slices.
+
+    Both sides call this at about the same time; a side that finds the service half-made by
+    the other gets an error and retries until ``timeout``.
+    """
     import iceoryx2 as iox2
-    return (node.service_builder(iox2.ServiceName.new(name))
-            .publish_subscribe(iox2.Slice[ctypes.c_uint8])
-            .enable_safe_overflow(False)
-            .history_size(0)
-            .subscriber_max_buffer_size(buffer)
-            .max_subscribers(max(2, subscribers))
-            .max_publishers(2)
-            .open_or_create())
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return (node.service_builder(iox2.ServiceName.new(name))
+                    .publish_subscribe(iox2.Slice[ctypes.c_uint8])
+                    .enable_safe_overflow(False)
+                    .history_size(0)
+                    .subscriber_max_buffer_size(buffer)
+                    .max_subscribers(max(2, subscribers))
+                    .max_publishers(2)
+                    .open_or_create())
+        except iox2.PublishSubscribeOpenOrCreateError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def iox2_publisher(service, size: int):
@@ -556,7 +576,7 @@ def iox2_buffer_for(size: int) -> int:
 
 def iox2_sender(pub):
     """send(buf): loan a sample, copy ``buf`` in, publish (blocks while subscribers are full)."""
-    memmove, from_buffer = ctypes.memmove, ctypes.c_char.__mul__
+    memmove = ctypes.memmove
     cache: dict[int, Any] = {}
     loan = pub.loan_slice_uninit
 
@@ -565,7 +585,8 @@ def iox2_sender(pub):
             return buf
         arr = cache.get(id(buf))
         if arr is None or arr[0] is not buf:
-            arr = cache[id(buf)] = (buf, ctypes.addressof(from_buffer(len(buf)).from_buffer(buf)))
+            view = (ctypes.c_char * len(buf)).from_buffer(buf)
+            arr = cache[id(buf)] = (buf, ctypes.addressof(view), view)
         return arr[1]
 
     def send(buf):

@@ -26,7 +26,9 @@ static uint64_t self_start;
 static void reset_identity_after_fork(void) { self_pid = 0; }
 
 static inline void identity(uint32_t *pid, uint64_t *start) {
-    if (self_pid == 0 || self_pid != (uint32_t)getpid()) {
+    /* No getpid() per call (a syscall on the hot path): the atfork handler
+     * clears the cache in a forked child. */
+    if (self_pid == 0) {
         self_pid = (uint32_t)getpid();
         self_start = shmlink_process_start_time(self_pid);
     }
@@ -670,6 +672,27 @@ static Py_ssize_t ring_send_buffers(RingObject *self, Py_buffer *bufs,
     return done;
 }
 
+/* Optional (deadline, spin_ns) arguments of a FASTCALL method, from index i. */
+static int fast_wait_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i,
+                          struct timespec *ts, struct timespec **deadline,
+                          long long *spin) {
+    int err;
+    *deadline = parse_deadline(nargs > i ? args[i] : Py_None, ts, &err);
+    if (err)
+        return -1;
+    *spin = 0;
+    if (nargs > i + 1) {
+        *spin = PyLong_AsLongLong(args[i + 1]);
+        if (*spin == -1 && PyErr_Occurred())
+            return -1;
+    }
+    if (nargs > i + 2) {
+        PyErr_SetString(PyExc_TypeError, "too many arguments");
+        return -1;
+    }
+    return 0;
+}
+
 /* Common argument parsing: (deadline, spin_ns). */
 static int parse_wait(PyObject *dl, long long spin, struct timespec *ts,
                       struct timespec **deadline) {
@@ -685,23 +708,27 @@ PyDoc_STRVAR(Ring_send_doc,
 "Append one message, waiting for room until deadline.  True when sent,\n"
 "False on timeout.  deadline 0 means do not wait.");
 
-static PyObject *Ring_send(RingObject *self, PyObject *args) {
+static PyObject *Ring_send(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer b;
-    PyObject *dl = Py_None;
-    long long spin = 0;
     if (!ring_ready(self))
         return NULL;
-    if (!PyArg_ParseTuple(args, "y*|OL", &b, &dl, &spin))
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "send() takes the message as its first argument");
+        return NULL;
+    }
+    struct timespec ts, *deadline;
+    long long spin;
+    if (fast_wait_args(args, nargs, 1, &ts, &deadline, &spin) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     PyObject *res = NULL;
-    struct timespec ts, *deadline;
-    if (check_len(self, b.len) < 0 || parse_wait(dl, spin, &ts, &deadline) < 0)
-        goto out;
-    int timed_out;
-    Py_ssize_t n = ring_send_buffers(self, &b, 1, deadline, spin, &timed_out);
-    if (n >= 0)
-        res = PyBool_FromLong(n == 1);
-out:
+    if (check_len(self, b.len) == 0) {
+        int timed_out;
+        Py_ssize_t n = ring_send_buffers(self, &b, 1, deadline, spin, &timed_out);
+        if (n >= 0)
+            res = PyBool_FromLong(n == 1);
+    }
     PyBuffer_Release(&b);
     return res;
 }
@@ -778,8 +805,8 @@ enum pop_mode { POP_BYTES, POP_INTO };
  * (POP_INTO: record larger than the buffer; *out_len = its length), or -1
  * (Python exception). */
 static Py_ssize_t pop_locked(RingObject *self, Py_ssize_t max, PyObject *list,
-                             void *into, Py_ssize_t into_len, Py_ssize_t *out_len,
-                             int *moved) {
+                             PyObject **one, void *into, Py_ssize_t into_len,
+                             Py_ssize_t *out_len, int *moved) {
     struct shmlink_ring *r = self->h.ring;
     uint64_t head = SHM_LOAD_RELAXED(&r->head);
     uint64_t head0 = head;
@@ -796,7 +823,7 @@ static Py_ssize_t pop_locked(RingObject *self, Py_ssize_t max, PyObject *list,
             break;
         }
         const uint8_t *src = self->h.data + (head % self->h.capacity) + SHMLINK_RECORD_HEADER;
-        if (list) {
+        if (list || one) {
             PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
             if (!b) {
                 result = -1;
@@ -809,11 +836,15 @@ static Py_ssize_t pop_locked(RingObject *self, Py_ssize_t max, PyObject *list,
             } else {
                 memcpy(PyBytes_AS_STRING(b), src, (size_t)len);
             }
-            int arc = PyList_Append(list, b);
-            Py_DECREF(b);
-            if (arc < 0) {
-                result = -1;
-                break;
+            if (one) {
+                *one = b;
+            } else {
+                int arc = PyList_Append(list, b);
+                Py_DECREF(b);
+                if (arc < 0) {
+                    result = -1;
+                    break;
+                }
             }
         } else {
             *out_len = (Py_ssize_t)len;
@@ -839,8 +870,9 @@ static Py_ssize_t pop_locked(RingObject *self, Py_ssize_t max, PyObject *list,
 /* Receive: blocks until at least one record or the deadline.  Returns the
  * count taken (0 on timeout) or -1 with an exception. */
 static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
-                            void *into, Py_ssize_t into_len, Py_ssize_t *out_len,
-                            const struct timespec *deadline, int64_t spin_ns) {
+                            PyObject **one, void *into, Py_ssize_t into_len,
+                            Py_ssize_t *out_len, const struct timespec *deadline,
+                            int64_t spin_ns) {
     struct shmlink_ring *r = self->h.ring;
     for (;;) {
         int rc = ring_lock(&r->cons_lock, deadline, spin_ns);
@@ -849,7 +881,7 @@ static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
         if (rc == -ETIMEDOUT)
             return 0;
         int moved = 0;
-        Py_ssize_t n = pop_locked(self, max, list, into, into_len, out_len, &moved);
+        Py_ssize_t n = pop_locked(self, max, list, one, into, into_len, out_len, &moved);
         shmlink_lock_release(&r->cons_lock);
         if (moved)
             shmlink_ec_notify(&r->space_ec);
@@ -881,43 +913,33 @@ PyDoc_STRVAR(Ring_recv_doc,
 "recv(deadline=None, spin_ns=0)\n--\n\n"
 "Take the oldest message as bytes, waiting until deadline; None on timeout.");
 
-static PyObject *Ring_recv(RingObject *self, PyObject *args) {
-    PyObject *dl = Py_None;
-    long long spin = 0;
+/* Receive one message as bytes (or None on timeout). */
+static PyObject *ring_recv_one(RingObject *self, const struct timespec *deadline,
+                               long long spin) {
+    PyObject *one = NULL;
+    Py_ssize_t n = ring_recv(self, 1, NULL, &one, NULL, 0, NULL, deadline, spin);
+    if (n > 0)
+        return one;
+    Py_XDECREF(one);
+    if (n == 0)
+        Py_RETURN_NONE;
+    return NULL;
+}
+
+static PyObject *Ring_recv(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (!ring_ready(self))
         return NULL;
-    if (!PyArg_ParseTuple(args, "|OL", &dl, &spin))
-        return NULL;
     struct timespec ts, *deadline;
-    if (parse_wait(dl, spin, &ts, &deadline) < 0)
+    long long spin;
+    if (fast_wait_args(args, nargs, 0, &ts, &deadline, &spin) < 0)
         return NULL;
-    PyObject *list = PyList_New(0);
-    if (!list)
-        return NULL;
-    Py_ssize_t n = ring_recv(self, 1, list, NULL, 0, NULL, deadline, spin);
-    PyObject *res = NULL;
-    if (n > 0)
-        res = Py_NewRef(PyList_GET_ITEM(list, 0));
-    else if (n == 0)
-        res = Py_NewRef(Py_None);
-    Py_DECREF(list);
-    return res;
+    return ring_recv_one(self, deadline, spin);
 }
 
 static PyObject *Ring_try_recv(RingObject *self, PyObject *unused) {
     if (!ring_ready(self))
         return NULL;
-    PyObject *list = PyList_New(0);
-    if (!list)
-        return NULL;
-    Py_ssize_t n = ring_recv(self, 1, list, NULL, 0, NULL, &zero_deadline, 1);
-    PyObject *res = NULL;
-    if (n > 0)
-        res = Py_NewRef(PyList_GET_ITEM(list, 0));
-    else if (n == 0)
-        res = Py_NewRef(Py_None);
-    Py_DECREF(list);
-    return res;
+    return ring_recv_one(self, &zero_deadline, 1);
 }
 
 PyDoc_STRVAR(Ring_recv_many_doc,
@@ -943,7 +965,7 @@ static PyObject *Ring_recv_many(RingObject *self, PyObject *args) {
     PyObject *list = PyList_New(0);
     if (!list)
         return NULL;
-    Py_ssize_t n = ring_recv(self, max, list, NULL, 0, NULL, deadline, spin);
+    Py_ssize_t n = ring_recv(self, max, list, NULL, NULL, 0, NULL, deadline, spin);
     if (n < 0) {
         Py_DECREF(list);
         return NULL;
@@ -969,7 +991,7 @@ static PyObject *Ring_recv_into(RingObject *self, PyObject *args) {
     struct timespec ts, *deadline;
     if (parse_wait(dl, spin, &ts, &deadline) == 0) {
         Py_ssize_t len = 0;
-        Py_ssize_t n = ring_recv(self, 1, NULL, b.buf, b.len, &len, deadline, spin);
+        Py_ssize_t n = ring_recv(self, 1, NULL, NULL, b.buf, b.len, &len, deadline, spin);
         if (n > 0)
             res = PyLong_FromSsize_t(len);
         else if (n == 0)
@@ -1130,11 +1152,11 @@ static PyObject *Ring_get_max_message(RingObject *self, void *c) {
 }
 
 static PyMethodDef Ring_methods[] = {
-    {"send", (PyCFunction)Ring_send, METH_VARARGS, Ring_send_doc},
+    {"send", (PyCFunction)(void (*)(void))Ring_send, METH_FASTCALL, Ring_send_doc},
     {"try_send", (PyCFunction)Ring_try_send, METH_O,
      "try_send(data)\n--\n\nAppend one message if there is room now; True if sent."},
     {"send_many", (PyCFunction)Ring_send_many, METH_VARARGS, Ring_send_many_doc},
-    {"recv", (PyCFunction)Ring_recv, METH_VARARGS, Ring_recv_doc},
+    {"recv", (PyCFunction)(void (*)(void))Ring_recv, METH_FASTCALL, Ring_recv_doc},
     {"try_recv", (PyCFunction)Ring_try_recv, METH_NOARGS,
      "try_recv()\n--\n\nTake the oldest message if there is one now, else None."},
     {"recv_many", (PyCFunction)Ring_recv_many, METH_VARARGS, Ring_recv_many_doc},

@@ -265,7 +265,8 @@ class Queue(_Named):
         MessageTooLarge
             If ``len(data) > max_message_size``.
         """
-        if not self._r().send(data, deadline_of(timeout), self._spin):
+        ring = self._ring or self._r()
+        if not ring.send(data, None if timeout is None else deadline_of(timeout), self._spin):
             raise Timeout(f"queue {self._name!r} stayed full for {timeout} s; nothing was sent")
 
     def try_send(self, data: Any) -> bool:
@@ -314,7 +315,8 @@ class Queue(_Named):
         Timeout
             If none arrived within ``timeout`` seconds.
         """
-        data = self._r().recv(deadline_of(timeout), self._spin)
+        ring = self._ring or self._r()
+        data = ring.recv(None if timeout is None else deadline_of(timeout), self._spin)
         if data is None:
             raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
         return data
