@@ -573,40 +573,13 @@ static int ring_lock(struct shmlink_lock *l, const struct timespec *deadline,
     return rc;
 }
 
-/* Push one message with prod_lock held.  0, -EAGAIN (full), -EBADMSG. */
-static int push_locked(RingObject *self, const void *data, uint64_t len,
-                       uint64_t *tail_io) {
-    struct shmlink_ring *r = self->h.ring;
-    uint64_t tail = *tail_io;
-    uint64_t head = SHM_LOAD_ACQUIRE(&r->head); /* SYNC: consumers' head release */
-    int wrap;
-    int64_t pos = shmlink_ring_place(&self->h, tail, head, len, &wrap);
-    if (pos == -EAGAIN && wrap) {
-        /* No room for the record, but the wrap marker alone may fit: commit
-         * it, so that once consumers drain, the record fits at position 0.
-         * Without this, a record longer than the room left before the end
-         * of an empty ring would wait forever. */
-        uint64_t to_end = self->h.capacity - (tail % self->h.capacity);
-        if (tail + to_end - head <= self->h.capacity) {
-            shmlink_ring_write_record(&self->h, tail, NULL, SHMLINK_RECORD_WRAP);
-            *tail_io = tail + to_end;
-        }
-    }
-    if (pos < 0)
-        return (int)pos;
-    if (wrap)
-        shmlink_ring_write_record(&self->h, tail, NULL, SHMLINK_RECORD_WRAP);
-    shmlink_ring_write_record(&self->h, (uint64_t)pos, data, (uint32_t)len);
-    *tail_io = (uint64_t)pos + shmlink_ring_record_size(len);
-    return 0;
+static inline int push_locked(RingObject *self, const void *data, uint64_t len,
+                              uint64_t *tail_io) {
+    return shmlink_ring_push_locked(&self->h, tail_io, data, len);
 }
 
-static void commit_tail(RingObject *self, uint64_t tail, uint64_t count) {
-    struct shmlink_ring *r = self->h.ring;
-    SHM_STORE_RELAXED(&r->sent, SHM_LOAD_RELAXED(&r->sent) + count);
-    /* SYNC: publishes the records; pairs with the consumers' acquire of tail
-     * in cond_has_data and pop paths. */
-    SHM_STORE_RELEASE(&r->tail, tail);
+static inline void commit_tail(RingObject *self, uint64_t tail, uint64_t count) {
+    shmlink_ring_commit(&self->h, tail, count);
 }
 
 static int check_len(RingObject *self, Py_ssize_t len) {

@@ -23,6 +23,7 @@
 #define SHMLINK_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <signal.h>
@@ -30,6 +31,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -367,6 +371,88 @@ static inline void shmlink_ec_notify(struct shmlink_eventcount *ec) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Opening a segment from C.  Holds a shared flock for as long as it is      */
+/* open, which is how shmlink knows a process uses the segment (`shmlink gc` */
+/* never removes it meanwhile).  Does not take a participant slot.          */
+/* ------------------------------------------------------------------------ */
+
+struct shmlink_segment {
+    int fd;
+    uint8_t *base;     /* the mapping: header at base, data at base + 4096 */
+    uint64_t total;    /* mapped bytes */
+    uint64_t size;     /* data bytes */
+    uint32_t kind;
+    uint8_t *data;
+};
+
+/* Open "/dev/shm/shmlink.<name>" read-write.  Returns 0, -errno from the
+ * system (-ENOENT: no such segment), -EPROTO (not a shmlink segment, or
+ * another layout version), -EBADMSG (inconsistent header), -EINPROGRESS
+ * (its creator has not marked it ready yet: try again). */
+static inline int shmlink_segment_open(struct shmlink_segment *seg, const char *name) {
+    char path[512];
+    if (snprintf(path, sizeof path, "/dev/shm/" SHMLINK_NAME_PREFIX "%s", name) >=
+        (int)sizeof path)
+        return -ENAMETOOLONG;
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    int rc = 0;
+    struct stat st;
+    uint8_t *base = NULL;
+    struct shmlink_header *h;
+    uint64_t data_size;
+    if (flock(fd, LOCK_SH) != 0 || fstat(fd, &st) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    if ((uint64_t)st.st_size < SHMLINK_DATA_OFFSET + 1) {
+        rc = -EPROTO;
+        goto fail;
+    }
+    base = (uint8_t *)mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                           fd, 0);
+    if (base == MAP_FAILED) {
+        rc = -errno;
+        goto fail;
+    }
+    h = (struct shmlink_header *)base;
+    data_size = h->data_size; /* each field loaded once, then checked */
+    if (h->magic != SHMLINK_MAGIC || h->layout_version != SHMLINK_LAYOUT_VERSION)
+        rc = -EPROTO;
+    else if (h->data_offset != SHMLINK_DATA_OFFSET || data_size == 0 ||
+             h->total_size != (uint64_t)st.st_size ||
+             data_size != (uint64_t)st.st_size - SHMLINK_DATA_OFFSET ||
+             h->kind == 0 || h->kind > SHMLINK_KIND_MAX)
+        rc = -EBADMSG;
+    else if (SHM_LOAD_ACQUIRE(&h->ready) != SHMLINK_READY) /* SYNC: creator's ready store */
+        rc = -EINPROGRESS;
+    if (rc != 0) {
+        munmap(base, (size_t)st.st_size);
+        goto fail;
+    }
+    seg->fd = fd;
+    seg->base = base;
+    seg->total = (uint64_t)st.st_size;
+    seg->size = data_size;
+    seg->kind = h->kind;
+    seg->data = base + SHMLINK_DATA_OFFSET;
+    return 0;
+fail:
+    close(fd);
+    return rc;
+}
+
+static inline void shmlink_segment_close(struct shmlink_segment *seg) {
+    if (seg->base)
+        munmap(seg->base, (size_t)seg->total);
+    if (seg->fd >= 0)
+        close(seg->fd); /* drops the flock */
+    seg->base = NULL;
+    seg->fd = -1;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Message ring (shmlink.Queue): lossless, variable-length, many producers   */
 /* and many consumers.                                                      */
 /*                                                                          */
@@ -546,6 +632,178 @@ static inline int64_t shmlink_ring_peek(const struct shmlink_ring_handle *h,
         return (int64_t)len;
     }
     return -EBADMSG; /* two wrap markers in a row */
+}
+
+/* With prod_lock held: append one record at *tail_io (not yet published).
+ * Returns 0, -EAGAIN (no room now; *tail_io may have advanced past a wrap
+ * marker, which the caller must still commit), or -EBADMSG. */
+static inline int shmlink_ring_push_locked(const struct shmlink_ring_handle *h,
+                                           uint64_t *tail_io, const void *data,
+                                           uint64_t len) {
+    struct shmlink_ring *r = h->ring;
+    uint64_t tail = *tail_io;
+    uint64_t head = SHM_LOAD_ACQUIRE(&r->head); /* SYNC: consumers' head release */
+    int wrap;
+    int64_t pos = shmlink_ring_place(h, tail, head, len, &wrap);
+    if (pos == -EAGAIN && wrap) {
+        /* No room for the record, but the wrap marker alone may fit: commit
+         * it, so that once consumers drain, the record fits at position 0.
+         * Without this, a record longer than the room left before the end
+         * of an empty ring would wait forever. */
+        uint64_t to_end = h->capacity - (tail % h->capacity);
+        if (tail + to_end - head <= h->capacity) {
+            shmlink_ring_write_record(h, tail, NULL, SHMLINK_RECORD_WRAP);
+            *tail_io = tail + to_end;
+        }
+    }
+    if (pos < 0)
+        return (int)pos;
+    if (wrap)
+        shmlink_ring_write_record(h, tail, NULL, SHMLINK_RECORD_WRAP);
+    shmlink_ring_write_record(h, (uint64_t)pos, data, (uint32_t)len);
+    *tail_io = (uint64_t)pos + shmlink_ring_record_size(len);
+    return 0;
+}
+
+/* With prod_lock held: publish everything up to tail (count new messages). */
+static inline void shmlink_ring_commit(const struct shmlink_ring_handle *h,
+                                       uint64_t tail, uint64_t count) {
+    struct shmlink_ring *r = h->ring;
+    SHM_STORE_RELAXED(&r->sent, SHM_LOAD_RELAXED(&r->sent) + count);
+    /* SYNC: publishes the records; pairs with the consumers' acquire of
+     * tail in shmlink_ring_try_recv and the binding's pop paths. */
+    SHM_STORE_RELEASE(&r->tail, tail);
+}
+
+/* Take a ring lock without sleeping: 0 if taken (from a free or a dead
+ * holder), -EBUSY if a live process holds it. */
+static inline int shmlink_ring_lock_try(struct shmlink_lock *l, uint32_t pid,
+                                        uint64_t start) {
+    if (shmlink_lock_try(l, pid, start) == 0)
+        return 0;
+    uint32_t owner = SHM_LOAD_ACQUIRE(&l->owner);
+    uint64_t owner_start = SHM_LOAD_RELAXED(&l->owner_start);
+    if (owner != 0 && !shmlink_process_alive(owner, owner_start) &&
+        shmlink_lock_steal(l, owner, owner_start, pid, start))
+        return 0;
+    return -EBUSY;
+}
+
+/* Send one message without waiting.  pid/start identify the caller
+ * (getpid() and shmlink_process_start_time(getpid())).  Returns 0, -EAGAIN
+ * (full, or the producer lock is busy: try again), -EMSGSIZE, -EBADMSG. */
+static inline int shmlink_ring_try_send(const struct shmlink_ring_handle *h,
+                                        const void *data, uint64_t len,
+                                        uint32_t pid, uint64_t start) {
+    struct shmlink_ring *r = h->ring;
+    if (len > h->max_message)
+        return -EMSGSIZE;
+    if (shmlink_ring_lock_try(&r->prod_lock, pid, start) != 0)
+        return -EAGAIN;
+    uint64_t tail0 = SHM_LOAD_RELAXED(&r->tail), tail = tail0;
+    int rc = shmlink_ring_push_locked(h, &tail, data, len);
+    if (tail != tail0)
+        shmlink_ring_commit(h, tail, rc == 0 ? 1 : 0);
+    shmlink_lock_release(&r->prod_lock);
+    if (tail != tail0)
+        shmlink_ec_notify(&r->data_ec);
+    return rc;
+}
+
+/* Receive one message without waiting into buf (cap bytes).  Returns its
+ * length, -EAGAIN (empty or the consumer lock is busy), -EMSGSIZE (the
+ * message is larger than cap; it stays queued), or -EBADMSG. */
+static inline int64_t shmlink_ring_try_recv(const struct shmlink_ring_handle *h,
+                                            void *buf, uint64_t cap,
+                                            uint32_t pid, uint64_t start) {
+    struct shmlink_ring *r = h->ring;
+    if (shmlink_ring_lock_try(&r->cons_lock, pid, start) != 0)
+        return -EAGAIN;
+    uint64_t head0 = SHM_LOAD_RELAXED(&r->head), head = head0;
+    /* SYNC: pairs with the producers' release of tail in shmlink_ring_commit. */
+    uint64_t tail = SHM_LOAD_ACQUIRE(&r->tail);
+    int64_t len = shmlink_ring_peek(h, &head, tail);
+    if (len >= 0 && (uint64_t)len > cap) {
+        len = -EMSGSIZE;
+    } else if (len >= 0) {
+        memcpy(buf, h->data + (head % h->capacity) + SHMLINK_RECORD_HEADER, (size_t)len);
+        head += shmlink_ring_record_size((uint64_t)len);
+        SHM_STORE_RELAXED(&r->received, SHM_LOAD_RELAXED(&r->received) + 1);
+    }
+    if (len != -EBADMSG && head != head0)
+        SHM_STORE_RELEASE(&r->head, head); /* SYNC: producers' acquire of head */
+    shmlink_lock_release(&r->cons_lock);
+    if (head != head0)
+        shmlink_ec_notify(&r->space_ec);
+    return len;
+}
+
+/* Sleep on an event count until its sequence moves past `seen` or the
+ * deadline; the caller re-checks its condition after announcing itself:
+ *     seen = shmlink_ec_prepare(ec);  if (!condition) shmlink_ec_wait(...);
+ *     shmlink_ec_done(ec);
+ * Returns 0, -ETIMEDOUT or -EINTR. */
+static inline uint32_t shmlink_ec_prepare(struct shmlink_eventcount *ec) {
+    uint32_t seen = SHM_LOAD_SEQ_CST(&ec->seq);
+    SHM_FETCH_ADD(&ec->waiters, 1);
+    SHM_FENCE();
+    return seen;
+}
+static inline int shmlink_ec_wait(struct shmlink_eventcount *ec, uint32_t seen,
+                                  const struct timespec *deadline) {
+    int rc = shmlink_futex_wait(&ec->seq, seen, deadline);
+    return rc == -EAGAIN ? 0 : rc;
+}
+static inline void shmlink_ec_done(struct shmlink_eventcount *ec) {
+    SHM_FETCH_ADD(&ec->waiters, (uint32_t)-1);
+}
+
+/* Blocking receive for C programs: waits (futex, no spinning) until a
+ * message arrives or the deadline.  Returns like shmlink_ring_try_recv, or
+ * -ETIMEDOUT / -EINTR. */
+static inline int64_t shmlink_ring_recv(const struct shmlink_ring_handle *h,
+                                        void *buf, uint64_t cap, uint32_t pid,
+                                        uint64_t start,
+                                        const struct timespec *deadline) {
+    struct shmlink_ring *r = h->ring;
+    for (;;) {
+        int64_t n = shmlink_ring_try_recv(h, buf, cap, pid, start);
+        if (n != -EAGAIN)
+            return n;
+        uint32_t seen = shmlink_ec_prepare(&r->data_ec);
+        int rc = 0;
+        if (SHM_LOAD_ACQUIRE(&r->tail) == SHM_LOAD_ACQUIRE(&r->head)) {
+            struct timespec slice; /* bounded, so a dead lock holder is noticed */
+            shmlink_deadline_min(&slice, deadline, SHMLINK_LIVENESS_SLICE_S * 5);
+            rc = shmlink_ec_wait(&r->data_ec, seen, &slice);
+            if (rc == -ETIMEDOUT && !shmlink_deadline_passed(deadline))
+                rc = 0;
+        }
+        shmlink_ec_done(&r->data_ec);
+        if (rc != 0)
+            return rc;
+    }
+}
+
+/* Blocking send for C programs: waits while the queue is full. */
+static inline int shmlink_ring_send(const struct shmlink_ring_handle *h,
+                                    const void *data, uint64_t len, uint32_t pid,
+                                    uint64_t start, const struct timespec *deadline) {
+    struct shmlink_ring *r = h->ring;
+    for (;;) {
+        int rc = shmlink_ring_try_send(h, data, len, pid, start);
+        if (rc != -EAGAIN)
+            return rc;
+        uint32_t seen = shmlink_ec_prepare(&r->space_ec);
+        struct timespec slice;
+        shmlink_deadline_min(&slice, deadline, SHMLINK_LIVENESS_SLICE_S * 5);
+        rc = shmlink_ec_wait(&r->space_ec, seen, &slice);
+        shmlink_ec_done(&r->space_ec);
+        if (rc == -ETIMEDOUT && !shmlink_deadline_passed(deadline))
+            rc = 0;
+        if (rc != 0)
+            return rc;
+    }
 }
 
 #ifdef __cplusplus

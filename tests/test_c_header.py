@@ -1,0 +1,74 @@
+"""The protocol header is usable from C and C++: a C program and Python share a queue."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import shmlink
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INCLUDE = os.path.join(os.path.dirname(shmlink.__file__), "include")
+FLAGS = ["-Wall", "-Wextra", "-Werror", "-I", INCLUDE]
+
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+
+
+@pytest.fixture(scope="module")
+def echo_upper(tmp_path_factory):
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path_factory.mktemp("c") / "echo_upper"
+    subprocess.run(["cc", "-O2", "-std=gnu11", *FLAGS,
+                    os.path.join(ROOT, "examples", "c", "echo_upper.c"), "-o", str(exe)],
+                   check=True, timeout=120)
+    return str(exe)
+
+
+@needs_cc
+def test_header_compiles_as_cxx(tmp_path):
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler")
+    src = tmp_path / "t.cpp"
+    src.write_text('#include "shmlink.h"\nint main() { struct shmlink_segment s;'
+                   ' return shmlink_segment_open(&s, "none") == 0; }\n')
+    subprocess.run(["c++", "-std=c++17", *FLAGS, str(src), "-o", str(tmp_path / "t")],
+                   check=True, timeout=120)
+
+
+def test_c_program_and_python_share_queues(echo_upper, name):
+    with shmlink.Queue.create(name + "-in", 4096) as q_in, \
+            shmlink.Queue.create(name + "-out", 4096) as q_out:
+        child = subprocess.Popen([echo_upper, q_in.name, q_out.name],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # enough traffic to wrap the 4 KiB ring many times, sizes up to the limit
+            for i in range(2000):
+                msg = (f"m{i}-" + "x" * (i % 700)).encode()
+                q_in.send(msg, timeout=10)
+                assert q_out.recv(timeout=10) == msg.upper()
+            big = b"z" * q_in.max_message_size
+            q_in.send(big, timeout=10)
+            assert q_out.recv(timeout=10) == big.upper()
+            q_in.send(b"", timeout=10)
+            out, err = child.communicate(timeout=20)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
+        assert child.returncode == 0, err
+        assert "echoed 2001 messages" in out
+        assert q_in.stats()["received"] == 2002
+
+
+def test_c_program_reports_missing_and_wrong_kind(echo_upper, name):
+    r = subprocess.run([echo_upper, name + "-none", name + "-none2"], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 1 and "cannot open" in r.stderr
+    with shmlink.Mutex.create(name + "-m") as m:
+        r = subprocess.run([echo_upper, m.name, m.name], capture_output=True, text=True, timeout=20)
+        m.unlink()
+    assert r.returncode == 1 and "not a queue" in r.stderr
