@@ -59,6 +59,12 @@ static struct timespec *parse_deadline(PyObject *obj, struct timespec *ts,
     return ts;
 }
 
+/* Longest a futex sleep lasts before the GIL is taken back to run signal
+ * handlers.  A signal that arrives *during* the futex syscall interrupts it
+ * (EINTR); one that arrives between two syscalls would otherwise only be
+ * noticed at the deadline.  This bounds Ctrl-C latency in every wait. */
+#define SIGNAL_SLICE_S 0.1
+
 static inline uint64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -203,10 +209,12 @@ static PyObject *Memory_wait32(MemoryObject *self, PyObject *args) {
         return NULL;
     for (;;) {
         int rc;
+        struct timespec slice;
         Py_BEGIN_ALLOW_THREADS
-        rc = shmlink_futex_wait(p, (uint32_t)expected, deadline);
+        shmlink_deadline_min(&slice, deadline, SIGNAL_SLICE_S);
+        rc = shmlink_futex_wait(p, (uint32_t)expected, &slice);
         Py_END_ALLOW_THREADS
-        if (rc == -EINTR) {
+        if (rc == -EINTR || (rc == -ETIMEDOUT && !shmlink_deadline_passed(deadline))) {
             if (PyErr_CheckSignals() < 0)
                 return NULL;
             if (SHM_LOAD_ACQUIRE(p) != (uint32_t)expected)
@@ -261,23 +269,21 @@ static int lock_acquire_blocking(struct shmlink_lock *l,
             return 0;
     }
     for (;;) {
+        /* One liveness slice (20 ms) per GIL release, then signal handlers
+         * run: a Ctrl-C between two slices is seen at the next one. */
+        int taken = 0;
         Py_BEGIN_ALLOW_THREADS
-        for (;;) {
-            if (shmlink_lock_try(l, pid, start) == 0) {
-                rc = 0;
-                break;
-            }
+        if (shmlink_lock_try(l, pid, start) == 0)
+            taken = 1;
+        else
             rc = shmlink_lock_wait_once(l, pid, start, deadline);
-            if (rc != 0)
-                break;
-        }
         Py_END_ALLOW_THREADS
-        if (rc == -EINTR) {
-            if (PyErr_CheckSignals() < 0)
-                return -1;
-            continue;
-        }
-        return rc;
+        if (taken)
+            return 0;
+        if (rc == 1 || rc == -ETIMEDOUT)
+            return rc;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
     }
 }
 
@@ -544,7 +550,11 @@ static int ring_wait(RingObject *self, struct shmlink_eventcount *ec,
         if (cond(self, arg)) {
             met = 1;
         } else {
-            rc = shmlink_futex_wait(&ec->seq, seq, deadline);
+            struct timespec slice;
+            shmlink_deadline_min(&slice, deadline, SIGNAL_SLICE_S);
+            rc = shmlink_futex_wait(&ec->seq, seq, &slice);
+            if (rc == -ETIMEDOUT && !shmlink_deadline_passed(deadline))
+                rc = -EINTR; /* a slice ended: run signal handlers, re-check */
         }
         SHM_FETCH_ADD(&ec->waiters, (uint32_t)-1);
         Py_END_ALLOW_THREADS
@@ -553,6 +563,8 @@ static int ring_wait(RingObject *self, struct shmlink_eventcount *ec,
         if (rc == -EINTR) {
             if (PyErr_CheckSignals() < 0)
                 return -1;
+            if (cond(self, arg))
+                return 0;
             continue;
         }
         if (rc == -ETIMEDOUT)

@@ -162,6 +162,12 @@ class _Header:
 
 def _parse_header(raw: bytes, file_size: int, where: str) -> _Header:
     """Validate a header read from untrusted memory."""
+    if len(raw) >= 8 and int.from_bytes(raw[:8], "little") == MAGIC and (
+            len(raw) < _HDR.size or file_size < DATA_OFFSET):
+        raise CorruptSegment(
+            f"{where} is truncated to {file_size} bytes (a shmlink header is {DATA_OFFSET}); "
+            "remove it and create it again"
+        )
     if len(raw) < _HDR.size or file_size < DATA_OFFSET:
         raise IncompatibleSegment(
             f"{where} is {file_size} bytes, too small to be a shmlink segment; "
@@ -284,6 +290,7 @@ class _Named:
     _map: _Mapping | None = None
     _closed = True
     _name = "?"
+    _readonly = False
     created = False
 
     KIND = "segment"
@@ -404,16 +411,16 @@ class _Named:
                         f"segment {shown!r} is already mapped read-only in this process; "
                         "close that handle before opening it read-write"
                     )
-                return cls._wrap(m, shown, created=False)
+                return cls._wrap(m, shown, created=False, readonly=readonly)
         mapping = _attach(final, key, shown, readonly, deadline)
         with _registry_lock:
             m = _registry.get(key)
             if m is not None and not m.mm.closed and _still_linked(m):
                 _detach(mapping, auto_ok=False)  # another thread won the race
-                return cls._wrap(m, shown, created=False)
+                return cls._wrap(m, shown, created=False, readonly=readonly)
             _registry[key] = mapping
         try:
-            return cls._wrap(mapping, shown, created=False)
+            return cls._wrap(mapping, shown, created=False, readonly=readonly)
         except BaseException:
             with _registry_lock:
                 if _registry.get(key) is mapping and mapping.refs == 0:
@@ -422,7 +429,8 @@ class _Named:
             raise
 
     @classmethod
-    def _wrap(cls, mapping: _Mapping, shown: str, *, created: bool) -> Any:
+    def _wrap(cls, mapping: _Mapping, shown: str, *, created: bool,
+              readonly: bool = False) -> Any:
         kind = mapping.header.kind
         if kind != cls._kind_id():
             raise WrongKind(
@@ -433,6 +441,7 @@ class _Named:
         obj._map = mapping
         obj._name = shown
         obj._closed = False
+        obj._readonly = readonly or mapping.readonly
         obj.created = created
         mapping.refs += 1
         try:
@@ -465,7 +474,8 @@ class _Named:
 
     @property
     def readonly(self) -> bool:
-        return self._mapping().readonly
+        self._mapping()
+        return self._readonly
 
     @property
     def closed(self) -> bool:
@@ -556,7 +566,7 @@ class _Named:
         m = self._mapping()
         is_file = not m.path.startswith(os.path.join(shm_dir(), PREFIX))
         return (_reopen, (type(self), None if is_file else self._name,
-                          m.path if is_file else None, m.readonly, self._reopen_kwargs()))
+                          m.path if is_file else None, self._readonly, self._reopen_kwargs()))
 
     def _reopen_kwargs(self) -> dict[str, Any]:
         return {}
@@ -696,6 +706,9 @@ class Segment(_Named):
         m = self._mapping()
         offset, length = self._range(offset, length)
         with memoryview(m.mm) as whole:
+            if self._readonly:
+                with whole.toreadonly() as ro:
+                    return ro[DATA_OFFSET + offset:DATA_OFFSET + offset + length]
             return whole[DATA_OFFSET + offset:DATA_OFFSET + offset + length]
 
     def _range(self, offset: int, length: int | None) -> tuple[int, int]:
@@ -739,7 +752,7 @@ class Segment(_Named):
         return n
 
     def _writable(self, m: _Mapping) -> None:
-        if m.readonly:
+        if self._readonly:
             raise AccessDenied(f"segment {self._name!r} is open read-only; open it with readonly=False")
 
     def write_text(self, text: str, encoding: str = "utf-8", offset: int = 0) -> int:
@@ -861,18 +874,26 @@ def _still_linked(m: _Mapping) -> bool:
 def _attach(final: str, key: str, shown: str, readonly: bool,
             deadline: float | None) -> _Mapping:
     """Open, lock, validate and map a segment file, waiting for it to be ready."""
-    flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NOFOLLOW
+    # O_NONBLOCK: opening a FIFO someone placed under our name must not block
+    # (it has no effect on regular files).
+    flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
     while True:
         try:
             fd = os.open(final, flags)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise IncompatibleSegment(f"segment {shown!r} is a symbolic link; refusing to follow it") from None
+            if e.errno in (errno.EISDIR, errno.ENXIO):
+                raise IncompatibleSegment(
+                    f"segment {shown!r} is not a regular file (a directory or a device); "
+                    "it is not a shmlink segment: remove it or use another name") from None
             raise _os_error(e, "segment", shown) from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise IncompatibleSegment(f"segment {shown!r} is not a regular file")
+                raise IncompatibleSegment(
+                    f"segment {shown!r} is not a regular file (a FIFO, socket or device); "
+                    "it is not a shmlink segment: remove it or use another name")
             fcntl.flock(fd, fcntl.LOCK_SH)
             # An "auto" segment may have been unlinked between our open and
             # our lock: then this file is dead; look the name up again.
@@ -1021,11 +1042,17 @@ def inspect_path(path: str, name: str | None = None) -> SegmentInfo:
     """Read a segment file's header without attaching to it."""
     name = name or os.path.basename(path)[len(PREFIX):]
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            return SegmentInfo(name, path, "invalid", 0, 0, 0.0, [], [], "?", False,
+                               f"{path} is not a regular file; it is not a shmlink segment")
         raise _os_error(e, "segment", name) from None
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return SegmentInfo(name, path, "invalid", 0, 0, st.st_mtime, [], [], "?", False,
+                               f"{path} is not a regular file; it is not a shmlink segment")
         in_use = _in_use(fd)
         try:
             h = _parse_header(os.pread(fd, _HDR.size, 0), st.st_size, f"segment {name!r}")

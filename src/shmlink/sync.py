@@ -45,6 +45,16 @@ def deadline_of(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
+def _check_size(obj: _Named, need: int) -> None:
+    size = obj._mapping().header.data_size
+    if size < need:
+        from .errors import CorruptSegment
+        raise CorruptSegment(
+            f"{obj.KIND} {obj.name!r} has a {size}-byte control block, {need} needed; "
+            "the segment is corrupt or foreign: remove it and create it again"
+        )
+
+
 class Mutex(_Named):
     """A named mutex shared by processes, robust against holders that die.
 
@@ -80,6 +90,9 @@ class Mutex(_Named):
                 return cls.open(name, timeout=timeout)
             except FileNotFoundError:
                 continue
+
+    def _attach(self) -> None:
+        _check_size(self, _M_SIZE)
 
     # The thread holding the lock in this process, shared by all handles of
     # the same name (they share one mapping).
@@ -251,6 +264,9 @@ class Event(_Named):
                 return cls.open(name, timeout=timeout)
             except FileNotFoundError:
                 continue
+
+    def _attach(self) -> None:
+        _check_size(self, _E_SIZE)
 
     @property
     def auto_reset(self) -> bool:
