@@ -23,3 +23,7 @@ from .queue import MessageView, Queue
 from .sync import Event, Mutex
 
 __all__ += ["Mutex", "Event", "Queue", "MessageView"]
+
+from .board import Board
+
+__all__ += ["Board"]

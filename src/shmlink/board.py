@@ -1,0 +1,813 @@
+"""A shared latest value: :class:`Board`.
+
+A board holds one value (bytes, text, or a pickled object) that any process
+may replace and any process may read or watch.  It is a *latest value*, not a
+queue: a reader sees the value that is there when it reads, and a watcher
+that is slower than the writers skips the values it had no time to see.
+Use :class:`shmlink.Queue` when every message matters.
+
+How it works (the layout is below; a C program can follow the same steps):
+
+* **Two value slots** (a double buffer).  Version ``v`` of the value lives
+  in slot ``v % 2``.  A writer takes the writers' robust lock, writes version
+  ``v + 1`` into the *other* slot, and only then publishes ``v + 1``.  So the
+  slot that readers are directed to is never the one being written.
+* **A sequence word per slot.**  While a slot is written its word is odd
+  (``2 * version - 1``); once complete it is ``2 * version``.  A reader loads
+  the published version ``v``, checks that its slot's word is ``2 * v``,
+  copies length and bytes, fences, and re-reads the word: unchanged means the
+  copy is whole.  Changed means a writer came round to this slot again
+  (which takes a whole other write first), and the reader retries; after a
+  bounded number of tries it reads under the writers' lock instead, so a
+  read always finishes.
+* **Crash safety.**  A writer killed mid-write has only touched the slot that
+  nothing points to; the published value is untouched, readers never wait
+  for anyone, and the next writer takes the dead writer's lock over and
+  simply writes that slot again.
+* **Waiting for change** is an event count on a 32-bit ``change`` word (the
+  low half of the version, stored just after it): a waiter announces itself
+  (``waiters += 1``), re-checks the version, and sleeps on the futex only if
+  the word still holds what it saw.  A writer publishes, fences, and wakes
+  the word when someone is announced.  No wake-up is lost; Ctrl-C interrupts
+  the wait.
+
+Every length read from shared memory is checked against the capacity this
+handle recorded when it opened the board (:class:`CorruptSegment` if it does
+not fit).
+
+Layout of the data area (offsets from its start, all little-endian)::
+
+    0    u32 magic "BORD"   u32 layout version   u64 capacity
+         u64 offset of slot 0   u64 slot stride                 (constants)
+    64   struct shmlink_lock writers' lock (16)   u64 takeovers   u32 last writer PID
+    128  u64 version   u32 change (futex word)   u32 waiters      (published)
+    192  slot 0: u64 seq, u64 length, pad to 64, capacity bytes (rounded up to 64)
+         slot 1: the same, at 192 + stride
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+from typing import Any, Iterator
+
+from .errors import (
+    CorruptSegment,
+    IncompatibleSegment,
+    InvalidSize,
+    MessageTooLarge,
+    SegmentClosed,
+    TextDecodeError,
+    Timeout,
+)
+from .segment import DATA_OFFSET, _Named
+from .sync import deadline_of
+
+__all__ = ["Board"]
+
+# --- layout (offsets within the mapping) -------------------------------------
+
+_BOARD_MAGIC = 0x44524F42  # "BORD" little-endian
+_BOARD_VERSION = 1
+
+# line 0: constants, written by the creator before the segment is ready
+_C_MAGIC = DATA_OFFSET + 0
+_C_LAYOUT = DATA_OFFSET + 4
+_C_CAPACITY = DATA_OFFSET + 8
+_C_SLOT0 = DATA_OFFSET + 16  # offset of slot 0 from the start of the data area
+_C_STRIDE = DATA_OFFSET + 24
+# line 1: written by writers, under the lock
+_W_LOCK = DATA_OFFSET + 64  # struct shmlink_lock (16 bytes)
+_W_TAKEOVERS = DATA_OFFSET + 80  # u64: writes that took the lock from a dead holder
+_W_LAST_PID = DATA_OFFSET + 88  # u32: PID of the last writer
+# line 2: published by writers, polled by readers and waiters
+_P_VERSION = DATA_OFFSET + 128  # u64 SYNC: released by writers, acquired by readers
+_P_CHANGE = DATA_OFFSET + 136  # u32 futex word: low 32 bits of the version
+_P_WAITERS = DATA_OFFSET + 140  # u32: processes announced in wait_for_change
+_SLOT0 = 192  # first slot, from the start of the data area
+_SLOT_HEADER = 64  # seq (u64), length (u64), padding; the bytes follow
+_SEQ = 0
+_LEN = 8
+
+_MASK64 = (1 << 64) - 1
+_MASK32 = (1 << 32) - 1
+_MAX_SIZE = 1 << 44
+
+_SPIN_NS = 20_000  # writers spin this long on a held lock before sleeping
+_OPTIMISTIC_TRIES = 32  # lock-free read attempts before reading under the lock
+_WAIT_SLICE = 0.5  # waiters re-check this often, in case a writer died before waking them
+
+_MISSING: Any = object()
+
+
+def _round64(n: int) -> int:
+    return (n + 63) & ~63
+
+
+def _layout_size(capacity: int) -> int:
+    return _SLOT0 + 2 * (_SLOT_HEADER + _round64(capacity))
+
+
+class Board(_Named):
+    """A named shared latest value: written by anyone, read and watched by anyone.
+
+    Readers never see a torn value and never wait for writers (not even for
+    one that died mid-write); writers are serialised by a robust lock.  Each
+    write bumps :attr:`version`; :meth:`wait_for_change` and :meth:`watch`
+    wake on it.  A board is a *latest value*, not a queue: values written
+    faster than a watcher reads them are skipped, and the watcher sees the
+    newest one.
+
+    Use the named constructors :meth:`create`, :meth:`open` and
+    :meth:`create_or_open`.  A handle is a context manager; :meth:`close`
+    detaches, :meth:`unlink` removes the name.
+
+    Attributes
+    ----------
+    name : str
+        The board's name.
+    size : int
+        The largest value it holds, in bytes (as given to :meth:`create`).
+    version : int
+        How many writes (including clears) it has had; 0 when new.
+    created : bool
+        True if this handle created the board.
+    """
+
+    KIND = "board"
+
+    # class-level defaults, so that close() and repr work on a half-built handle
+    _mem: Any = None
+    _buf: Any = None
+    _capacity = 0
+    _slots: tuple[int, int] = (0, 0)
+
+    # -- constructors --
+
+    @classmethod
+    def create(cls, name: str, size: int, *, mode: int = 0o600,
+               lifetime: str = "persist") -> "Board":
+        """Create a new, empty board; fail if the name exists.
+
+        Parameters
+        ----------
+        name : str
+            Board name (letters, digits, ``_ . -``).
+        size : int
+            The largest value the board holds, in bytes (>= 1).  The segment
+            takes about twice that (two value slots).
+        mode : int
+            Permission bits (default ``0o600``: this user only).
+        lifetime : {"persist", "auto"}
+            ``persist``: stays until unlinked.  ``auto``: removed when the
+            last participant closes.
+
+        Returns
+        -------
+        Board
+            A handle on the new board (version 0, empty value).
+
+        Raises
+        ------
+        SegmentExists
+            If the name is taken.
+        InvalidSize
+            If ``size`` is not a positive int.
+        InvalidName, AccessDenied
+            As for :meth:`shmlink.Segment.create`.
+        """
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= _MAX_SIZE:
+            raise InvalidSize(
+                f"board {name!r}: size must be an int from 1 to {_MAX_SIZE} bytes (the "
+                f"largest value it will hold), not {size!r}"
+            )
+        stride = _SLOT_HEADER + _round64(size)
+
+        def init(mm: Any) -> None:
+            base = DATA_OFFSET
+            mm[base:base + 32] = (
+                _BOARD_MAGIC.to_bytes(4, "little") + _BOARD_VERSION.to_bytes(4, "little")
+                + size.to_bytes(8, "little") + _SLOT0.to_bytes(8, "little")
+                + stride.to_bytes(8, "little")
+            )
+            # Everything else starts at zero: version 0 lives in slot 0 with
+            # seq 0 == 2 * 0 and length 0, i.e. a complete, empty value.
+
+        return cls._create_kind(name, _layout_size(size), kind=cls._kind_id(), mode=mode,
+                                lifetime=lifetime, init=init, kind_version=_BOARD_VERSION)
+
+    @classmethod
+    def open(cls, name: str, *, timeout: float | None = 5.0) -> "Board":
+        """Open an existing board by name; never creates.
+
+        Parameters
+        ----------
+        name : str
+            The board's name.
+        timeout : float or None
+            How long to wait for a board whose creator is still initialising
+            it (seconds; None = forever).
+
+        Returns
+        -------
+        Board
+            A handle on the board; its :attr:`size` is the creator's.
+
+        Raises
+        ------
+        SegmentNotFound
+            If no board of that name exists.
+        WrongKind
+            If the name holds another kind of object.
+        IncompatibleSegment, CorruptSegment
+            If the board's control block is foreign or damaged.
+        """
+        return cls._open_kind(name, timeout=timeout)
+
+    @classmethod
+    def create_or_open(cls, name: str, size: int, *, mode: int = 0o600,
+                       lifetime: str = "persist", timeout: float | None = 5.0) -> "Board":
+        """Create the board, or open it if it exists (``.created`` tells which).
+
+        Parameters
+        ----------
+        name : str
+            Board name.
+        size : int
+            Largest value, used only if the board is created; an existing
+            board keeps its own :attr:`size`.
+        mode, lifetime
+            As for :meth:`create`.
+        timeout : float or None
+            As for :meth:`open`.
+
+        Returns
+        -------
+        Board
+            A handle on the board.
+        """
+        while True:
+            try:
+                return cls.create(name, size, mode=mode, lifetime=lifetime)
+            except FileExistsError:
+                pass
+            try:
+                return cls.open(name, timeout=timeout)
+            except FileNotFoundError:
+                continue  # removed between the two: try creating again
+
+    # -- attach / detach --
+
+    def _attach(self) -> None:
+        m = self._mapping()
+        mem = m.memory
+        data_size = m.header.data_size
+        shown = f"board {self._name!r}"
+        if data_size < _layout_size(1):
+            raise CorruptSegment(f"{shown} has a {data_size}-byte data area, too small for a board")
+        magic, layout = mem.load32(_C_MAGIC), mem.load32(_C_LAYOUT)
+        if magic != _BOARD_MAGIC:
+            raise CorruptSegment(f"{shown} has a bad control-block magic 0x{magic:08x}; "
+                                 "remove it and create it again")
+        if layout != _BOARD_VERSION:
+            raise IncompatibleSegment(f"{shown} has board layout {layout}, this shmlink speaks "
+                                      f"{_BOARD_VERSION}; use the same shmlink on both sides")
+        capacity = mem.load64(_C_CAPACITY)
+        slot0, stride = mem.load64(_C_SLOT0), mem.load64(_C_STRIDE)
+        if not (1 <= capacity <= _MAX_SIZE and slot0 == _SLOT0
+                and stride == _SLOT_HEADER + _round64(capacity)
+                and _layout_size(capacity) <= data_size):
+            raise CorruptSegment(
+                f"{shown}: control block says capacity {capacity}, slots at {slot0} every "
+                f"{stride} bytes, which does not fit its {data_size}-byte data area; remove it "
+                "and create it again"
+            )
+        # Recorded once: every offset and length used later is checked
+        # against these, never re-read from shared memory.
+        self._capacity = capacity
+        self._slots = (DATA_OFFSET + slot0, DATA_OFFSET + slot0 + stride)
+        self._mem = mem
+        self._buf = m.mm
+
+    def _detach_kind(self) -> None:
+        self._mem = None
+        self._buf = None
+
+    def _m(self) -> Any:
+        mem = self._mem
+        if mem is None:
+            raise SegmentClosed(f"board {self._name!r} is closed; open it again to use it")
+        return mem
+
+    # -- properties --
+
+    @property
+    def size(self) -> int:
+        """The largest value the board holds, in bytes."""
+        self._m()
+        return self._capacity
+
+    @property
+    def version(self) -> int:
+        """How many times the board was written (or cleared), by anyone; 0 when new."""
+        return self._m().load64(_P_VERSION)
+
+    @property
+    def length(self) -> int:
+        """Length in bytes of the current value."""
+        return self._consistent(copy=False)[1]
+
+    # -- reading --
+
+    def _corrupt(self, what: str) -> CorruptSegment:
+        return CorruptSegment(
+            f"board {self._name!r}: {what}; the control block was overwritten: remove the "
+            "board and create it again"
+        )
+
+    def _consistent(self, copy: bool = True) -> tuple[int, Any]:
+        """(version, bytes) -- or (version, length) with copy=False -- read whole."""
+        mem = self._m()
+        load = mem.load64
+        fence = mem.fence
+        buf = self._buf
+        slots = self._slots
+        cap = self._capacity
+        for attempt in range(_OPTIMISTIC_TRIES):
+            v = load(_P_VERSION)  # SYNC: acquire; pairs with the writers' publish
+            base = slots[v & 1]
+            seq = load(base)  # SYNC: acquire; pairs with the writer's even (release) store
+            if seq == (v << 1) & _MASK64:
+                n = load(base + _LEN)
+                if n <= cap:
+                    start = base + _SLOT_HEADER
+                    data = buf[start:start + n] if copy else n
+                    fence()  # the copy happens before the re-check
+                    if load(base) == seq:
+                        return v, data
+                else:
+                    fence()
+                    if load(base) == seq:
+                        raise self._corrupt(f"slot {v & 1} holds a {n}-byte value but the "
+                                            f"board holds at most {cap}")
+            elif load(_P_VERSION) == v:
+                # Nobody published since we looked, so nobody may have
+                # touched this slot: a mismatch now is damage, not a race.
+                raise self._corrupt(f"version {v} is published but its slot's sequence is {seq}")
+            # A writer came round to this slot: retry.
+            if attempt >= 3:
+                os.sched_yield()
+        return self._consistent_locked(copy)
+
+    def _consistent_locked(self, copy: bool) -> tuple[int, Any]:
+        # Writers kept overtaking this reader: read with them held off.  A
+        # lock held by a dead writer is taken over (nothing to repair: the
+        # published slot is whole).
+        mem = self._m()
+        if mem.lock_acquire(_W_LOCK, None, _SPIN_NS) == 1:
+            mem.add64(_W_TAKEOVERS, 1)
+        try:
+            v = mem.load64(_P_VERSION)
+            base = self._slots[v & 1]
+            seq = mem.load64(base)
+            n = mem.load64(base + _LEN)
+            if seq != (v << 1) & _MASK64:
+                raise self._corrupt(f"version {v} is published but its slot's sequence is {seq}")
+            if n > self._capacity:
+                raise self._corrupt(f"slot {v & 1} holds a {n}-byte value but the board "
+                                    f"holds at most {self._capacity}")
+            start = base + _SLOT_HEADER
+            return v, (self._buf[start:start + n] if copy else n)
+        finally:
+            mem.lock_release(_W_LOCK)
+
+    def read(self) -> bytes:
+        """The current value, as bytes (``b""`` when empty).
+
+        Never torn, never waits for a writer.
+
+        Returns
+        -------
+        bytes
+            A copy of the value.
+
+        Raises
+        ------
+        CorruptSegment
+            If the board's control block holds impossible values.
+        """
+        return self._consistent()[1]
+
+    def read_versioned(self) -> tuple[int, bytes]:
+        """The current value together with its version, read as one.
+
+        Returns
+        -------
+        tuple of (int, bytes)
+            ``(version, value)``: ``value`` is exactly what write number
+            ``version`` wrote.
+        """
+        return self._consistent()
+
+    def read_text(self, encoding: str = "utf-8", *, errors: str = "strict") -> str:
+        """The current value decoded as text.
+
+        Parameters
+        ----------
+        encoding : str
+            The encoding the writer used (default UTF-8).
+        errors : str
+            As for :meth:`bytes.decode`; ``"replace"`` decodes anything.
+
+        Returns
+        -------
+        str
+            The text (``""`` when the board is empty).
+
+        Raises
+        ------
+        TextDecodeError
+            If the value is not valid text in ``encoding``.
+        """
+        data = self.read()
+        try:
+            return data.decode(encoding, errors)
+        except UnicodeDecodeError as e:
+            raise TextDecodeError(
+                f"board {self._name!r}: bytes at offset {e.start} of the value are not valid "
+                f"{encoding} ({e.reason}); pass the encoding the writer used, or errors='replace'"
+            ) from None
+
+    def read_object(self, *, default: Any = None) -> Any:
+        """The current value, unpickled (written by :meth:`write_object`).
+
+        Only unpickle values from processes you trust.
+
+        Parameters
+        ----------
+        default : object
+            Returned when the board is empty (never written, or cleared).
+
+        Returns
+        -------
+        object
+            The unpickled value, or ``default``.
+        """
+        data = self.read()
+        if not data:
+            return default
+        return pickle.loads(data)
+
+    # -- writing --
+
+    def write(self, data: Any, *, timeout: float | None = None) -> int:
+        """Replace the value with ``data`` (any bytes-like object, possibly empty).
+
+        Parameters
+        ----------
+        data : bytes-like
+            The new value; at most :attr:`size` bytes.
+        timeout : float or None
+            How long to wait for another writer to finish (seconds; None =
+            forever).  Writers hold the lock only while copying.
+
+        Returns
+        -------
+        int
+            The new version.
+
+        Raises
+        ------
+        MessageTooLarge
+            If ``data`` is longer than :attr:`size` (nothing is written).
+        Timeout
+            If other writers held the lock for ``timeout`` seconds.
+        """
+        mem = self._m()
+        with memoryview(data) as src:
+            if src.ndim != 1 or src.format != "B":
+                src = src.cast("B")
+            n = src.nbytes
+            if n > self._capacity:
+                raise MessageTooLarge(
+                    f"board {self._name!r}: a {n}-byte value does not fit; it holds at most "
+                    f"{self._capacity} bytes: create the board with a larger size"
+                )
+            deadline = deadline_of(timeout)
+            got = mem.lock_acquire(_W_LOCK, deadline, _SPIN_NS)
+            if got is None:
+                raise Timeout(
+                    f"board {self._name!r}: the writers' lock stayed held by PID "
+                    f"{mem.load32(_W_LOCK)} for {timeout} s; nothing was written"
+                )
+            try:
+                if got == 1:
+                    # Its holder died mid-write: it only touched the slot that
+                    # nothing points to, which this write overwrites anyway.
+                    mem.add64(_W_TAKEOVERS, 1)
+                v = (mem.load64(_P_VERSION) + 1) & _MASK64
+                base = self._slots[v & 1]
+                mem.store64(base, ((v << 1) - 1) & _MASK64)  # odd: being written
+                mem.fence()  # readers that see any byte below see the odd seq
+                mem.store64(base + _LEN, n)
+                start = base + _SLOT_HEADER
+                self._buf[start:start + n] = src
+                # SYNC: release; pairs with the readers' acquire of the slot seq.
+                mem.store64(base, (v << 1) & _MASK64)
+                # SYNC: publishes the slot; pairs with the readers' and
+                # waiters' acquire of the version.
+                mem.store64(_P_VERSION, v)
+                mem.store32(_P_CHANGE, v & _MASK32)
+                mem.store32(_W_LAST_PID, os.getpid())
+            finally:
+                mem.lock_release(_W_LOCK)
+        mem.fence()  # the change word is stored before the waiters are counted
+        if mem.load32(_P_WAITERS):
+            mem.wake32(_P_CHANGE)
+        return v
+
+    def write_text(self, text: str, encoding: str = "utf-8", *,
+                   timeout: float | None = None) -> int:
+        """Replace the value with ``text`` encoded (no terminator: the length is stored).
+
+        Parameters
+        ----------
+        text : str
+            The new value.
+        encoding : str
+            How to encode it (default UTF-8).
+        timeout : float or None
+            As for :meth:`write`.
+
+        Returns
+        -------
+        int
+            The new version.
+
+        Raises
+        ------
+        MessageTooLarge
+            If the encoded text is longer than :attr:`size`.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"write_text() takes a str, not {type(text).__name__}")
+        return self.write(text.encode(encoding), timeout=timeout)
+
+    def write_object(self, obj: Any, *, timeout: float | None = None) -> int:
+        """Replace the value with ``obj`` pickled; read it back with :meth:`read_object`.
+
+        Parameters
+        ----------
+        obj : object
+            Any picklable object.
+        timeout : float or None
+            As for :meth:`write`.
+
+        Returns
+        -------
+        int
+            The new version.
+
+        Raises
+        ------
+        MessageTooLarge
+            If the pickle is longer than :attr:`size`.
+        """
+        return self.write(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), timeout=timeout)
+
+    def clear(self, *, timeout: float | None = None) -> int:
+        """Make the value empty (``b""``); the version goes up like for any write.
+
+        Parameters
+        ----------
+        timeout : float or None
+            As for :meth:`write`.
+
+        Returns
+        -------
+        int
+            The new version.
+        """
+        return self.write(b"", timeout=timeout)
+
+    # -- waiting --
+
+    def wait_for_change(self, since_version: int, *, timeout: float | None = None) -> int:
+        """Wait until the version differs from ``since_version``; return the new version.
+
+        Returns at once if it already differs.  Pass the version of the value
+        you last read (:meth:`read_versioned`, :attr:`version`) so that a
+        write landing between your read and this call is not missed.
+
+        Parameters
+        ----------
+        since_version : int
+            The version you have seen.
+        timeout : float or None
+            Seconds to wait (None = forever, 0 = just check).
+
+        Returns
+        -------
+        int
+            The current version (it may be several writes past
+            ``since_version``: a board keeps only the latest value).
+
+        Raises
+        ------
+        Timeout
+            If no write happened within ``timeout`` seconds.
+        """
+        if isinstance(since_version, bool) or not isinstance(since_version, int):
+            raise TypeError(f"since_version must be an int, not {type(since_version).__name__}")
+        deadline = deadline_of(timeout)
+        mem = self._m()
+        while True:
+            v = mem.load64(_P_VERSION)
+            if v != since_version:
+                return v
+            change = mem.load32(_P_CHANGE)
+            mem.add32(_P_WAITERS, 1)
+            try:
+                mem.fence()  # announced before the re-check
+                v = mem.load64(_P_VERSION)
+                if v != since_version:
+                    return v
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                # Sleep in slices: a writer that died between publishing and
+                # waking us must not leave us asleep until the next write.
+                end = time.monotonic() + _WAIT_SLICE
+                mem.wait32(_P_CHANGE, change, end if deadline is None else min(end, deadline))
+            finally:
+                mem.add32(_P_WAITERS, -1)
+        raise Timeout(f"board {self._name!r}: no write within {timeout} s "
+                      f"(still version {since_version})")
+
+    def watch(self, *, timeout: float | None = None, initial: bool = False) -> Iterator[bytes]:
+        """Yield each new value as it is written, forever (break out, or Ctrl-C).
+
+        A board is a latest value, not a queue: when writes come faster than
+        the loop body runs, the values in between are skipped and the next
+        one yielded is the newest.  Use :class:`shmlink.Queue` to see every
+        message.
+
+        Parameters
+        ----------
+        timeout : float or None
+            The longest to wait for each new value (None = forever).
+        initial : bool
+            Yield the current value first, before waiting for changes.
+
+        Returns
+        -------
+        iterator of bytes
+            Each new value.  The starting point is the value current when
+            ``watch`` is called (not when the loop starts), so a write in
+            between is not missed.
+
+        Raises
+        ------
+        Timeout
+            From the iterator, if no new value came within ``timeout`` seconds.
+        """
+        # Read now, not at the first next(): a write that lands between this
+        # call and the loop is then yielded, not taken for the starting point.
+        deadline_of(timeout)  # a bad timeout fails here, not at the first next()
+        return self._watch(self._consistent(), timeout, initial)
+
+    def _watch(self, first: tuple[int, bytes], timeout: float | None,
+               initial: bool) -> Iterator[bytes]:
+        v, data = first
+        if initial:
+            yield data
+        while True:
+            self.wait_for_change(v, timeout=timeout)
+            v, data = self._consistent()
+            yield data
+
+    # -- introspection --
+
+    def state(self) -> dict[str, Any]:
+        """Kind-specific state for ``shmlink info``.
+
+        Returns
+        -------
+        dict
+            ``version``, ``size`` (largest value), ``length`` (current value),
+            ``writer_pid`` (a writer holding the lock now, or None),
+            ``last_writer_pid``, ``takeovers`` (locks taken from writers that
+            died) and ``waiters``.
+        """
+        mem = self._m()
+        version, length = self._consistent(copy=False)
+        return {"version": version, "size": self._capacity, "length": length,
+                "writer_pid": mem.load32(_W_LOCK) or None,
+                "last_writer_pid": mem.load32(_W_LAST_PID) or None,
+                "takeovers": mem.load64(_W_TAKEOVERS),
+                "waiters": mem.load32(_P_WAITERS)}
+
+    def __repr__(self) -> str:
+        if self._closed or self._mem is None:
+            return f"<shmlink.Board {self._name!r} closed>"
+        return f"<shmlink.Board {self._name!r} size={self._capacity} version={self.version}>"
+
+
+# --- the `shmlink board` command ---------------------------------------------------
+
+from .cli import command  # noqa: E402  (registration only; cli imports no messaging module)
+
+
+@command("board", "write, read or watch a board (a shared latest value)")
+def cmd_board(a: Any) -> int:
+    """Run ``shmlink board ACTION NAME ...``; returns the exit status.
+
+    Parameters
+    ----------
+    a : argparse.Namespace
+        The parsed arguments (see ``shmlink board --help``).
+
+    Returns
+    -------
+    int
+        0 on success.
+    """
+    from .cli import UsageError, _parse_size
+
+    if a.action != "write" and (a.text is not None or a.create):
+        raise UsageError(f"board {a.action} takes only a NAME (TEXT and --create are for write)")
+    if a.action == "write":
+        if a.create:
+            board = Board.create_or_open(a.name, _parse_size(a.create))
+        else:
+            board = Board.open(a.name)
+        try:
+            if a.text is None or a.text == "-":
+                data = sys.stdin.buffer.read()
+                if a.encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+                    data = data.decode("utf-8").encode(a.encoding)
+            else:
+                data = a.text.encode(a.encoding)
+            version = board.write(data, timeout=a.timeout)
+            if a.verbose:
+                sys.stderr.write(f"wrote {len(data)} bytes to board {a.name!r}: version {version}\n")
+        finally:
+            board.close()
+        return 0
+    board = Board.open(a.name)
+    try:
+        if a.action == "read":
+            _emit(board, board.read(), a)
+        elif a.action == "clear":
+            board.clear(timeout=a.timeout)
+        else:  # watch
+            if a.count is not None and a.count < 1:
+                raise UsageError("--count must be at least 1")
+            seen = 0
+            for value in board.watch(timeout=a.timeout, initial=a.initial):
+                _emit(board, value, a)
+                seen += 1
+                if a.count is not None and seen >= a.count:
+                    break
+    finally:
+        board.close()
+    return 0
+
+
+def _emit(board: Board, value: bytes, a: Any) -> None:
+    if a.raw:
+        sys.stdout.buffer.write(value)
+    else:
+        try:
+            text = value.decode(a.encoding)
+        except UnicodeDecodeError as e:
+            raise TextDecodeError(
+                f"board {board.name!r}: the value is not valid {a.encoding} ({e.reason}); "
+                "pass --encoding, or --raw for the bytes"
+            ) from None
+        sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _setup(p: Any) -> None:
+    p.description = ("Use a board, a shared latest value.  write: replace the value "
+                     "(TEXT, or stdin); read: print it; watch: print each new value; "
+                     "clear: make it empty.")
+    p.add_argument("action", choices=["write", "read", "watch", "clear"])
+    p.add_argument("name")
+    p.add_argument("text", nargs="?", help="(write) the value; '-' or omitted: read stdin")
+    p.add_argument("--create", metavar="SIZE",
+                   help="(write) create the board, holding up to SIZE bytes, if it is missing")
+    p.add_argument("--raw", action="store_true",
+                   help="(read, watch) write the bytes as they are, without a newline")
+    p.add_argument("--encoding", default="utf-8", help="text encoding (default utf-8)")
+    p.add_argument("--count", type=int, default=None, help="(watch) stop after N values")
+    p.add_argument("--initial", action="store_true",
+                   help="(watch) print the current value first")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait (watch: for each value; write: for the lock)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+cmd_board.setup = _setup  # type: ignore[attr-defined]
