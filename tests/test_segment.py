@@ -341,10 +341,25 @@ def test_context_manager_and_idempotent_close(name):
         seg.read()
     assert isinstance(exc.value, ValueError)
     for op in (lambda: seg.write(b"a"), lambda: seg.view(), lambda: seg.size,
-               lambda: seg.participants(), lambda: seg.read_text(), seg.clear, seg.unlink):
+               lambda: seg.participants(), lambda: seg.read_text(), seg.clear):
         with pytest.raises(SegmentClosed):
             op()
     assert os.path.exists(seg_path(name)), "close() is not unlink()"
+    seg.unlink()  # close() then unlink() removes the name, like CPython's SharedMemory
+    assert not os.path.exists(seg_path(name))
+
+
+def test_unlink_of_a_closed_handle_spares_a_newer_segment_of_the_same_name(name):
+    old = Segment.create(name, 8)
+    old.close()
+    old_path = seg_path(name)
+    os.unlink(old_path)
+    newer = Segment.create(name, 16)
+    old.unlink()  # must not remove the segment it did not open
+    assert os.path.exists(old_path)
+    assert Segment.open(name).size == 16
+    newer.unlink()
+    newer.close()
 
 
 def test_close_with_live_view_raises_busy_and_works_after_release(name):

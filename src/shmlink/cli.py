@@ -291,15 +291,20 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the suite lives in a source checkout
     try:
-        import benchmarks  # the suite lives beside the package in a source checkout
+        import benchmarks
     except ImportError:
         here = os.getcwd()
         raise ShmlinkError(
             f"the benchmark suite is not importable from {here}; run `shmlink bench` "
             "(or `python -m benchmarks`) from a shmlink source checkout"
         ) from None
-    return benchmarks.main(a.args) or 0
+    args = list(a.args)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    return benchmarks.main(args) or 0
 
 
 # --- parser -----------------------------------------------------------------------
@@ -384,9 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=3)
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("bench", help="run the benchmark suite (source checkout)", add_help=False)
-    s.add_argument("args", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_bench)
+    s = sub.add_parser("bench", help="run the benchmark suite (source checkout; "
+                       "`shmlink bench --help` for its options)", add_help=False)
+    s.set_defaults(func=cmd_bench, args=[])
 
     _load_kinds()  # lets messaging modules register their commands
     for cname, (chelp, setup, run) in sorted(_COMMANDS.items()):
@@ -399,7 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shmlink`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # everything after "bench" belongs to the benchmark suite's own parser
+        args = argparse.Namespace(func=cmd_bench, args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         rc = args.func(args)
         return int(rc or 0)

@@ -112,6 +112,7 @@ class Queue(_Named):
 
     KIND = "queue"
     _ring: Any = None
+    _view: "MessageView | None" = None
     _spin = WAIT_STRATEGIES["hybrid"]
     _wait = "hybrid"
 
@@ -188,6 +189,13 @@ class Queue(_Named):
         self._ring = _core.Ring(m.mm, DATA_OFFSET, m.header.data_size)
 
     def _detach_kind(self) -> None:
+        view = self._view
+        if view is not None and not view._done:
+            from .errors import SegmentBusy
+            raise SegmentBusy(
+                f"queue {self._name!r} has an open zero-copy receive; release it "
+                "(leave its with-block) before close()"
+            )
         if self._ring is not None:
             self._ring.close()
             self._ring = None
@@ -276,6 +284,11 @@ class Queue(_Named):
     def send_many(self, messages: Iterable[Any], *, timeout: float | None = None) -> int:
         """Append messages in order, taking the producer lock as few times as room allows.
 
+        ``messages`` is an iterable of bytes-like objects, or a 2-D
+        C-contiguous buffer (for example a numpy array of fixed-size records)
+        whose rows are the messages: then no Python object is made per
+        message.
+
         Returns
         -------
         int
@@ -287,12 +300,22 @@ class Queue(_Named):
             If room ran out for ``timeout`` seconds; ``err.sent`` says how many
             went in (the first ``err.sent``, in order).
         """
+        total = None
         if not isinstance(messages, (list, tuple)):
-            messages = list(messages)
+            try:
+                with memoryview(messages) as mv:  # type: ignore[arg-type]
+                    if mv.ndim == 2:
+                        total = mv.shape[0]
+            except TypeError:
+                pass
+            if total is None:
+                messages = list(messages)
+        if total is None:
+            total = len(messages)  # type: ignore[arg-type]
         n = self._r().send_many(messages, deadline_of(timeout), self._spin)
-        if n < len(messages):
+        if n < total:
             err = Timeout(f"queue {self._name!r} stayed full for {timeout} s; sent {n} of "
-                          f"{len(messages)} messages")
+                          f"{total} messages")
             err.sent = n  # type: ignore[attr-defined]
             raise err
         return n
@@ -375,7 +398,8 @@ class Queue(_Named):
         except BaseException:
             ring.view_end(False)
             raise
-        return MessageView(self, view)
+        self._view = MessageView(self, view)
+        return self._view
 
     def recv_text(self, *, encoding: str = "utf-8", timeout: float | None = None) -> str:
         """Receive a message and decode it."""

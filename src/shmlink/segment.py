@@ -219,6 +219,8 @@ class _Mapping:
         self.refs = 0
         self.slot = -1
         self.pid = os.getpid()
+        st = os.fstat(fd)
+        self.identity = (st.st_dev, st.st_ino)
 
     def register(self) -> None:
         """Claim a participant slot (read-write mappings only)."""
@@ -536,12 +538,18 @@ class _Named:
         """Remove the segment's name now.
 
         Processes that have it open keep using it; the memory is freed when
-        the last of them closes.  New ``open`` calls fail.
+        the last of them closes.  New ``open`` calls fail.  Works on a closed
+        handle too (``close()`` then ``unlink()``), and removes only the
+        segment this handle opened, never a newer one of the same name.
         """
-        m = self._mapping()
+        if self._map is None:
+            raise SegmentClosed(f"{self.KIND} {self._name!r} was never opened")
+        m = self._map
         try:
             st = os.stat(m.path)
-            if st.st_ino == os.fstat(m.fd).st_ino:
+            # Only the file this handle opened: the name may have been
+            # unlinked and re-created by someone else since.
+            if (st.st_dev, st.st_ino) == m.identity:
                 os.unlink(m.path)
         except FileNotFoundError:
             pass
