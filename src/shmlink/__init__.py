@@ -27,3 +27,7 @@ __all__ += ["Mutex", "Event", "Queue", "MessageView"]
 from .board import Board
 
 __all__ += ["Board"]
+
+from .topic import Subscriber, Topic
+
+__all__ += ["Topic", "Subscriber"]
