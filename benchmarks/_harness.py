@@ -35,12 +35,12 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 CTX = multiprocessing.get_context("spawn")
 
 #: Longest a single send or receive inside a timed loop may block before the run fails.
-OP_TIMEOUT = 10.0
+OP_TIMEOUT = float(os.environ.get("SHMLINK_BENCH_OP_TIMEOUT", "10"))
 #: Longest the parent waits for all roles of a case to start and report ready.
 READY_TIMEOUT = 60.0
 #: Longest a child waits on its control pipe for the next instruction.
@@ -52,6 +52,17 @@ HDR = struct.Struct("<Q")
 STOP = 0xFFFF_FFFF_FFFF_FFFF
 STOP_SIZE = 24
 MIN_SIZE = 32
+
+
+#: Set by the suite's SIGINT handler. A KeyboardInterrupt raised while Python happens to run
+#: a __del__ or a finalizer is swallowed ("Exception ignored in ..."); the parent also polls
+#: this flag between waits, so Ctrl-C always ends the run.
+STOP_REQUESTED = [False]
+
+
+def check_stop() -> None:
+    if STOP_REQUESTED[0]:
+        raise KeyboardInterrupt
 
 
 class BenchError(RuntimeError):
@@ -191,6 +202,8 @@ class Workspace:
         # iceoryx2 is configured to put its files under this prefix and root (see peers.py).
         self.iox2_prefix = f"iox2b{self.pid}_"
         self.iox2_root = os.path.join(self.tmp, "iceoryx2") + "/"
+        # POSIX message queues live in the kernel's mqueue fs, not /dev/shm: remember them.
+        self.mq_names: list[str] = []
         self._n = 0
 
     def name(self, label: str) -> str:
@@ -206,7 +219,7 @@ class Workspace:
     def leftovers(self) -> list[str]:
         """Files in /dev/shm that this run created and has not removed yet."""
         pats = [f"/dev/shm/shmlink.{self.tag}-*", f"/dev/shm/{self.tag}-*",
-                f"/dev/shm/{self.iox2_prefix}*", f"/dev/shm/sem.{self.tag}-*"]
+                f"/dev/shm/{self.iox2_prefix}*"]
         found: list[str] = []
         for p in pats:
             found.extend(glob.glob(p))
@@ -225,6 +238,15 @@ class Workspace:
                 progress(f"  warning: could not remove {f}: {e}")
         if os.path.isdir(self.iox2_root):
             shutil.rmtree(self.iox2_root, ignore_errors=True)
+        if self.mq_names:
+            import posix_ipc
+            for n in self.mq_names:
+                try:
+                    posix_ipc.unlink_message_queue(n)
+                    removed.append(f"mqueue:{n}")
+                except posix_ipc.ExistentialError:
+                    pass
+            self.mq_names.clear()
         return removed
 
     def close(self) -> list[str]:
@@ -300,11 +322,13 @@ def _child_entry(target: str, role: str, spec: Any, conn: multiprocessing.connec
 class Role:
     """One process of a case: a name, ``module:function`` to run, and its picklable spec."""
 
-    def __init__(self, name: str, target: str, spec: Any, *, first: bool = False) -> None:
+    def __init__(self, name: str, target: str, spec: Any, *, first: bool = False,
+                 waits_go: bool = False) -> None:
         self.name = name
         self.target = target
         self.spec = spec
         self.first = first  # handed each task before the others (receivers, servers)
+        self.waits_go = waits_go  # is relayed the other roles' signals (a sender)
         self.proc: Any = None
         self.conn: Any = None
 
@@ -344,12 +368,13 @@ class Group:
         pending = {r.name: r for r in self.roles}
         got: dict[str, Any] = {}
         while pending:
+            check_stop()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BenchError(f"timed out after {timeout:.0f} s waiting for {kind} from "
                                  + ", ".join(sorted(pending)))
             waitables = [r.conn for r in pending.values()] + [r.proc.sentinel for r in pending.values()]
-            for obj in multiprocessing.connection.wait(waitables, timeout=left):
+            for obj in multiprocessing.connection.wait(waitables, timeout=min(left, 0.5)):
                 r = next((x for x in pending.values() if obj is x.conn or obj == x.proc.sentinel), None)
                 if r is None or r.name not in pending:
                     continue
@@ -370,8 +395,11 @@ class Group:
                     raise BenchError(value.strip().splitlines()[0] + "\n" + value)
                 if tag == "signal":
                     for other in self.roles:
-                        if other is not r:
-                            other.conn.send(("go", value))
+                        if other is not r and other.waits_go:
+                            try:
+                                other.conn.send(("go", value))
+                            except OSError:
+                                pass  # it died; its sentinel reports that
                     continue
                 if tag != kind:
                     raise BenchError(f"{r.name}: expected {kind}, got {tag}")
@@ -406,8 +434,3 @@ class Group:
                 except ValueError:
                     pass
 
-
-def until(deadline_ns: int) -> Callable[[], bool]:
-    """A cheap "time is up" test for loops that poll the clock every few iterations."""
-    clock = time.perf_counter_ns
-    return lambda: clock() >= deadline_ns

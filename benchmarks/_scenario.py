@@ -6,8 +6,10 @@ those that have one, so adding a scenario is adding one module. A scenario
 
 - lists its ``cases`` (one per competitor and mode, each over a list of sizes), with a skip
   reason on the cases that cannot run here;
-- runs a case (``run_case``) through one of the drivers in ``_drivers.py`` and returns one
-  record per size;
+- measures a case once per size (``measure``) through one of the drivers in ``_drivers.py``;
+  the suite calls it once per round (``--repeat`` rounds, every case in each round, so that
+  a burst of noise from the rest of the machine does not land on all runs of one case) and
+  turns the runs into one record per size with ``summarize`` (medians);
 - names the record each record is compared with (``baseline``), for the ratio column, and
   the columns of its table.
 """
@@ -36,6 +38,9 @@ class Case:
     @property
     def label(self) -> str:
         extra = "" if self.mode in ("", "single") else f" [{self.mode}]"
+        k = self.params.get("subscribers")
+        if k is not None:
+            extra += f" to {k} subscriber{'s' if k != 1 else ''}"
         return f"{self.competitor}{extra}"
 
 
@@ -62,11 +67,9 @@ class Scenario:
     metric = ""
     higher_is_better = True
     ratio_note = ""
+    ratio_header = "shmlink/peer"
 
     def cases(self, opts: Any) -> list[Case]:
-        raise NotImplementedError
-
-    def run_case(self, case: Case, ws: H.Workspace, opts: Any) -> list[dict]:
         raise NotImplementedError
 
     def group(self, rec: dict) -> str:
@@ -80,38 +83,33 @@ class Scenario:
     def columns(self) -> list[Column]:
         raise NotImplementedError
 
+    def extra_ratios(self) -> list[tuple[str, str]]:
+        """Further ratio columns: (header, shmlink competitor in the same mode)."""
+        return []
+
     def chart(self, records: list[dict], path: str) -> bool:
         """Draw ``records`` into ``path``; return False when there is nothing to draw."""
         return False
-
-    # ---------------------------------------------------------------- helpers for subclasses
 
     def plan(self, opts: Any, size: int, mode: str = "single") -> dict:
         """Warm-up, count and time limits of one run, from the --quick switch."""
         raise NotImplementedError
 
-    def measured(self, case: Case, ws: H.Workspace, opts: Any, runner: Callable,
-                 summarize: Callable[[list[dict]], dict], show: Callable[[dict], str]) -> list[dict]:
-        """Run ``runner`` for the sizes that can run; records for all sizes of the case."""
-        sizes = [s for s in case.sizes if s not in case.size_skips]
-        recs = {s: record(case, s, status="skipped", reason=r) for s, r in case.size_skips.items()}
-        if sizes:
-            def on_run(size: int, rep: int, res: dict) -> None:
-                H.progress(f"    {case.label:<34} {H.fmt_size(size):>7}  run {rep + 1}/{opts.repeat}:"
-                           f" {show(res)}")
-            try:
-                results = runner(sizes, on_run)
-            except Exception as e:
-                msg = str(e)
-                H.progress(f"    {case.label}: FAILED: {msg}")
-                for s in sizes:
-                    recs[s] = record(case, s, status="failed", reason=msg.splitlines()[0])
-                    recs[s]["detail"] = msg
-            else:
-                for s in sizes:
-                    recs[s] = record(case, s, status="ok", metrics=summarize(results[s]),
-                                     runs=results[s])
-        return [recs[s] for s in case.sizes]
+    def measure(self, case: Case, ws: H.Workspace, opts: Any,
+                on_run: Callable[[int, int, dict], None]) -> dict[int, list[dict]]:
+        """One run of ``case`` for each of its runnable sizes: {size: [result]}.
+
+        Raises on failure (a payload that does not check, a role that dies or times out).
+        """
+        raise NotImplementedError
+
+    def summarize(self, runs: list[dict]) -> dict:
+        """The metrics of a record from its runs (medians)."""
+        raise NotImplementedError
+
+    def show(self, run: dict) -> str:
+        """One run, in a few words, for the progress lines."""
+        return ""
 
 
 def median_of(runs: list[dict], keys: list[str]) -> dict:

@@ -26,6 +26,7 @@ class Latency(Scenario):
     metric = "p50_ns"
     higher_is_better = False
     ratio_note = "shmlink p50 / peer p50: below 1 means shmlink is faster"
+    ratio_header = "hybrid/peer"
 
     def links(self) -> list:
         return peers.links()
@@ -44,16 +45,18 @@ class Latency(Scenario):
 
     def plan(self, opts: Any, size: int, mode: str = "single") -> dict:
         if opts.quick:
-            return {"warmup": 200, "count": 20_000, "seconds": 0.15}
+            return {"warmup": 100, "count": 20_000, "seconds": 0.05}
         return {"warmup": 2_000, "count": 400_000, "seconds": 1.5}
 
-    def run_case(self, case: Case, ws: H.Workspace, opts: Any) -> list[dict]:
-        return self.measured(
-            case, ws, opts,
-            lambda sizes, on_run: run_roundtrip(case.link, sizes, ws,
-                                                lambda s: self.plan(opts, s), opts.repeat, on_run),
-            lambda runs: dict(median_of(runs, KEYS), n=sum(r["n"] for r in runs)),
-            lambda r: f"p50 {H.fmt_ns(r['p50_ns'])}  p99 {H.fmt_ns(r['p99_ns'])}  ({r['n']} round trips)")
+    def measure(self, case: Case, ws: H.Workspace, opts: Any, on_run) -> dict[int, list[dict]]:
+        sizes = [s for s in case.sizes if s not in case.size_skips]
+        return run_roundtrip(case.link, sizes, ws, lambda s: self.plan(opts, s), 1, on_run)
+
+    def summarize(self, runs: list[dict]) -> dict:
+        return dict(median_of(runs, KEYS), n=sum(r["n"] for r in runs))
+
+    def show(self, r: dict) -> str:
+        return f"p50 {H.fmt_ns(r['p50_ns'])}  p99 {H.fmt_ns(r['p99_ns'])}  ({r['n']} round trips)"
 
     def baseline(self, rec: dict) -> tuple[str, str] | None:
         return ("shmlink (hybrid)", "")

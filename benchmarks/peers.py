@@ -35,13 +35,15 @@ iceoryx2           publish-subscribe over two services; the receiver busy-polls
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
+import shutil
 import socket
 import struct
 import time
 from typing import Any
 
-from ._harness import CTX, OP_TIMEOUT, Workspace
+from ._harness import CTX, OP_TIMEOUT, PayloadError, Workspace
 
 #: Bytes of buffering every bounded competitor gets for a given message size.
 def capacity_for(size: int) -> int:
@@ -51,10 +53,6 @@ def capacity_for(size: int) -> int:
 def messages_for(size: int) -> int:
     """The same buffering expressed in messages, for competitors bounded by count."""
     return max(4, capacity_for(size) // size)
-
-
-class Unavailable(Exception):
-    """This competitor cannot run here (package missing, kernel limit); the text says why."""
 
 
 class Link:
@@ -162,6 +160,7 @@ class _ShmlinkEndpoint(Endpoint):
         if tx is not None:
             self.send = lambda buf, _s=tx.send: _s(buf, timeout=t)
             self.send_many = lambda bufs, _s=tx.send_many: _s(bufs, timeout=t)
+            self.accepts_rows = True  # send_many takes a 2-D array, one message per row
         if rx is not None:
             self.recv = lambda _r=rx.recv: _r(timeout=t)
             self.recv_many = lambda n, _r=rx.recv_many: _r(n, timeout=t)
@@ -316,11 +315,16 @@ class ZmqPair(Link):
 class _ZmqEndpoint(Endpoint):
     def __init__(self, addr, size, side):
         import zmq
-        self._s = s = zmq_socket(zmq.PAIR, size)
+        s = zmq_socket(zmq.PAIR, size)
         if side == "b":
             s.bind(addr)
         else:
             s.connect(addr)
+        self._wire(s)
+
+    def _wire(self, s):
+        import zmq
+        self._s = s
         snd, rcv, again, t = s.send, s.recv, zmq.Again, OP_TIMEOUT
 
         def send(buf):
@@ -457,6 +461,7 @@ class PosixMq(Link):
         import posix_ipc
         msg_max, msgsize_max = _mq_limits()
         names = ["/" + ws.name("mq") for _ in range(2 if duplex else 1)]
+        ws.mq_names.extend(names)  # swept after the case if destroy() never ran
         held = []
         try:
             for n in names:
@@ -562,20 +567,42 @@ def iox2_wait_connected(services, subscribers: int, timeout: float = 30.0) -> No
     deadline = time.monotonic() + timeout
     for svc in services:
         while True:
-            dc = svc.dynamic_config()
-            if dc.number_of_publishers() >= 1 and dc.number_of_subscribers() >= subscribers:
+            dc = svc.dynamic_config
+            if dc.number_of_publishers >= 1 and dc.number_of_subscribers >= subscribers:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"iceoryx2 peers did not connect in {timeout} s")
             time.sleep(0.001)
 
 
+def iox2_cleanup(state: tuple[str, str]) -> None:
+    """Remove the files iceoryx2 keeps under this run's prefix once its processes are gone.
+
+    A node leaves its global management segment behind by design; services leave nothing when
+    their ports were dropped, but a killed child may leave them too.
+    """
+    prefix, root = state
+    for f in glob.glob(f"/dev/shm/{prefix}*"):
+        try:
+            os.unlink(f)
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def iox2_buffer_for(size: int) -> int:
     return max(2, min(256, messages_for(size)))
 
 
-def iox2_sender(pub):
-    """send(buf): loan a sample, copy ``buf`` in, publish (blocks while subscribers are full)."""
+def iox2_sender(pub, subscribers: int = 1):
+    """send(buf): loan a sample, copy ``buf`` in, publish (blocks while subscribers are full).
+
+    ``Sample.send()`` returns how many subscribers got the sample. With back-pressure
+    ``RetryUntilDelivered`` that is all of them, except in the case iceoryx2 issue #305
+    describes (a subscriber that has not polled since it connected: a full buffer then drops
+    instead of blocking). ``open`` polls every subscriber once to avoid that; this check
+    turns any drop that still happens into a clear error instead of a payload mismatch.
+    """
     memmove = ctypes.memmove
     cache: dict[int, Any] = {}
     loan = pub.loan_slice_uninit
@@ -593,7 +620,10 @@ def iox2_sender(pub):
         n = len(buf)
         s = loan(n)
         memmove(s.payload_ptr, src(buf), n)
-        s.assume_init().send()
+        got = s.assume_init().send()
+        if got < subscribers:
+            raise PayloadError(f"iceoryx2 dropped a sample: send() reached {got} of {subscribers} "
+                               "subscribers despite back-pressure RetryUntilDelivered")
     return send
 
 
@@ -629,7 +659,10 @@ class Iceoryx2(Link):
     def create(self, ws, size, duplex):
         names = [ws.name("iox") for _ in range(2 if duplex else 1)]
         spec = (names, size, ws.iox2_prefix, ws.iox2_root)
-        return spec, spec, None
+        return spec, spec, (ws.iox2_prefix, ws.iox2_root)
+
+    def destroy(self, state):
+        iox2_cleanup(state)
 
     def open(self, spec, side):
         return _Iox2Endpoint(*spec, side)
@@ -655,6 +688,8 @@ class _Iox2Endpoint(Endpoint):
         for p in self._ports:
             if hasattr(p, "update_connections"):
                 p.update_connections()
+            else:
+                p.has_samples()  # a subscriber connects to the publisher's data when it polls
 
     def close(self):
         for p in reversed(self._ports):

@@ -58,19 +58,20 @@ class Throughput(Scenario):
     def plan(self, opts: Any, size: int, mode: str = "single") -> dict:
         big = size > (64 << 10)
         if opts.quick:
-            return {"mode": mode, "warmup": 8 if big else 256,
-                    "count": 2_000 if big else 200_000, "seconds": 0.15}
+            return {"mode": mode, "warmup": 8 if big else 128,
+                    "count": 2_000 if big else 200_000, "seconds": 0.05}
         return {"mode": mode, "warmup": 32 if big else 4_096,
                 "count": 100_000 if big else 10_000_000, "seconds": 1.5}
 
-    def run_case(self, case: Case, ws: H.Workspace, opts: Any) -> list[dict]:
-        return self.measured(
-            case, ws, opts,
-            lambda sizes, on_run: run_oneway(case.link, sizes, ws,
-                                             lambda s: self.plan(opts, s, case.mode),
-                                             opts.repeat, on_run),
-            lambda runs: dict(median_of(runs, KEYS), n=sum(r["n"] for r in runs)),
-            lambda r: f"{H.fmt_rate(r['msgs_per_s'])} msg/s  {r['mb_per_s']:,.0f} MB/s  ({r['n']} msgs)")
+    def measure(self, case: Case, ws: H.Workspace, opts: Any, on_run) -> dict[int, list[dict]]:
+        sizes = [s for s in case.sizes if s not in case.size_skips]
+        return run_oneway(case.link, sizes, ws, lambda s: self.plan(opts, s, case.mode), 1, on_run)
+
+    def summarize(self, runs: list[dict]) -> dict:
+        return dict(median_of(runs, KEYS), n=sum(r["n"] for r in runs))
+
+    def show(self, r: dict) -> str:
+        return f"{H.fmt_rate(r['msgs_per_s'])} msg/s  {r['mb_per_s']:,.0f} MB/s  ({r['n']} msgs)"
 
     def baseline(self, rec: dict) -> tuple[str, str] | None:
         if rec["mode"] == "view":
