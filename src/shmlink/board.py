@@ -716,7 +716,7 @@ class Board(_Named):
 
 # --- the `shmlink board` command ---------------------------------------------------
 
-from .cli import command  # noqa: E402  (registration only; cli imports no messaging module)
+from ._commands import command  # noqa: E402  (registration only)
 
 
 @command("board", "write, read or watch a board (a shared latest value)")

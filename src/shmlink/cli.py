@@ -15,27 +15,12 @@ import sys
 from typing import Any, Callable, Sequence
 
 from . import __version__
+from ._commands import COMMANDS as _COMMANDS
+from ._commands import command
 from .errors import ShmlinkError
 from .segment import KIND_CLASSES, SegmentInfo, gc, info, list_segments, remove
 
 __all__ = ["main", "command"]
-
-#: Extra sub-commands, registered by the messaging modules: name -> (help, setup, run).
-_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
-                           Callable[[argparse.Namespace], int | None]]] = {}
-
-
-def command(name: str, help: str) -> Callable[..., Any]:
-    """Register a sub-command: decorate ``run(args)``; ``run.setup(parser)`` adds arguments."""
-    def deco(run: Callable[[argparse.Namespace], int | None]) -> Any:
-        def setup(p: argparse.ArgumentParser) -> None:
-            s = getattr(run, "setup", None)
-            if s:
-                s(p)
-        _COMMANDS[name] = (help, setup, run)
-        return run
-    return deco
-
 
 class UsageError(Exception):
     pass

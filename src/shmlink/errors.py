@@ -30,6 +30,7 @@ __all__ = [
     "NotOwner",
     "PeerDisconnected",
     "TooManyParticipants",
+    "MessageOverwritten",
 ]
 
 
@@ -123,3 +124,11 @@ class PeerDisconnected(ShmlinkError, ConnectionError):
 
 class TooManyParticipants(ShmlinkError, OSError):
     """Every participant slot of the segment is held by a live process."""
+
+
+class MessageOverwritten(ShmlinkError):
+    """A zero-copy view of a latest-mode topic was overwritten while it was open.
+
+    Whatever was computed from the view cannot be trusted.  The message counts
+    as missed; the next receive continues with the oldest message still held.
+    """

@@ -61,18 +61,12 @@ __all__ = ["Topic", "Subscriber", "TopicMessageView", "MessageHandler", "Message
 #: The delivery modes a topic is created with.
 MODES = ("lossless", "latest")
 
+from .errors import MessageOverwritten  # noqa: E402  (re-exported)
+
 _log = logging.getLogger("shmlink.topic")
 
 #: How long close() waits for another thread's call in the same handle to give up.
 _CLOSE_WAIT = 5.0
-
-
-class MessageOverwritten(ShmlinkError):
-    """A zero-copy view (latest mode) was overwritten by a publisher while it was open.
-
-    Whatever was computed from the view cannot be trusted.  The message counts
-    as missed; the next receive continues with the oldest message still held.
-    """
 
 
 def _close_core(core: Any, what: str) -> None:
@@ -853,7 +847,7 @@ class Subscriber:
 
 # --- the `shmlink pub` and `shmlink sub` commands ---------------------------------
 
-from .cli import command  # noqa: E402  (registration only; cli imports no messaging module)
+from ._commands import command  # noqa: E402  (registration only)
 
 
 @command("pub", "publish to a topic: MSG, or each line of stdin")
