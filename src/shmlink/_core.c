@@ -901,12 +901,18 @@ static Py_ssize_t pop_locked(RingObject *self, Py_ssize_t max, PyObject *list,
         taken++;
     }
     if (head != head0) {
+        /* Counted before the commit (a kill in between leaves `received`
+         * ahead, so len() reads low, never high). */
         SHM_STORE_RELAXED(&r->received, SHM_LOAD_RELAXED(&r->received) + (uint64_t)taken);
         /* SYNC: frees the space; pairs with the producers' acquire of head
          * in push_locked / cond_has_room. */
         SHM_STORE_RELEASE(&r->head, head);
         *moved = 1;
     }
+    /* Messages taken before a corrupt record are delivered; the corrupt
+     * record stays at head and the next receive reports it. */
+    if (result == -EBADMSG && taken > 0)
+        return taken;
     return result < 0 ? result : taken;
 }
 

@@ -25,7 +25,7 @@ import pickle
 from typing import Any, Iterable, Iterator
 
 from . import _core
-from .errors import SegmentClosed, Timeout
+from .errors import SegmentClosed, ShmlinkError, Timeout
 from .segment import DATA_OFFSET, _Named
 from .sync import deadline_of
 
@@ -251,13 +251,24 @@ class Queue(_Named):
         return self.stats()["received"]
 
     def __len__(self) -> int:
+        """Messages in the queue now (approximate while others send and receive;
+        after a process was killed mid-send it may read low)."""
         s = self.stats()
-        return max(0, s["sent"] - s["received"])
+        depth = s["sent"] - s["received"]
+        if depth > s["capacity"] // 8:  # every message takes at least 8 bytes
+            from .errors import CorruptSegment
+            raise CorruptSegment(
+                f"queue {self._name!r}: its counters say {depth} messages, more than its "
+                f"{s['capacity']} bytes can hold; the control block was overwritten: "
+                "remove the queue and recreate it"
+            )
+        return max(0, depth)
 
     def state(self) -> dict[str, Any]:
         """Kind-specific state for ``shmlink info``."""
         s = self.stats()
-        return {"depth": max(0, s["sent"] - s["received"]), "capacity": s["capacity"],
+        return {"depth": min(max(0, s["sent"] - s["received"]), s["capacity"] // 8),
+                "capacity": s["capacity"],
                 "used_bytes": s["used"], "max_message_size": s["max_message"],
                 "sent": s["sent"], "received": s["received"]}
 
@@ -420,4 +431,7 @@ class Queue(_Named):
     def __repr__(self) -> str:
         if self._closed:
             return f"<shmlink.Queue {self._name!r} closed>"
-        return f"<shmlink.Queue {self._name!r} capacity={self.capacity} depth={len(self)}>"
+        try:
+            return f"<shmlink.Queue {self._name!r} capacity={self.capacity} depth={len(self)}>"
+        except ShmlinkError:
+            return f"<shmlink.Queue {self._name!r} corrupt>"

@@ -298,14 +298,17 @@ static inline int shmlink_lock_try(struct shmlink_lock *l, uint32_t self_pid,
 static inline int shmlink_lock_steal(struct shmlink_lock *l, uint32_t dead,
                                      uint64_t dead_start, uint32_t self_pid,
                                      uint64_t self_start) {
+    /* First clear the dead owner's start time (0 = "unknown: judge by PID
+     * alone"), then take the owner word, then record ours.  A waiter that
+     * sees us in `owner` therefore reads 0 or our start time, never the
+     * dead owner's, and cannot judge us dead.  The CAS on owner_start also
+     * makes one stealer win when several noticed the death together. */
+    uint64_t expected_start = dead_start;
+    if (!SHM_CAS(&l->owner_start, &expected_start, (uint64_t)0))
+        return 0;
     uint32_t expected = dead;
-    /* The start time is re-read after the CAS: if it changed, a new owner
-     * with the same (reused) PID took the lock between our check and the
-     * CAS.  That window needs the old owner to die and its PID to be reused
-     * within one liveness check: we accept it as impossible in practice. */
     if (SHM_CAS(&l->owner, &expected, self_pid)) {
-        (void)dead_start;
-        SHM_STORE_RELAXED(&l->owner_start, self_start);
+        SHM_STORE_SEQ_CST(&l->owner_start, self_start);
         return 1;
     }
     return 0;
@@ -329,7 +332,11 @@ static inline int shmlink_lock_wait_once(struct shmlink_lock *l,
     if (rc == -EINTR)
         return -EINTR;
     if (rc == -ETIMEDOUT) {
-        if (SHM_LOAD_ACQUIRE(&l->owner) == owner &&
+        /* Re-read both words now: the owner may have changed hands during
+         * the slice, and only a fresh start time belongs to it. */
+        owner = SHM_LOAD_ACQUIRE(&l->owner);
+        owner_start = SHM_LOAD_SEQ_CST(&l->owner_start);
+        if (owner != 0 && SHM_LOAD_ACQUIRE(&l->owner) == owner &&
             !shmlink_process_alive(owner, owner_start) &&
             shmlink_lock_steal(l, owner, owner_start, self_pid, self_start))
             return 1;
@@ -693,10 +700,12 @@ static inline int shmlink_ring_consume_wrap(const struct shmlink_ring_handle *h,
 static inline void shmlink_ring_commit(const struct shmlink_ring_handle *h,
                                        uint64_t tail, uint64_t count) {
     struct shmlink_ring *r = h->ring;
-    SHM_STORE_RELAXED(&r->sent, SHM_LOAD_RELAXED(&r->sent) + count);
     /* SYNC: publishes the records; pairs with the consumers' acquire of
      * tail in shmlink_ring_try_recv and the binding's pop paths. */
     SHM_STORE_RELEASE(&r->tail, tail);
+    /* Counted after the commit: a producer killed in between leaves `sent`
+     * lagging (len() reads low), never counting a message that is not there. */
+    SHM_STORE_RELAXED(&r->sent, SHM_LOAD_RELAXED(&r->sent) + count);
 }
 
 /* Take a ring lock without sleeping: 0 if taken (from a free or a dead
@@ -761,6 +770,9 @@ static inline int64_t shmlink_ring_try_recv(const struct shmlink_ring_handle *h,
     } else if (len >= 0) {
         memcpy(buf, h->data + (head % h->capacity) + SHMLINK_RECORD_HEADER, (size_t)len);
         head += shmlink_ring_record_size((uint64_t)len);
+        /* Counted before the commit: a consumer killed in between leaves
+         * `received` ahead (len() reads low), like a producer's `sent`
+         * lagging; len() never reports a message that is not there. */
         SHM_STORE_RELAXED(&r->received, SHM_LOAD_RELAXED(&r->received) + 1);
     }
     if (len != -EBADMSG && head != head0)
