@@ -31,3 +31,7 @@ __all__ += ["Board"]
 from .topic import Subscriber, Topic
 
 __all__ += ["Topic", "Subscriber"]
+
+from .connection import Connection, Listener, RemoteError, Request, connect, listen
+
+__all__ += ["Connection", "Listener", "RemoteError", "Request", "connect", "listen"]

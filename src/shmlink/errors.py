@@ -31,6 +31,7 @@ __all__ = [
     "PeerDisconnected",
     "TooManyParticipants",
     "MessageOverwritten",
+    "RemoteError",
 ]
 
 
@@ -131,4 +132,14 @@ class MessageOverwritten(ShmlinkError):
 
     Whatever was computed from the view cannot be trusted.  The message counts
     as missed; the next receive continues with the oldest message still held.
+    """
+
+
+class RemoteError(ShmlinkError, RuntimeError):
+    """The peer's request handler raised; the message carries its traceback.
+
+    Raised by ``Connection.request`` when the handler that ``Connection.serve``
+    called for this request raised an exception (or returned something that is
+    not bytes-like, or a response too large for the connection).  The
+    connection stays usable.
     """
