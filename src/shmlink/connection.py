@@ -444,7 +444,9 @@ class Connection(_Named):
     def wait(self, value: str) -> None:
         self._spin = _spin_of(value)
         self._first_spin, self._pure, self._sleep_spin = {
-            "hybrid": (-1, PURE_SPIN, 0), "block": (0, 0.0, 0), "spin": (-1, 0.0, -1),
+            # hybrid: the C ring spins ~1 us, then spins yielding the CPU up
+            # to 50 us, then sleeps (see ring_wait in _core.c)
+            "hybrid": (50_000, 0.0, 50_000), "block": (0, 0.0, 0), "spin": (-1, 0.0, -1),
         }[value]
         self._wait = value
 
