@@ -18,7 +18,8 @@
 #include "include/shmlink.h"
 
 /* Exceptions from shmlink.errors, looked up at import. */
-static PyObject *CorruptSegment, *MessageTooLarge, *IncompatibleSegment;
+static PyObject *CorruptSegment, *MessageTooLarge, *IncompatibleSegment, *Timeout,
+    *SegmentClosed;
 
 /* This process's identity, recomputed lazily after fork. */
 static uint32_t self_pid;
@@ -426,6 +427,8 @@ typedef struct {
     int has_view;
     struct shmlink_ring_handle h;
     int in_view;          /* a zero-copy receive holds cons_lock */
+    long long spin;       /* wait strategy of qsend/qrecv (spin_ns) */
+    PyObject *label;      /* the queue's name, for error messages */
     uint64_t view_next;   /* head after the viewed record */
     uint64_t view_head;   /* head before it (after skipped wrap markers) */
 } RingObject;
@@ -467,6 +470,7 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kw) {
 }
 
 static void Ring_dealloc(RingObject *self) {
+    Py_CLEAR(self->label);
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1193,6 +1197,115 @@ static PyObject *ring_init(PyObject *mod, PyObject *args) {
     return res;
 }
 
+/* ---- Queue.send / Queue.recv in one C call ----------------------------- */
+
+/* The keyword-only timeout= of a FASTCALL|KEYWORDS method (None if absent). */
+static int kw_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      PyObject **timeout) {
+    *timeout = Py_None;
+    if (!kwnames)
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, "timeout") != 0) {
+            PyErr_Format(PyExc_TypeError, "unexpected keyword argument %R", k);
+            return -1;
+        }
+        *timeout = args[nargs + i];
+    }
+    return 0;
+}
+
+/* timeout (seconds, None = forever) -> an absolute deadline, computed once. */
+static int timeout_deadline(PyObject *timeout, struct timespec *ts,
+                            struct timespec **deadline) {
+    *deadline = NULL;
+    if (timeout == Py_None)
+        return 0;
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(t >= 0)) { /* negative or NaN */
+        PyErr_Format(PyExc_ValueError, "timeout must be None or >= 0 seconds, not %R", timeout);
+        return -1;
+    }
+    shmlink_deadline_after(ts, t);
+    *deadline = ts;
+    return 0;
+}
+
+static int ring_open_or_raise(RingObject *self) {
+    if (self->has_view)
+        return 1;
+    PyErr_Format(SegmentClosed, "queue %R is closed; open it again to use it",
+                 self->label ? self->label : Py_None);
+    return 0;
+}
+
+PyDoc_STRVAR(Ring_qsend_doc,
+"qsend(data, *, timeout=None)\n--\n\n"
+"Queue.send in one C call: append one message, waiting while the queue is\n"
+"full; raise shmlink.Timeout if there is no room within timeout seconds.");
+
+static PyObject *Ring_qsend(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    PyObject *timeout;
+    if (!ring_open_or_raise(self) || kw_timeout(args, nargs, kwnames, &timeout) < 0)
+        return NULL;
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "send() takes one message and a keyword timeout=");
+        return NULL;
+    }
+    struct timespec ts, *deadline;
+    if (timeout_deadline(timeout, &ts, &deadline) < 0)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    Py_ssize_t n = -1;
+    if (check_len(self, b.len) == 0) {
+        int timed_out;
+        n = ring_send_buffers(self, &b, 1, deadline, self->spin, &timed_out);
+    }
+    PyBuffer_Release(&b);
+    if (n < 0)
+        return NULL;
+    if (n == 0) {
+        PyErr_Format(Timeout, "queue %R stayed full for %R s; nothing was sent",
+                     self->label ? self->label : Py_None, timeout);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Ring_qrecv_doc,
+"qrecv(*, timeout=None)\n--\n\n"
+"Queue.recv in one C call: take the oldest message as bytes, waiting until\n"
+"one arrives; raise shmlink.Timeout if none does within timeout seconds.");
+
+static PyObject *Ring_qrecv(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    PyObject *timeout;
+    if (!ring_open_or_raise(self) || kw_timeout(args, nargs, kwnames, &timeout) < 0)
+        return NULL;
+    if (nargs != 0) {
+        PyErr_SetString(PyExc_TypeError, "recv() takes only the keyword timeout=");
+        return NULL;
+    }
+    struct timespec ts, *deadline;
+    if (timeout_deadline(timeout, &ts, &deadline) < 0)
+        return NULL;
+    PyObject *one = NULL;
+    Py_ssize_t n = ring_recv(self, 1, NULL, &one, NULL, 0, NULL, deadline, self->spin);
+    if (n > 0)
+        return one;
+    Py_XDECREF(one);
+    if (n == 0)
+        PyErr_Format(Timeout, "queue %R: no message within %R s",
+                     self->label ? self->label : Py_None, timeout);
+    return NULL;
+}
+
 static PyObject *Ring_get_capacity(RingObject *self, void *c) {
     return PyLong_FromUnsignedLongLong(self->h.capacity);
 }
@@ -1202,6 +1315,10 @@ static PyObject *Ring_get_max_message(RingObject *self, void *c) {
 
 static PyMethodDef Ring_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Ring_send, METH_FASTCALL, Ring_send_doc},
+    {"qsend", (PyCFunction)(void (*)(void))Ring_qsend, METH_FASTCALL | METH_KEYWORDS,
+     Ring_qsend_doc},
+    {"qrecv", (PyCFunction)(void (*)(void))Ring_qrecv, METH_FASTCALL | METH_KEYWORDS,
+     Ring_qrecv_doc},
     {"try_send", (PyCFunction)Ring_try_send, METH_O,
      "try_send(data)\n--\n\nAppend one message if there is room now; True if sent."},
     {"send_many", (PyCFunction)Ring_send_many, METH_VARARGS, Ring_send_many_doc},
@@ -1220,6 +1337,13 @@ static PyMethodDef Ring_methods[] = {
      "close()\n--\n\nRelease the buffer (ends an open zero-copy receive unconsumed)."},
     {NULL}};
 
+#include <structmember.h>
+static PyMemberDef Ring_members[] = {
+    {"spin", T_LONGLONG, offsetof(RingObject, spin), 0,
+     "spin_ns used by qsend/qrecv: 0 block, -1 spin, >0 hybrid"},
+    {"label", T_OBJECT, offsetof(RingObject, label), 0, "name used in error messages"},
+    {NULL}};
+
 static PyGetSetDef Ring_getset[] = {
     {"capacity", (getter)Ring_get_capacity, NULL, "ring bytes", NULL},
     {"max_message", (getter)Ring_get_max_message, NULL, "largest payload", NULL},
@@ -1235,6 +1359,7 @@ static PyTypeObject RingType = {
     .tp_init = (initproc)Ring_init,
     .tp_dealloc = (destructor)Ring_dealloc,
     .tp_methods = Ring_methods,
+    .tp_members = Ring_members,
     .tp_getset = Ring_getset,
 };
 
@@ -2488,8 +2613,10 @@ PyMODINIT_FUNC PyInit__core(void) {
     CorruptSegment = PyObject_GetAttrString(errors, "CorruptSegment");
     MessageTooLarge = PyObject_GetAttrString(errors, "MessageTooLarge");
     IncompatibleSegment = PyObject_GetAttrString(errors, "IncompatibleSegment");
+    Timeout = PyObject_GetAttrString(errors, "Timeout");
+    SegmentClosed = PyObject_GetAttrString(errors, "SegmentClosed");
     Py_DECREF(errors);
-    if (!CorruptSegment || !MessageTooLarge || !IncompatibleSegment)
+    if (!CorruptSegment || !MessageTooLarge || !IncompatibleSegment || !Timeout || !SegmentClosed)
         return NULL;
     if (PyType_Ready(&MemoryType) < 0 || PyType_Ready(&RingType) < 0)
         return NULL;

@@ -186,7 +186,13 @@ class Queue(_Named):
 
     def _attach(self) -> None:
         m = self._mapping()
-        self._ring = _core.Ring(m.mm, DATA_OFFSET, m.header.data_size)
+        ring = self._ring = _core.Ring(m.mm, DATA_OFFSET, m.header.data_size)
+        ring.label = self._name
+        ring.spin = self._spin
+        # The hot paths: bound C methods with the same signature and errors
+        # as the documented methods below, without a Python frame per call.
+        self.send = ring.qsend  # type: ignore[method-assign]
+        self.recv = ring.qrecv  # type: ignore[method-assign]
 
     def _detach_kind(self) -> None:
         view = self._view
@@ -196,6 +202,8 @@ class Queue(_Named):
                 f"queue {self._name!r} has an open zero-copy receive; release it "
                 "(leave its with-block) before close()"
             )
+        self.__dict__.pop("send", None)
+        self.__dict__.pop("recv", None)
         if self._ring is not None:
             self._ring.close()
             self._ring = None
@@ -219,6 +227,8 @@ class Queue(_Named):
     def wait(self, value: str) -> None:
         self._spin = _spin_of(value)
         self._wait = value
+        if self._ring is not None:
+            self._ring.spin = self._spin
 
     @property
     def capacity(self) -> int:
