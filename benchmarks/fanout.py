@@ -17,6 +17,8 @@ Competitors (all lossless, all with back-pressure):
 """
 from __future__ import annotations
 
+from functools import partial
+
 import time
 from typing import Any
 
@@ -80,12 +82,12 @@ class _TopicEndpoint(peers.Endpoint):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"only {t.subscriber_count} of {receivers} subscribers came")
                 time.sleep(0.002)
-            self.send = lambda buf, _p=t.publish: _p(buf, timeout=tmo)
-            self.send_many = lambda bufs, _p=t.publish_many: _p(bufs, timeout=tmo)
+            self.send = partial(t.publish, timeout=tmo)
+            self.send_many = partial(t.publish_many, timeout=tmo)
         else:
             self._sub = sub = t.subscribe("newest", timeout=tmo)
-            self.recv = lambda _r=sub.recv: _r(timeout=tmo)
-            self.recv_many = lambda n, _r=sub.recv_many: _r(n, timeout=tmo)
+            self.recv = partial(sub.recv, timeout=tmo)
+            self.recv_many = partial(sub.recv_many, timeout=tmo)
 
     def close(self):
         if self._sub is not None:

@@ -34,6 +34,8 @@ iceoryx2           publish-subscribe over two services; the receiver busy-polls
 """
 from __future__ import annotations
 
+from functools import partial
+
 import ctypes
 import glob
 import os
@@ -158,13 +160,13 @@ class _ShmlinkEndpoint(Endpoint):
         self.rx = (qs[1] if len(qs) > 1 else None) if side == "a" else qs[0]
         tx, rx, t = self.tx, self.rx, OP_TIMEOUT
         if tx is not None:
-            self.send = lambda buf, _s=tx.send: _s(buf, timeout=t)
-            self.send_many = lambda bufs, _s=tx.send_many: _s(bufs, timeout=t)
+            self.send = partial(tx.send, timeout=t)
+            self.send_many = partial(tx.send_many, timeout=t)
             self.accepts_rows = True  # send_many takes a 2-D array, one message per row
         if rx is not None:
-            self.recv = lambda _r=rx.recv: _r(timeout=t)
-            self.recv_many = lambda n, _r=rx.recv_many: _r(n, timeout=t)
-            self.recv_view = lambda _r=rx.recv_view: _r(timeout=t)
+            self.recv = partial(rx.recv, timeout=t)
+            self.recv_many = partial(rx.recv_many, timeout=t)
+            self.recv_view = partial(rx.recv_view, timeout=t)
 
     def close(self):
         for q in self._qs:

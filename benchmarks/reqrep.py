@@ -18,6 +18,8 @@ Competitors:
 """
 from __future__ import annotations
 
+from functools import partial
+
 import os
 import socket
 import time
@@ -95,7 +97,7 @@ class _ShmlinkConnEndpoint(peers.Endpoint):
                         raise
                     time.sleep(0.005)
             self._c = c
-            self.roundtrip = lambda buf, _q=c.request: _q(buf, timeout=t)
+            self.roundtrip = partial(c.request, timeout=t)
             last_resp = [b""]
 
             def send(buf):  # outside timed loops (the stop marker): same call underneath

@@ -57,6 +57,8 @@ HIERARCHY = {
     "NotOwner": (RuntimeError,),
     "PeerDisconnected": (ConnectionError,),
     "TooManyParticipants": (OSError,),
+    "MessageOverwritten": (),
+    "RemoteError": (RuntimeError,),
 }
 
 
