@@ -5,6 +5,9 @@ Switches (environment variables, read at build time):
 SHMLINK_ASAN=1   build with AddressSanitizer (run Python with
                  LD_PRELOAD=$(gcc -print-file-name=libasan.so))
 SHMLINK_DEBUG=1  no optimisation, debug symbols
+
+setuptools reuses object files in build/ whatever flags made them: remove
+build/ when switching between these builds.
 """
 import os
 
