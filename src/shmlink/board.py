@@ -248,15 +248,9 @@ class Board(_Named):
         Board
             A handle on the board.
         """
-        while True:
-            try:
-                return cls.create(name, size, mode=mode, lifetime=lifetime)
-            except FileExistsError:
-                pass
-            try:
-                return cls.open(name, timeout=timeout)
-            except FileNotFoundError:
-                continue  # removed between the two: try creating again
+        return cls._create_or_open(
+            lambda: cls.create(name, size, mode=mode, lifetime=lifetime),
+            lambda: cls.open(name, timeout=timeout))
 
     # -- attach / detach --
 

@@ -173,16 +173,10 @@ class Queue(_Named):
                        mode: int = 0o600, lifetime: str = "persist",
                        timeout: float | None = 5.0) -> "Queue":
         """Create the queue, or open it if it exists (``.created`` tells which)."""
-        while True:
-            try:
-                return cls.create(name, capacity, max_message_size=max_message_size, wait=wait,
-                                  mode=mode, lifetime=lifetime)
-            except FileExistsError:
-                pass
-            try:
-                return cls.open(name, wait=wait, timeout=timeout)
-            except FileNotFoundError:
-                continue
+        return cls._create_or_open(
+            lambda: cls.create(name, capacity, max_message_size=max_message_size, wait=wait,
+                                  mode=mode, lifetime=lifetime),
+            lambda: cls.open(name, wait=wait, timeout=timeout))
 
     def _attach(self) -> None:
         m = self._mapping()

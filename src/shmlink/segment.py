@@ -310,6 +310,24 @@ class _Named:
     # -- machinery shared by every kind --
 
     @classmethod
+    def _create_or_open(cls, create: Callable[[], Any], open_: Callable[[], Any]) -> Any:
+        """Create, or open if the name exists; retry if it vanishes in between.
+
+        The two steps are each atomic (create links the finished segment into
+        place or fails), so the loop only repeats when another process removed
+        the name between our failed create and our open.
+        """
+        while True:
+            try:
+                return create()
+            except SegmentExists:
+                pass
+            try:
+                return open_()
+            except SegmentNotFound:
+                continue
+
+    @classmethod
     def _kind_id(cls) -> int:
         return _KIND_IDS[cls.KIND]
 
@@ -682,15 +700,9 @@ class Segment(_Named):
         ``handle.created`` tells which happened.  When opened, the existing
         segment's size wins (``handle.size``), whatever ``size`` says.
         """
-        while True:
-            try:
-                return cls.create(name, size, mode=mode, path=path, lifetime=lifetime)
-            except SegmentExists:
-                pass
-            try:
-                return cls.open(name, path=path, timeout=timeout)
-            except SegmentNotFound:
-                continue  # removed between the two: try creating again
+        return cls._create_or_open(
+            lambda: cls.create(name, size, mode=mode, path=path, lifetime=lifetime),
+            lambda: cls.open(name, path=path, timeout=timeout))
 
     # -- data access --
 

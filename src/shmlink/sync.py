@@ -81,15 +81,9 @@ class Mutex(_Named):
     def create_or_open(cls, name: str, *, mode: int = 0o600, lifetime: str = "persist",
                        timeout: float | None = 5.0) -> "Mutex":
         """Create the mutex, or open it if it exists (``.created`` tells which)."""
-        while True:
-            try:
-                return cls.create(name, mode=mode, lifetime=lifetime)
-            except FileExistsError:
-                pass
-            try:
-                return cls.open(name, timeout=timeout)
-            except FileNotFoundError:
-                continue
+        return cls._create_or_open(
+            lambda: cls.create(name, mode=mode, lifetime=lifetime),
+            lambda: cls.open(name, timeout=timeout))
 
     def _attach(self) -> None:
         _check_size(self, _M_SIZE)
@@ -255,15 +249,9 @@ class Event(_Named):
     def create_or_open(cls, name: str, *, auto_reset: bool = False, mode: int = 0o600,
                        lifetime: str = "persist", timeout: float | None = 5.0) -> "Event":
         """Create the event, or open it if it exists (``.created`` tells which)."""
-        while True:
-            try:
-                return cls.create(name, auto_reset=auto_reset, mode=mode, lifetime=lifetime)
-            except FileExistsError:
-                pass
-            try:
-                return cls.open(name, timeout=timeout)
-            except FileNotFoundError:
-                continue
+        return cls._create_or_open(
+            lambda: cls.create(name, auto_reset=auto_reset, mode=mode, lifetime=lifetime),
+            lambda: cls.open(name, timeout=timeout))
 
     def _attach(self) -> None:
         _check_size(self, _E_SIZE)

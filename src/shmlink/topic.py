@@ -212,17 +212,11 @@ class Topic(_Named):
         -------
         Topic
         """
-        while True:
-            try:
-                return cls.create(name, capacity, mode=mode, max_message_size=max_message_size,
+        return cls._create_or_open(
+            lambda: cls.create(name, capacity, mode=mode, max_message_size=max_message_size,
                                   max_subscribers=max_subscribers, wait=wait,
-                                  permissions=permissions, lifetime=lifetime)
-            except FileExistsError:
-                pass
-            try:
-                return cls.open(name, wait=wait, timeout=timeout)
-            except FileNotFoundError:
-                continue
+                                  permissions=permissions, lifetime=lifetime),
+            lambda: cls.open(name, wait=wait, timeout=timeout))
 
     def _attach(self) -> None:
         m = self._mapping()
