@@ -67,6 +67,55 @@ static struct timespec *parse_deadline(PyObject *obj, struct timespec *ts,
  * noticed at the deadline.  This bounds Ctrl-C latency in every wait. */
 #define SIGNAL_SLICE_S 0.1
 
+/* timeout in seconds (None = forever, 0 = do not wait) -> *deadline. */
+static int parse_timeout(PyObject *obj, struct timespec *ts, struct timespec **deadline) {
+    *deadline = NULL;
+    if (obj == NULL || obj == Py_None)
+        return 0;
+    double d = PyFloat_AsDouble(obj);
+    if (d == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(d >= 0)) {
+        PyErr_Format(PyExc_ValueError, "timeout must be None or >= 0 seconds, not %R", obj);
+        return -1;
+    }
+    if (d == 0) {
+        ts->tv_sec = 0;
+        ts->tv_nsec = 0;
+        *deadline = ts;
+        return 0;
+    }
+    if (d > 1e9)
+        return 0; /* far enough to be forever */
+    shmlink_deadline_after(ts, d);
+    *deadline = ts;
+    return 0;
+}
+
+static inline int no_wait(const struct timespec *d) {
+    return d && d->tv_sec == 0 && d->tv_nsec == 0;
+}
+
+/* FASTCALL|KEYWORDS arguments (npos positional, then keyword-only timeout):
+ * *timeout is the keyword's value or NULL.  0, or -1 with TypeError. */
+static int kw_only_timeout(const char *sig, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames, Py_ssize_t npos, PyObject **timeout) {
+    *timeout = NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs != npos)
+        goto usage;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, i)) ||
+            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "timeout") != 0)
+            goto usage;
+        *timeout = args[nargs + i];
+    }
+    return 0;
+usage:
+    PyErr_Format(PyExc_TypeError, "%s (timeout is keyword-only)", sig);
+    return -1;
+}
+
 static inline uint64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -492,16 +541,69 @@ static int corrupt(void) {
     return -1;
 }
 
+/* Lock-free hint that a wait may end; the caller re-checks under its lock. */
+typedef int (*wait_cond)(void *obj, uint64_t arg);
+
+static const int never_cancelled = 0;
+
+/* The spin phase of every wait: poll cond(obj, arg) with the GIL released,
+ * coming back every millisecond to let signal handlers run, for up to
+ * spin_ns (-1: until the deadline).  Spin ~a microsecond, then keep polling
+ * but hand the CPU to anyone else runnable on it: when the peer shares our
+ * core, pure spinning only delays it (measured: 110 us round trips instead
+ * of 1 us); sched_yield returns at once when nobody else can run.
+ * Returns 1 (cond met), 0 (spin budget spent: sleep next), -ETIMEDOUT,
+ * -ECANCELED (*cancel set) or -1 (a signal handler raised). */
+static int spin_phase(wait_cond cond, void *obj, uint64_t arg, const struct timespec *until,
+                      long long spin_ns, const int *cancel) {
+    if (spin_ns == 0)
+        return 0;
+    uint64_t start = now_ns();
+    for (;;) {
+        int met = 0;
+        uint64_t slice_end = now_ns() + 1000000;
+        Py_BEGIN_ALLOW_THREADS
+        for (unsigned i = 0;; i++) {
+            if (cond(obj, arg) || SHM_LOAD_RELAXED(cancel)) {
+                met = 1;
+                break;
+            }
+            if (i < 64)
+                SHM_CPU_RELAX();
+            else
+                sched_yield();
+            if ((i & 31) == 31) {
+                uint64_t t = now_ns();
+                if (t > slice_end || (spin_ns > 0 && t - start > (uint64_t)spin_ns))
+                    break;
+                if (until && shmlink_deadline_passed(until))
+                    break;
+            }
+        }
+        Py_END_ALLOW_THREADS
+        if (SHM_LOAD_RELAXED(cancel))
+            return -ECANCELED;
+        if (met)
+            return 1;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+        if (until && shmlink_deadline_passed(until))
+            return -ETIMEDOUT;
+        if (spin_ns > 0 && now_ns() - start > (uint64_t)spin_ns)
+            return 0;
+    }
+}
+
 /* Wait on an eventcount until cond(self) or deadline; spin first.  cond is
  * evaluated without locks (a hint; the caller retries under the lock).
  * Returns 0 (try again), -ETIMEDOUT, or -1 (exception). */
-typedef int (*ring_cond)(RingObject *, uint64_t);
-
-static int cond_has_data(RingObject *r, uint64_t unused) {
+static int cond_has_data(void *obj, uint64_t unused) {
+    RingObject *r = (RingObject *)obj;
     return SHM_LOAD_ACQUIRE(&r->h.ring->tail) != SHM_LOAD_ACQUIRE(&r->h.ring->head);
 }
 
-static int cond_has_room(RingObject *r, uint64_t need) {
+static int cond_has_room(void *obj, uint64_t need) {
+    RingObject *r = (RingObject *)obj;
     uint64_t tail = SHM_LOAD_ACQUIRE(&r->h.ring->tail);
     uint64_t head = SHM_LOAD_ACQUIRE(&r->h.ring->head);
     uint64_t used = tail - head;
@@ -514,49 +616,12 @@ static int cond_has_room(RingObject *r, uint64_t need) {
 }
 
 static int ring_wait(RingObject *self, struct shmlink_eventcount *ec,
-                     ring_cond cond, uint64_t arg,
+                     wait_cond cond, uint64_t arg,
                      const struct timespec *deadline, int64_t spin_ns) {
     int met = 0;
-    if (spin_ns != 0) {
-        /* Spin with the GIL released; come back every millisecond to let
-         * signal handlers run. */
-        uint64_t start = now_ns();
-        for (;;) {
-            uint64_t slice_end = now_ns() + 1000000;
-            Py_BEGIN_ALLOW_THREADS
-            for (unsigned i = 0;; i++) {
-                if (cond(self, arg)) {
-                    met = 1;
-                    break;
-                }
-                /* Spin ~a microsecond, then keep checking but hand the CPU
-                 * to anyone else runnable on it: when the peer shares our
-                 * core, pure spinning would only delay it (measured: 110 us
-                 * round trips instead of 1 us).  sched_yield returns at once
-                 * when nobody else can run. */
-                if (i < 64)
-                    SHM_CPU_RELAX();
-                else
-                    sched_yield();
-                if ((i & 31) == 31) {
-                    uint64_t t = now_ns();
-                    if (t > slice_end || (spin_ns > 0 && t - start > (uint64_t)spin_ns))
-                        break;
-                    if (deadline && shmlink_deadline_passed(deadline))
-                        break;
-                }
-            }
-            Py_END_ALLOW_THREADS
-            if (met)
-                return 0;
-            if (PyErr_CheckSignals() < 0)
-                return -1;
-            if (deadline && shmlink_deadline_passed(deadline))
-                return -ETIMEDOUT;
-            if (spin_ns > 0 && now_ns() - start > (uint64_t)spin_ns)
-                break;
-        }
-    }
+    int sp = spin_phase(cond, self, arg, deadline, spin_ns, &never_cancelled);
+    if (sp != 0)
+        return sp == 1 ? 0 : sp;
     for (;;) {
         int rc = 0;
         Py_BEGIN_ALLOW_THREADS
@@ -1199,41 +1264,6 @@ static PyObject *ring_init(PyObject *mod, PyObject *args) {
 
 /* ---- Queue.send / Queue.recv in one C call ----------------------------- */
 
-/* The keyword-only timeout= of a FASTCALL|KEYWORDS method (None if absent). */
-static int kw_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                      PyObject **timeout) {
-    *timeout = Py_None;
-    if (!kwnames)
-        return 0;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_CompareWithASCIIString(k, "timeout") != 0) {
-            PyErr_Format(PyExc_TypeError, "unexpected keyword argument %R", k);
-            return -1;
-        }
-        *timeout = args[nargs + i];
-    }
-    return 0;
-}
-
-/* timeout (seconds, None = forever) -> an absolute deadline, computed once. */
-static int timeout_deadline(PyObject *timeout, struct timespec *ts,
-                            struct timespec **deadline) {
-    *deadline = NULL;
-    if (timeout == Py_None)
-        return 0;
-    double t = PyFloat_AsDouble(timeout);
-    if (t == -1.0 && PyErr_Occurred())
-        return -1;
-    if (!(t >= 0)) { /* negative or NaN */
-        PyErr_Format(PyExc_ValueError, "timeout must be None or >= 0 seconds, not %R", timeout);
-        return -1;
-    }
-    shmlink_deadline_after(ts, t);
-    *deadline = ts;
-    return 0;
-}
-
 static int ring_open_or_raise(RingObject *self) {
     if (self->has_view)
         return 1;
@@ -1250,14 +1280,11 @@ PyDoc_STRVAR(Ring_qsend_doc,
 static PyObject *Ring_qsend(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames) {
     PyObject *timeout;
-    if (!ring_open_or_raise(self) || kw_timeout(args, nargs, kwnames, &timeout) < 0)
+    if (!ring_open_or_raise(self) ||
+        kw_only_timeout("send(data, *, timeout=None)", args, nargs, kwnames, 1, &timeout) < 0)
         return NULL;
-    if (nargs != 1) {
-        PyErr_SetString(PyExc_TypeError, "send() takes one message and a keyword timeout=");
-        return NULL;
-    }
     struct timespec ts, *deadline;
-    if (timeout_deadline(timeout, &ts, &deadline) < 0)
+    if (parse_timeout(timeout, &ts, &deadline) < 0)
         return NULL;
     Py_buffer b;
     if (PyObject_GetBuffer(args[0], &b, PyBUF_C_CONTIGUOUS) < 0)
@@ -1272,7 +1299,7 @@ static PyObject *Ring_qsend(RingObject *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     if (n == 0) {
         PyErr_Format(Timeout, "queue %R stayed full for %R s; nothing was sent",
-                     self->label ? self->label : Py_None, timeout);
+                     self->label ? self->label : Py_None, timeout ? timeout : Py_None);
         return NULL;
     }
     Py_RETURN_NONE;
@@ -1286,14 +1313,11 @@ PyDoc_STRVAR(Ring_qrecv_doc,
 static PyObject *Ring_qrecv(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames) {
     PyObject *timeout;
-    if (!ring_open_or_raise(self) || kw_timeout(args, nargs, kwnames, &timeout) < 0)
+    if (!ring_open_or_raise(self) ||
+        kw_only_timeout("recv(*, timeout=None)", args, nargs, kwnames, 0, &timeout) < 0)
         return NULL;
-    if (nargs != 0) {
-        PyErr_SetString(PyExc_TypeError, "recv() takes only the keyword timeout=");
-        return NULL;
-    }
     struct timespec ts, *deadline;
-    if (timeout_deadline(timeout, &ts, &deadline) < 0)
+    if (parse_timeout(timeout, &ts, &deadline) < 0)
         return NULL;
     PyObject *one = NULL;
     Py_ssize_t n = ring_recv(self, 1, NULL, &one, NULL, 0, NULL, deadline, self->spin);
@@ -1302,7 +1326,7 @@ static PyObject *Ring_qrecv(RingObject *self, PyObject *const *args, Py_ssize_t 
     Py_XDECREF(one);
     if (n == 0)
         PyErr_Format(Timeout, "queue %R: no message within %R s",
-                     self->label ? self->label : Py_None, timeout);
+                     self->label ? self->label : Py_None, timeout ? timeout : Py_None);
     return NULL;
 }
 
@@ -1409,55 +1433,6 @@ typedef struct {
 
 static PyTypeObject TopicType, SubscriberType;
 
-/* timeout in seconds (None = forever, 0 = do not wait) -> *deadline. */
-static int topic_timeout(PyObject *obj, struct timespec *ts, struct timespec **deadline) {
-    *deadline = NULL;
-    if (obj == NULL || obj == Py_None)
-        return 0;
-    double d = PyFloat_AsDouble(obj);
-    if (d == -1.0 && PyErr_Occurred())
-        return -1;
-    if (!(d >= 0)) {
-        PyErr_Format(PyExc_ValueError, "timeout must be None or >= 0 seconds, not %R", obj);
-        return -1;
-    }
-    if (d == 0) {
-        ts->tv_sec = 0;
-        ts->tv_nsec = 0;
-        *deadline = ts;
-        return 0;
-    }
-    if (d > 1e9)
-        return 0; /* far enough to be forever */
-    shmlink_deadline_after(ts, d);
-    *deadline = ts;
-    return 0;
-}
-
-static inline int no_wait(const struct timespec *d) {
-    return d && d->tv_sec == 0 && d->tv_nsec == 0;
-}
-
-/* FASTCALL|KEYWORDS arguments (npos positional, then keyword-only timeout):
- * *timeout is the keyword's value or NULL.  0, or -1 with TypeError. */
-static int kw_only_timeout(const char *sig, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames, Py_ssize_t npos, PyObject **timeout) {
-    *timeout = NULL;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    if (nargs != npos)
-        goto usage;
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        if (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, i)) ||
-            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "timeout") != 0)
-            goto usage;
-        *timeout = args[nargs + i];
-    }
-    return 0;
-usage:
-    PyErr_Format(PyExc_TypeError, "%s (timeout is keyword-only)", sig);
-    return -1;
-}
-
 static int topic_corrupt(PyObject *name) {
     PyErr_Format(CorruptSegment,
                  "topic %R: its positions, subscriber table or a record header are "
@@ -1477,53 +1452,16 @@ static int topic_closed_while_waiting(PyObject *name) {
  * first (GIL released, back every millisecond for signal handlers).  cond
  * is a lock-free hint: the caller re-checks.  Returns 0 (re-check),
  * -ETIMEDOUT, -ECANCELED or -1 (a signal handler raised). */
-typedef int (*topic_cond)(void *obj, uint64_t arg);
 
 /* Longest single futex sleep: the bound on how late a signal that slipped
  * in just before the sleep is handled. */
 #define TOPIC_SIGNAL_SLICE_S 0.25
 
-static int topic_wait(struct shmlink_eventcount *ec, topic_cond cond, void *obj, uint64_t arg,
+static int topic_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_t arg,
                       const struct timespec *until, long long spin_ns, const int *cancel) {
-    if (spin_ns != 0) {
-        uint64_t start = now_ns();
-        for (;;) {
-            int met = 0;
-            uint64_t slice_end = now_ns() + 1000000;
-            Py_BEGIN_ALLOW_THREADS
-            for (unsigned i = 0;; i++) {
-                if (cond(obj, arg) || SHM_LOAD_RELAXED(cancel)) {
-                    met = 1;
-                    break;
-                }
-                /* Spin briefly, then hand the CPU to whoever else can run
-                 * (the publisher, when cores are scarce); sched_yield
-                 * returns at once when nobody else can. */
-                if (i < 64)
-                    SHM_CPU_RELAX();
-                else
-                    sched_yield();
-                if ((i & 31) == 31) {
-                    uint64_t t = now_ns();
-                    if (t > slice_end || (spin_ns > 0 && t - start > (uint64_t)spin_ns))
-                        break;
-                    if (until && shmlink_deadline_passed(until))
-                        break;
-                }
-            }
-            Py_END_ALLOW_THREADS
-            if (SHM_LOAD_RELAXED(cancel))
-                return -ECANCELED;
-            if (met)
-                return 0;
-            if (PyErr_CheckSignals() < 0)
-                return -1;
-            if (until && shmlink_deadline_passed(until))
-                return -ETIMEDOUT;
-            if (spin_ns > 0 && now_ns() - start > (uint64_t)spin_ns)
-                break;
-        }
-    }
+    int sp = spin_phase(cond, obj, arg, until, spin_ns, cancel);
+    if (sp != 0)
+        return sp == 1 ? 0 : sp;
     for (;;) {
         /* A signal that arrived while this thread was not inside the futex
          * call did not interrupt it: look for one before every sleep, and
@@ -1772,7 +1710,7 @@ static PyObject *Topic_publish(TopicObject *self, PyObject *const *args, Py_ssiz
     if (kw_only_timeout("publish(data, *, timeout=None)", args, nargs, kwnames, 1, &tmo) < 0)
         return NULL;
     struct timespec ts, *deadline;
-    if (topic_timeout(tmo, &ts, &deadline) < 0)
+    if (parse_timeout(tmo, &ts, &deadline) < 0)
         return NULL;
     Py_buffer b;
     if (PyObject_GetBuffer(args[0], &b, PyBUF_C_CONTIGUOUS) < 0)
@@ -1828,7 +1766,7 @@ static PyObject *Topic_publish_many(TopicObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O|O", &seq, &tmo))
         return NULL;
     struct timespec ts, *deadline;
-    if (topic_timeout(tmo, &ts, &deadline) < 0)
+    if (parse_timeout(tmo, &ts, &deadline) < 0)
         return NULL;
     PyObject *fast = PySequence_Fast(seq, "publish_many() takes an iterable of bytes-like objects");
     if (!fast)
@@ -1874,7 +1812,7 @@ static PyObject *Topic_subscribe(TopicObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "|pO", &oldest, &tmo))
         return NULL;
     struct timespec ts, *deadline;
-    if (topic_timeout(tmo, &ts, &deadline) < 0)
+    if (parse_timeout(tmo, &ts, &deadline) < 0)
         return NULL;
     SubscriberObject *s = (SubscriberObject *)SubscriberType.tp_alloc(&SubscriberType, 0);
     if (!s)
@@ -2251,7 +2189,7 @@ static PyObject *Subscriber_recv(SubscriberObject *self, PyObject *const *args,
     if (kw_only_timeout("recv(*, timeout=None)", args, nargs, kwnames, 0, &tmo) < 0)
         return NULL;
     struct timespec ts, *deadline;
-    if (topic_timeout(tmo, &ts, &deadline) < 0)
+    if (parse_timeout(tmo, &ts, &deadline) < 0)
         return NULL;
     PyObject *res = sub_recv_one(self, deadline);
     if (res == Py_None && !self->cancel) {
@@ -2283,7 +2221,7 @@ static PyObject *Subscriber_recv_many(SubscriberObject *self, PyObject *args) {
         return NULL;
     }
     struct timespec ts, *deadline;
-    if (topic_timeout(tmo, &ts, &deadline) < 0)
+    if (parse_timeout(tmo, &ts, &deadline) < 0)
         return NULL;
     if (sub_enter(self) < 0)
         return NULL;
@@ -2309,7 +2247,7 @@ static PyObject *Subscriber_view_begin(SubscriberObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "|O", &tmo))
         return NULL;
     struct timespec ts, *deadline;
-    if (topic_timeout(tmo, &ts, &deadline) < 0)
+    if (parse_timeout(tmo, &ts, &deadline) < 0)
         return NULL;
     if (sub_enter(self) < 0)
         return NULL;
