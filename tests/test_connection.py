@@ -197,7 +197,9 @@ def test_a_full_backlog_makes_connect_wait(name):
               for _ in range(2)]
         for t in ts:
             t.start()
-        wait_for(lambda: len(_conn_files(name)) == 2, what="two pending connects")
+        # both connects have posted on the accept ring (a connect creates its
+        # segment first, then posts: waiting for the segments alone races)
+        wait_for(lambda: lst.state()["pending"] == 2, what="two pending connects")
         with pytest.raises(Timeout, match="backlog"):
             shmlink.connect(name, timeout=0.3)
         conns = [lst.accept(timeout=WAIT) for _ in range(2)]
