@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 import shmlink
+from conftest import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INCLUDE = os.path.join(os.path.dirname(shmlink.__file__), "include")
@@ -26,6 +28,51 @@ def echo_upper(tmp_path_factory):
                     os.path.join(ROOT, "examples", "c", "echo_upper.c"), "-o", str(exe)],
                    check=True, timeout=120)
     return str(exe)
+
+
+@pytest.fixture(scope="module")
+def board_read(tmp_path_factory):
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path_factory.mktemp("c") / "board_read"
+    subprocess.run(["cc", "-O2", "-std=gnu11", *FLAGS,
+                    os.path.join(ROOT, "examples", "c", "board_read.c"), "-o", str(exe)],
+                   check=True, timeout=120)
+    return str(exe)
+
+
+WRITER = """
+import sys, shmlink
+b = shmlink.Board.open(sys.argv[1])
+i = 0
+while True:
+    i += 1
+    b.write(bytes([i % 251 + 1]) * (100 + (i * 37) % 3000))
+"""
+
+
+def test_c_program_reads_a_board_without_tearing(board_read, name):
+    with shmlink.Board.create(name, 4096) as board:
+        board.write_text("hello from python")
+        r = subprocess.run([board_read, name], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"version {board.version}: hello from python\n"
+        board.write(b"\x01" * 64)  # from here on every value is one byte repeated
+        writers = [subprocess.Popen([sys.executable, "-c", WRITER, name]) for _ in range(2)]
+        try:
+            wait_for(lambda: board.version > 100, timeout=30, what="the writers to start")
+            v0 = board.version
+            r = subprocess.run([board_read, name, "check", "2000000"], capture_output=True,
+                               text=True, timeout=120)
+            v1 = board.version
+        finally:
+            for w in writers:
+                w.kill()
+                w.wait(10)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "2000000 whole reads\n"
+        assert v1 - v0 > 100, "the writers did not run during the check"
+        board.unlink()
 
 
 @needs_cc
