@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -275,3 +277,32 @@ def test_killed_processes_do_not_break_later_opens(name):
         assert q.recv(timeout=5) == b"fresh"
         assert os.getpid() in q.participants()
         q.unlink()
+
+
+def test_a_waiter_killed_asleep_costs_one_wake_then_nothing(name):
+    """Waiting uses an armed event count: a consumer killed while asleep leaves
+    the count armed, the next send disarms it with one futex wake, and sends
+    after that make no wake-up at all (with a waiter *count*, every later send
+    would have paid for a wake-up forever)."""
+    from shmlink import _core
+
+    seq_off = _core.DATA_OFFSET + 192  # struct shmlink_ring.data_ec.seq
+    with shmlink.Queue.create(name, 4096, wait="block") as q:
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import shmlink, sys; shmlink.Queue.open(sys.argv[1], "
+                                  "wait='block').recv()", name])
+        try:
+            wait_for(lambda: q._memory.load32(seq_off) & 1, timeout=30,
+                     what="the consumer to arm the event count and sleep")
+        finally:
+            kill(child)
+        armed = q._memory.load32(seq_off)
+        q.send(b"one")  # finds the dead waiter's arming: one wake, disarmed
+        disarmed = q._memory.load32(seq_off)
+        assert disarmed == armed + 1 and disarmed & 1 == 0
+        for _ in range(100):
+            q.send(b"more")
+            q.recv(timeout=1)
+        assert q._memory.load32(seq_off) == disarmed, "sends still wake a dead waiter"
+        q.unlink()
+

@@ -337,7 +337,8 @@ def test_a_wrap_marker_with_a_bad_check_is_corrupt(ring):
 
 @pytest.mark.parametrize("field,value,error", [
     ("magic", 0x12345678, shmlink.IncompatibleSegment),
-    ("version", 2, shmlink.IncompatibleSegment),
+    ("version", 1, shmlink.IncompatibleSegment),  # the layout before armed event counts
+    ("version", 0x7777, shmlink.IncompatibleSegment),  # no version that exists
     ("capacity", 0, shmlink.CorruptSegment),
     ("capacity", 7, shmlink.CorruptSegment),
     ("capacity", 500, shmlink.CorruptSegment),  # not a multiple of 8

@@ -625,9 +625,7 @@ static int ring_wait(RingObject *self, struct shmlink_eventcount *ec,
     for (;;) {
         int rc = 0;
         Py_BEGIN_ALLOW_THREADS
-        uint32_t seq = SHM_LOAD_SEQ_CST(&ec->seq);
-        SHM_FETCH_ADD(&ec->waiters, 1);
-        SHM_FENCE();
+        uint32_t seq = shmlink_ec_arm(ec);
         if (cond(self, arg)) {
             met = 1;
         } else {
@@ -637,7 +635,6 @@ static int ring_wait(RingObject *self, struct shmlink_eventcount *ec,
             if (rc == -ETIMEDOUT && !shmlink_deadline_passed(deadline))
                 rc = -EINTR; /* a slice ended: run signal handlers, re-check */
         }
-        SHM_FETCH_ADD(&ec->waiters, (uint32_t)-1);
         Py_END_ALLOW_THREADS
         if (met)
             return 0;
@@ -1473,7 +1470,7 @@ static int topic_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, 
         shmlink_deadline_min(&slice, until, TOPIC_SIGNAL_SLICE_S);
         int rc = 0, met = 0;
         Py_BEGIN_ALLOW_THREADS
-        uint32_t seen = shmlink_topic_ec_arm(ec);
+        uint32_t seen = shmlink_ec_arm(ec);
         if (cond(obj, arg) || SHM_LOAD_RELAXED(cancel))
             met = 1;
         else
@@ -1665,7 +1662,7 @@ static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_s
         }
         shmlink_lock_release(&t->pub_lock);
         if (any)
-            shmlink_topic_ec_notify(&t->data_ec);
+            shmlink_ec_notify(&t->data_ec);
         if (prc == -EBADMSG)
             return topic_corrupt(self->name);
         if (prc == -EAGAIN) {
@@ -1921,7 +1918,7 @@ static PyObject *Topic_close(TopicObject *self, PyObject *unused) {
          * the caller come back once it has. */
         self->closing = 1;
         if (self->has_view)
-            shmlink_topic_ec_wake_all(&self->h.topic->space_ec);
+            shmlink_ec_wake_all(&self->h.topic->space_ec);
         Py_RETURN_FALSE;
     }
     if (self->has_view) {
@@ -2343,7 +2340,7 @@ static PyObject *Subscriber_interrupt(SubscriberObject *self, PyObject *args) {
         return NULL;
     self->cancel = on;
     if (on && self->has_view)
-        shmlink_topic_ec_wake_all(&self->h.topic->data_ec);
+        shmlink_ec_wake_all(&self->h.topic->data_ec);
     Py_RETURN_NONE;
 }
 
@@ -2353,7 +2350,7 @@ static PyObject *Subscriber_close(SubscriberObject *self, PyObject *unused) {
     if (self->busy) {
         self->closing = 1;
         self->cancel = 1;
-        shmlink_topic_ec_wake_all(&self->h.topic->data_ec);
+        shmlink_ec_wake_all(&self->h.topic->data_ec);
         Py_RETURN_FALSE;
     }
     uint32_t pid;

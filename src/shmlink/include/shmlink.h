@@ -356,25 +356,55 @@ static inline void shmlink_lock_release(struct shmlink_lock *l) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Event count: "sleep until something changes" without lost wake-ups.       */
-/*   waiter: seq = load(seq); waiters++; fence; re-check condition; if not   */
-/*           met, futex_wait(seq, seq_value); waiters--.                     */
-/*   waker:  make the condition true; fence; if waiters: seq++, wake all.    */
-/* Either the waker sees the waiter announced (and bumps seq, so the wait    */
-/* returns at once) or the waiter's re-check sees the condition.             */
+/* Event count: "sleep until something changes" without lost wake-ups.      */
+/* Bit 0 of seq says "a waiter sleeps on this value"; a waker that finds it  */
+/* clear makes no system call, so wakers pay one futex wake per sleep, not   */
+/* one per event.  A waiter killed while armed costs one spurious wake, then */
+/* nothing: there is no count to leak.                                       */
+/*   waiter: v = shmlink_ec_arm(ec); if (!condition) shmlink_ec_wait(ec, v)  */
+/*   waker:  make the condition true; shmlink_ec_notify(ec)                  */
+/* Either the waker's load sees the armed bit (and wakes), or the waiter's   */
+/* re-check after arming sees the condition (seq_cst on both sides).         */
 /* ------------------------------------------------------------------------ */
 
 struct shmlink_eventcount {
     uint32_t seq;
-    uint32_t waiters;
+    uint32_t waiters; /* unused: kept so the layouts stay as they are */
 };
 
-static inline void shmlink_ec_notify(struct shmlink_eventcount *ec) {
-    SHM_FENCE(); /* the condition's stores before the waiters load */
-    if (SHM_LOAD_RELAXED(&ec->waiters) != 0) {
-        SHM_FETCH_ADD(&ec->seq, 1);
-        shmlink_futex_wake(&ec->seq, INT_MAX);
+static inline uint32_t shmlink_ec_arm(struct shmlink_eventcount *ec) {
+    for (;;) {
+        uint32_t v = SHM_LOAD_ACQUIRE(&ec->seq);
+        if (v & 1u)
+            return v;
+        if (SHM_CAS(&ec->seq, &v, v | 1u)) {
+            SHM_FENCE(); /* the arming before the caller's re-check */
+            return v | 1u;
+        }
     }
+}
+
+static inline void shmlink_ec_notify(struct shmlink_eventcount *ec) {
+    SHM_FENCE(); /* the condition's stores before the load of seq */
+    uint32_t v = SHM_LOAD_RELAXED(&ec->seq);
+    if ((v & 1u) && SHM_CAS(&ec->seq, &v, v + 1u))
+        shmlink_futex_wake(&ec->seq, INT_MAX);
+}
+
+/* Wake every waiter, armed or not (a handle being closed or interrupted). */
+static inline void shmlink_ec_wake_all(struct shmlink_eventcount *ec) {
+    uint32_t v = SHM_LOAD_RELAXED(&ec->seq);
+    while (!SHM_CAS(&ec->seq, &v, (v | 1u) + 1u))
+        ;
+    shmlink_futex_wake(&ec->seq, INT_MAX);
+}
+
+/* Sleep until seq moves past `armed` (from shmlink_ec_arm) or the deadline.
+ * Returns 0 (re-check), -ETIMEDOUT or -EINTR. */
+static inline int shmlink_ec_wait(struct shmlink_eventcount *ec, uint32_t armed,
+                                  const struct timespec *deadline) {
+    int rc = shmlink_futex_wait(&ec->seq, armed, deadline);
+    return rc == -EAGAIN ? 0 : rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -477,7 +507,7 @@ static inline void shmlink_segment_close(struct shmlink_segment *seg) {
 /* ------------------------------------------------------------------------ */
 
 #define SHMLINK_RING_MAGIC 0x474e4952u /* "RING" */
-#define SHMLINK_RING_VERSION 1u
+#define SHMLINK_RING_VERSION 2u /* 2: armed event counts */
 #define SHMLINK_RECORD_HEADER 8u
 #define SHMLINK_RECORD_WRAP 0xFFFFFFFFu /* length field of a wrap marker */
 #define SHMLINK_RECORD_CHECK 0x5A17C0DEu /* check = length ^ this */
@@ -783,26 +813,6 @@ static inline int64_t shmlink_ring_try_recv(const struct shmlink_ring_handle *h,
     return len;
 }
 
-/* Sleep on an event count until its sequence moves past `seen` or the
- * deadline; the caller re-checks its condition after announcing itself:
- *     seen = shmlink_ec_prepare(ec);  if (!condition) shmlink_ec_wait(...);
- *     shmlink_ec_done(ec);
- * Returns 0, -ETIMEDOUT or -EINTR. */
-static inline uint32_t shmlink_ec_prepare(struct shmlink_eventcount *ec) {
-    uint32_t seen = SHM_LOAD_SEQ_CST(&ec->seq);
-    SHM_FETCH_ADD(&ec->waiters, 1);
-    SHM_FENCE();
-    return seen;
-}
-static inline int shmlink_ec_wait(struct shmlink_eventcount *ec, uint32_t seen,
-                                  const struct timespec *deadline) {
-    int rc = shmlink_futex_wait(&ec->seq, seen, deadline);
-    return rc == -EAGAIN ? 0 : rc;
-}
-static inline void shmlink_ec_done(struct shmlink_eventcount *ec) {
-    SHM_FETCH_ADD(&ec->waiters, (uint32_t)-1);
-}
-
 /* Blocking receive for C programs: waits (futex, no spinning) until a
  * message arrives or the deadline.  Returns like shmlink_ring_try_recv, or
  * -ETIMEDOUT / -EINTR. */
@@ -815,7 +825,7 @@ static inline int64_t shmlink_ring_recv(const struct shmlink_ring_handle *h,
         int64_t n = shmlink_ring_try_recv(h, buf, cap, pid, start);
         if (n != -EAGAIN)
             return n;
-        uint32_t seen = shmlink_ec_prepare(&r->data_ec);
+        uint32_t seen = shmlink_ec_arm(&r->data_ec);
         int rc = 0;
         if (SHM_LOAD_ACQUIRE(&r->tail) == SHM_LOAD_ACQUIRE(&r->head)) {
             struct timespec slice; /* bounded, so a dead lock holder is noticed */
@@ -824,7 +834,6 @@ static inline int64_t shmlink_ring_recv(const struct shmlink_ring_handle *h,
             if (rc == -ETIMEDOUT && !shmlink_deadline_passed(deadline))
                 rc = 0;
         }
-        shmlink_ec_done(&r->data_ec);
         if (rc != 0)
             return rc;
     }
@@ -839,11 +848,10 @@ static inline int shmlink_ring_send(const struct shmlink_ring_handle *h,
         int rc = shmlink_ring_try_send(h, data, len, pid, start);
         if (rc != -EAGAIN)
             return rc;
-        uint32_t seen = shmlink_ec_prepare(&r->space_ec);
+        uint32_t seen = shmlink_ec_arm(&r->space_ec);
         struct timespec slice;
         shmlink_deadline_min(&slice, deadline, SHMLINK_LIVENESS_SLICE_S * 5);
         rc = shmlink_ec_wait(&r->space_ec, seen, &slice);
-        shmlink_ec_done(&r->space_ec);
         if (rc == -ETIMEDOUT && !shmlink_deadline_passed(deadline))
             rc = 0;
         if (rc != 0)
@@ -952,7 +960,7 @@ struct shmlink_topic {
                          * overwrite; loaded after an acquire fence by subscribers */
     uint64_t published; /* sequence number of the next message */
     uint8_t pad2[SHMLINK_CACHE_LINE - 24];
-    /* line 3: publishers wake subscribers here (see shmlink_topic_ec_*) */
+    /* line 3: publishers wake subscribers here (see shmlink_ec_*) */
     struct shmlink_eventcount data_ec;
     uint8_t pad3[SHMLINK_CACHE_LINE - 8];
     /* line 4: subscribers wake lossless publishers here */
@@ -967,44 +975,6 @@ SHMLINK_STATIC_ASSERT(offsetof(struct shmlink_topic, pub_lock) % 64 == 0 &&
                           offsetof(struct shmlink_topic, space_ec) % 64 == 0,
                       "the lock, the positions and each event count on their own lines");
 #define SHMLINK_TOPIC_SUBS_OFFSET ((uint64_t)sizeof(struct shmlink_topic))
-
-/* Topic event counts: the struct shmlink_eventcount layout, with a cheaper
- * protocol than shmlink_ec_*.  Bit 0 of seq says "a waiter sleeps on this
- * value"; a waker that finds it clear makes no system call.  So a publisher
- * pays for one futex wake per sleep of a subscriber, not one per message
- * until the woken subscriber runs; a waiter killed while armed costs one
- * spurious wake, then nothing (there is no count to leak).  `waiters` is
- * unused.
- *   waiter: v = shmlink_topic_ec_arm(ec); if (!condition) futex_wait(seq, v)
- *   waker:  make the condition true; shmlink_topic_ec_notify(ec)
- * Either the waker's load sees the armed bit (and wakes), or the waiter's
- * re-check after arming sees the condition (seq_cst on both sides). */
-static inline uint32_t shmlink_topic_ec_arm(struct shmlink_eventcount *ec) {
-    for (;;) {
-        uint32_t v = SHM_LOAD_ACQUIRE(&ec->seq);
-        if (v & 1u)
-            return v;
-        if (SHM_CAS(&ec->seq, &v, v | 1u)) {
-            SHM_FENCE(); /* the arming before the caller's re-check */
-            return v | 1u;
-        }
-    }
-}
-
-static inline void shmlink_topic_ec_notify(struct shmlink_eventcount *ec) {
-    SHM_FENCE(); /* the condition's stores before the load of seq */
-    uint32_t v = SHM_LOAD_RELAXED(&ec->seq);
-    if ((v & 1u) && SHM_CAS(&ec->seq, &v, v + 1u))
-        shmlink_futex_wake(&ec->seq, INT_MAX);
-}
-
-/* Wake every waiter, armed or not (a handle being closed or interrupted). */
-static inline void shmlink_topic_ec_wake_all(struct shmlink_eventcount *ec) {
-    uint32_t v = SHM_LOAD_RELAXED(&ec->seq);
-    while (!SHM_CAS(&ec->seq, &v, (v | 1u) + 1u))
-        ;
-    shmlink_futex_wake(&ec->seq, INT_MAX);
-}
 
 static inline uint64_t shmlink_topic_record_size(uint64_t len) {
     return SHMLINK_TOPIC_RECORD_HEADER + ((len + 15u) & ~(uint64_t)15u);
@@ -1399,7 +1369,7 @@ static inline void shmlink_topic_release_slot(const struct shmlink_topic_handle 
         uint32_t p = pid;
         SHM_CAS(&s->pid, &p, 0);
     }
-    shmlink_topic_ec_notify(&h->topic->space_ec);
+    shmlink_ec_notify(&h->topic->space_ec);
 }
 
 /* Subscriber: record its progress in its slot (and wake lossless
@@ -1415,7 +1385,7 @@ static inline void shmlink_topic_progress(const struct shmlink_topic_handle *h, 
      * shmlink_topic_scan_floor: our copies are done before they overwrite. */
     SHM_STORE_RELEASE(&s->cursor, cursor);
     if (h->mode == SHMLINK_TOPIC_LOSSLESS)
-        shmlink_topic_ec_notify(&h->topic->space_ec);
+        shmlink_ec_notify(&h->topic->space_ec);
 }
 
 /* Subscriber: 1 if a publisher may have overwritten the entry at pos since
@@ -1593,7 +1563,7 @@ static inline int shmlink_topic_try_publish(const struct shmlink_topic_handle *h
         shmlink_topic_commit(h, tail, seq);
     shmlink_lock_release(&t->pub_lock);
     if (tail != committed)
-        shmlink_topic_ec_notify(&t->data_ec);
+        shmlink_ec_notify(&t->data_ec);
     return rc;
 }
 
@@ -1650,7 +1620,7 @@ static inline int64_t shmlink_topic_recv(const struct shmlink_topic_handle *h,
         int64_t n = shmlink_topic_try_recv(h, r, buf, cap);
         if (n != -EAGAIN)
             return n;
-        uint32_t seen = shmlink_topic_ec_arm(&t->data_ec);
+        uint32_t seen = shmlink_ec_arm(&t->data_ec);
         if (SHM_LOAD_ACQUIRE(&t->tail) != r->cursor)
             continue;
         int rc = shmlink_futex_wait(&t->data_ec.seq, seen, deadline);
@@ -1671,7 +1641,7 @@ static inline int shmlink_topic_publish(const struct shmlink_topic_handle *h, co
         int rc = shmlink_topic_try_publish(h, data, len, pid, start, evict);
         if (rc != -EAGAIN)
             return rc;
-        uint32_t seen = shmlink_topic_ec_arm(&t->space_ec);
+        uint32_t seen = shmlink_ec_arm(&t->space_ec);
         struct timespec slice;
         shmlink_deadline_min(&slice, deadline, SHMLINK_LIVENESS_SLICE_S);
         rc = shmlink_futex_wait(&t->space_ec.seq, seen, &slice);
