@@ -735,3 +735,25 @@ def test_exactly_once_and_fifo_4x4_single_messages(name, names):
     # every receive flavour, single sends, a small ring that wraps constantly
     _run_fifo(name, names("ctl"), nprod=4, ncons=4, count=25_000, pbatch=1,
               modes=["recv", "into", "view", "try"], capacity=4096)
+
+
+def test_calls_on_a_temporary_handle_keep_it_open(name):
+    """``Queue.open(name).send(...)``: the handle must live through the call,
+    even though nothing else refers to it (regression: the C method bound to
+    the instance let the handle be collected and closed mid-call)."""
+    import gc
+    import subprocess
+    import sys
+
+    with shmlink.Queue.create(name, 4096) as q:
+        shmlink.Queue.open(name).send(b"one")
+        gc.collect()
+        assert shmlink.Queue.open(name).recv(timeout=1) == b"one"
+        code = ("import shmlink, sys; print(shmlink.Queue.open(sys.argv[1], wait='block')"
+                ".recv(timeout=10).decode())")
+        child = subprocess.Popen([sys.executable, "-c", code, name], stdout=subprocess.PIPE,
+                                 text=True)
+        q.send(b"two", timeout=5)
+        out, _ = child.communicate(timeout=30)
+        assert child.returncode == 0 and out.strip() == "two"
+        q.unlink()

@@ -181,12 +181,8 @@ class Queue(_Named):
     def _attach(self) -> None:
         m = self._mapping()
         ring = self._ring = _core.Ring(m.mm, DATA_OFFSET, m.header.data_size)
-        ring.label = self._name
+        ring.label = self._name  # used by the C core's error messages
         ring.spin = self._spin
-        # The hot paths: bound C methods with the same signature and errors
-        # as the documented methods below, without a Python frame per call.
-        self.send = ring.qsend  # type: ignore[method-assign]
-        self.recv = ring.qrecv  # type: ignore[method-assign]
 
     def _detach_kind(self) -> None:
         view = self._view
@@ -196,8 +192,6 @@ class Queue(_Named):
                 f"queue {self._name!r} has an open zero-copy receive; release it "
                 "(leave its with-block) before close()"
             )
-        self.__dict__.pop("send", None)
-        self.__dict__.pop("recv", None)
         if self._ring is not None:
             self._ring.close()
             self._ring = None
@@ -288,9 +282,11 @@ class Queue(_Named):
         MessageTooLarge
             If ``len(data) > max_message_size``.
         """
-        ring = self._ring or self._r()
-        if not ring.send(data, None if timeout is None else deadline_of(timeout), self._spin):
-            raise Timeout(f"queue {self._name!r} stayed full for {timeout} s; nothing was sent")
+        # One C call parses timeout=, waits, and raises Timeout or
+        # SegmentClosed itself.  A method (not the C function bound to the
+        # instance) so that the call keeps the queue alive:
+        # ``Queue.open(name).send(b"x")`` must not close it half-way.
+        (self._ring or self._r()).qsend(data, timeout=timeout)
 
     def try_send(self, data: Any) -> bool:
         """Append one message if there is room now; True if it was sent."""
@@ -353,11 +349,7 @@ class Queue(_Named):
         Timeout
             If none arrived within ``timeout`` seconds.
         """
-        ring = self._ring or self._r()
-        data = ring.recv(None if timeout is None else deadline_of(timeout), self._spin)
-        if data is None:
-            raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
-        return data
+        return (self._ring or self._r()).qrecv(timeout=timeout)
 
     def try_recv(self) -> bytes | None:
         """Take the oldest message if there is one now, else None."""
