@@ -1680,11 +1680,12 @@ class Listener(_Named):
                     self.unlink()
                 except (OSError, ShmlinkError):
                     pass
-            if self._alock.locked():
+            ring = self._ring  # the accepting thread may finish the close and clear it
+            if ring is not None and self._alock.locked():
                 try:
-                    self._ring.try_send(b"")  # wakes the thread blocked in accept()
+                    ring.try_send(b"")  # wakes the thread blocked in accept()
                 except (ValueError, ShmlinkError):
-                    pass
+                    pass  # already closed by that thread
         self._finish_close(True)
 
     def _finish_close(self, wait: bool) -> None:
