@@ -684,6 +684,51 @@ static int check_len(RingObject *self, Py_ssize_t len) {
     return 0;
 }
 
+/* A batch of bytes-like objects viewed without copying (send_many and
+ * publish_many).  batch_gather takes a buffer of every item and checks each
+ * length with len_ok; batch_release undoes it, also after a failure. */
+struct buffer_batch {
+    PyObject *fast;
+    Py_buffer *bufs;
+    Py_ssize_t n, got;
+};
+
+static int batch_gather(struct buffer_batch *b, PyObject *seq, const char *what,
+                        int (*len_ok)(void *, Py_ssize_t), void *obj) {
+    b->bufs = NULL;
+    b->got = b->n = 0;
+    b->fast = PySequence_Fast(seq, what);
+    if (!b->fast)
+        return -1;
+    b->n = PySequence_Fast_GET_SIZE(b->fast);
+    b->bufs = PyMem_Calloc(b->n ? (size_t)b->n : 1, sizeof(Py_buffer));
+    if (!b->bufs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(b->fast);
+    for (; b->got < b->n; b->got++) {
+        if (PyObject_GetBuffer(items[b->got], &b->bufs[b->got], PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+        if (len_ok(obj, b->bufs[b->got].len) < 0) {
+            b->got++;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void batch_release(struct buffer_batch *b) {
+    for (Py_ssize_t i = 0; i < b->got; i++)
+        PyBuffer_Release(&b->bufs[i]);
+    PyMem_Free(b->bufs);
+    Py_XDECREF(b->fast);
+}
+
+static int ring_len_ok(void *ring, Py_ssize_t len) {
+    return check_len((RingObject *)ring, len);
+}
+
 /* Send a batch of buffers; returns how many were sent (all unless timeout),
  * or -1 with an exception.  timed_out set when the deadline passed. */
 static Py_ssize_t ring_send_buffers(RingObject *self, Py_buffer *bufs,
@@ -877,31 +922,14 @@ static PyObject *Ring_send_many(RingObject *self, PyObject *args) {
         PyBuffer_Release(&whole);
         return sent < 0 ? NULL : PyLong_FromSsize_t(sent);
     }
-    PyObject *fast = PySequence_Fast(seq, "send_many() takes an iterable of bytes-like objects");
-    if (!fast)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), got = 0, sent = -1;
-    Py_buffer *bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
-    if (!bufs) {
-        Py_DECREF(fast);
-        return PyErr_NoMemory();
+    struct buffer_batch b;
+    Py_ssize_t sent = -1;
+    if (batch_gather(&b, seq, "send_many() takes an iterable of bytes-like objects",
+                     ring_len_ok, self) == 0) {
+        int timed_out;
+        sent = ring_send_buffers(self, b.bufs, b.n, deadline, spin, &timed_out);
     }
-    PyObject **items = PySequence_Fast_ITEMS(fast);
-    for (; got < n; got++) {
-        if (PyObject_GetBuffer(items[got], &bufs[got], PyBUF_C_CONTIGUOUS) < 0)
-            goto out;
-        if (check_len(self, bufs[got].len) < 0) {
-            got++;
-            goto out;
-        }
-    }
-    int timed_out;
-    sent = ring_send_buffers(self, bufs, n, deadline, spin, &timed_out);
-out:
-    for (Py_ssize_t i = 0; i < got; i++)
-        PyBuffer_Release(&bufs[i]);
-    PyMem_Free(bufs);
-    Py_DECREF(fast);
+    batch_release(&b);
     return sent < 0 ? NULL : PyLong_FromSsize_t(sent);
 }
 
@@ -1562,6 +1590,10 @@ static int topic_check_len(TopicObject *self, Py_ssize_t len) {
     return 0;
 }
 
+static int topic_len_ok(void *topic, Py_ssize_t len) {
+    return topic_check_len((TopicObject *)topic, len);
+}
+
 /* Take pub_lock, sleeping in slices so that a close from another thread is
  * noticed.  0, 1 (taken over from a holder that died), -ETIMEDOUT,
  * -ECANCELED (the handle is closing) or -1 (exception). */
@@ -1765,33 +1797,16 @@ static PyObject *Topic_publish_many(TopicObject *self, PyObject *args) {
     struct timespec ts, *deadline;
     if (parse_timeout(tmo, &ts, &deadline) < 0)
         return NULL;
-    PyObject *fast = PySequence_Fast(seq, "publish_many() takes an iterable of bytes-like objects");
-    if (!fast)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast), got = 0, sent = -1;
-    Py_buffer *bufs = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
-    if (!bufs) {
-        Py_DECREF(fast);
-        return PyErr_NoMemory();
+    struct buffer_batch b;
+    Py_ssize_t sent = -1;
+    if (batch_gather(&b, seq, "publish_many() takes an iterable of bytes-like objects",
+                     topic_len_ok, self) == 0) {
+        int timed_out;
+        self->users++;
+        sent = topic_publish_buffers(self, b.bufs, b.n, deadline, &timed_out);
+        self->users--;
     }
-    PyObject **items = PySequence_Fast_ITEMS(fast);
-    for (; got < n; got++) {
-        if (PyObject_GetBuffer(items[got], &bufs[got], PyBUF_C_CONTIGUOUS) < 0)
-            goto out;
-        if (topic_check_len(self, bufs[got].len) < 0) {
-            got++;
-            goto out;
-        }
-    }
-    int timed_out;
-    self->users++;
-    sent = topic_publish_buffers(self, bufs, n, deadline, &timed_out);
-    self->users--;
-out:
-    for (Py_ssize_t i = 0; i < got; i++)
-        PyBuffer_Release(&bufs[i]);
-    PyMem_Free(bufs);
-    Py_DECREF(fast);
+    batch_release(&b);
     return sent < 0 ? NULL : PyLong_FromSsize_t(sent);
 }
 
