@@ -123,9 +123,68 @@ def test_usage_errors_exit_2():
     assert r.returncode == 2 and b"not a number" in r.stderr
 
 
+def _from_checkout() -> bool:
+    """True when the shmlink under test is the checkout's (editable install), suite beside it."""
+    pkg = os.path.realpath(os.path.dirname(shmlink.__file__))
+    return pkg == os.path.join(os.path.realpath(ROOT), "src", "shmlink")
+
+
+def _bench_from(cwd: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shmlink", "bench", *args],
+                          capture_output=True, timeout=60, cwd=cwd)
+
+
 def test_bench_passes_its_arguments_through():
-    out = ok("bench", "--list")
-    assert "latency" in out and "throughput" in out
+    r = _bench_from(ROOT, "--list")
+    if _from_checkout():
+        assert r.returncode == 0, r.stderr.decode()
+        out = r.stdout.decode()
+        assert "latency" in out and "throughput" in out
+    else:  # an installed wheel carries no suite: one clear line, no traceback
+        assert_user_error(r, "benchmark suite is not installed", "pip install -e .")
+
+
+def test_bench_never_imports_a_benchmarks_package_from_the_current_directory(tmp_path):
+    # a decoy suite where the command runs: importing it leaves a mark and answers
+    marker = tmp_path / "imported"
+    decoy = tmp_path / "benchmarks"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "def main(argv=None):\n    print('DECOY SUITE')\n    return 0\n")
+    r = _bench_from(str(tmp_path), "--list")
+    assert not marker.exists(), "shmlink bench imported benchmarks/ from the current directory"
+    assert b"DECOY" not in r.stdout
+    if _from_checkout():
+        assert r.returncode == 0, r.stderr.decode()
+        assert b"latency" in r.stdout
+    else:
+        assert_user_error(r, "benchmark suite is not installed")
+
+
+def test_the_library_does_not_import_its_cli():
+    code = ("import sys, shmlink, shmlink.connection, shmlink.topic, shmlink.board\n"
+            "bad = sorted(m for m in sys.modules if m == 'argparse' or m.startswith('shmlink.cli'))\n"
+            "print(' '.join(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", f"import shmlink imported {r.stdout.strip()}"
+
+
+def test_no_messaging_module_mentions_the_cli():
+    # the layer rule in the source: no module below the cli imports it, even lazily
+    src = os.path.dirname(os.path.abspath(shmlink.__file__))
+    for dirpath, dirnames, files in os.walk(src):
+        if os.path.basename(dirpath) == "cli":
+            dirnames.clear()
+            continue
+        dirnames[:] = [d for d in dirnames if d != "cli"]
+        for f in files:
+            if f.endswith(".py") and f != "__main__.py":
+                text = open(os.path.join(dirpath, f), encoding="utf-8").read()
+                for word in ("argparse", "from .cli", "import cli", "shmlink.cli", "sys.stdout"):
+                    assert word not in text, f"{os.path.join(dirpath, f)} mentions {word}"
 
 
 def test_version():

@@ -10,11 +10,13 @@ the end.
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import sys
 import time
 import uuid
+from typing import Any
 
 REPLY_AT = 2048
 
@@ -92,5 +94,12 @@ def run_demo(rounds: int = 3, n_messages: int = 4) -> int:
             obj.close()
 
 
-if __name__ == "__main__":
-    sys.exit(run_demo())
+def cmd_demo(a: argparse.Namespace) -> int:
+    return run_demo(rounds=a.rounds)
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``demo``."""
+    s = sub.add_parser("demo", help="two processes exchanging text through shared memory")
+    s.add_argument("--rounds", type=int, default=3)
+    s.set_defaults(func=cmd_demo)

@@ -1,0 +1,57 @@
+"""``shmlink send | recv``: messages through a lossless queue."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..queue import Queue
+from ._common import input_bytes, out, parse_size
+
+
+def cmd_send(a: argparse.Namespace) -> None:
+    if a.create:
+        q = Queue.create_or_open(a.queue, parse_size(a.create))
+    else:
+        q = Queue.open(a.queue)
+    try:
+        data = input_bytes(a)
+        q.send(a.text.encode() if data is None else data, timeout=a.timeout)
+    finally:
+        q.close()
+
+
+def cmd_recv(a: argparse.Namespace) -> None:
+    q = Queue.open(a.queue)
+    try:
+        got = 0
+        while a.follow or got < a.count:
+            msg = q.recv(timeout=None if a.follow and a.timeout is None else a.timeout)
+            got += 1
+            if a.raw:
+                sys.stdout.buffer.write(msg)
+                sys.stdout.flush()
+            else:
+                out(msg.decode("utf-8", "backslashreplace"))
+    finally:
+        q.close()
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``send`` and ``recv``."""
+    s = sub.add_parser("send", help="send a message to a queue")
+    s.add_argument("queue")
+    s.add_argument("text", nargs="?", help="message; '-' or omitted: read stdin")
+    s.add_argument("--file", help="send this file's contents")
+    s.add_argument("--create", metavar="CAPACITY", help="create the queue if missing")
+    s.add_argument("--timeout", type=float, default=None)
+    s.set_defaults(func=cmd_send)
+
+    s = sub.add_parser("recv", help="receive messages from a queue")
+    s.add_argument("queue")
+    s.add_argument("--count", type=int, default=1)
+    s.add_argument("--follow", action="store_true", help="keep receiving until Ctrl-C")
+    s.add_argument("--timeout", type=float, default=None)
+    s.add_argument("--raw", action="store_true", help="write raw bytes, no newline")
+    s.set_defaults(func=cmd_recv)

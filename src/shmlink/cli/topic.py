@@ -1,0 +1,73 @@
+"""``shmlink pub | sub``: broadcast through a topic."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..topic import MODES, Topic
+from ._common import parse_size
+
+
+def cmd_pub(a: argparse.Namespace) -> int:
+    if a.create:
+        topic = Topic.create_or_open(a.topic, parse_size(a.create), mode=a.mode)
+    else:
+        topic = Topic.open(a.topic)
+    try:
+        if a.message is not None and a.message != "-":
+            topic.publish(a.message.encode(), timeout=a.timeout)
+        elif a.whole:
+            topic.publish(sys.stdin.buffer.read(), timeout=a.timeout)
+        else:
+            for line in sys.stdin.buffer:
+                topic.publish(line.rstrip(b"\r\n"), timeout=a.timeout)
+    finally:
+        topic.close()
+    return 0
+
+
+def cmd_sub(a: argparse.Namespace) -> int:
+    topic = Topic.open(a.topic)
+    try:
+        sub = topic.subscribe("oldest" if a.oldest else "newest")
+        got = 0
+        while a.count is None or got < a.count:
+            msg = sub.recv(timeout=a.timeout)
+            got += 1
+            if a.raw:
+                sys.stdout.buffer.write(msg)
+            else:
+                sys.stdout.write(msg.decode("utf-8", "backslashreplace") + "\n")
+            sys.stdout.flush()
+        if sub.missed:
+            print(f"shmlink: missed {sub.missed} message(s)", file=sys.stderr)
+    finally:
+        topic.close()
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``pub`` and ``sub``."""
+    p = sub.add_parser("pub", help="publish to a topic: MSG, or each line of stdin")
+    p.add_argument("topic")
+    p.add_argument("message", nargs="?", help="message; '-' or omitted: each line of stdin")
+    p.add_argument("--whole", action="store_true", help="publish all of stdin as one message")
+    p.add_argument("--create", metavar="CAPACITY",
+                   help="create the topic if missing (64k, 1M ...)")
+    p.add_argument("--mode", choices=MODES, default="lossless",
+                   help="mode of a topic --create makes")
+    p.add_argument("--timeout", type=float, default=None)
+    p.set_defaults(func=cmd_pub)
+
+    p = sub.add_parser("sub", help="subscribe to a topic and print its messages")
+    p.add_argument("topic")
+    p.add_argument("--count", type=int, default=None,
+                   help="stop after N messages (default: follow)")
+    p.add_argument("--oldest", action="store_true",
+                   help="start at the oldest message still held")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="give up after this many seconds without a message")
+    p.add_argument("--raw", action="store_true", help="write raw bytes, no newline")
+    p.set_defaults(func=cmd_sub)
