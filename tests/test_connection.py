@@ -152,6 +152,39 @@ def test_recv_request_and_reply_interleaved_with_messages(name):
         lst.close()
 
 
+def test_a_response_read_by_another_threads_recv_completes_the_request(name):
+    # One thread blocks in recv() and so holds the reader role; a request from
+    # another thread must get its response through its future, routed by the
+    # receiving thread, while that thread still waits for its message.
+    lst, c, s = _pair_in_threads(name)
+    try:
+        got_msg: list = []
+        answered = threading.Event()
+        receiver = threading.Thread(target=lambda: got_msg.append(c.recv(timeout=WAIT)))
+        receiver.start()
+        wait_for(lambda: c._rlock.locked(), WAIT, what="the receiver to take the reader role")
+
+        def serve_one() -> None:
+            req = s.recv_request(timeout=WAIT)
+            s.reply(req, b"answer to " + req.data)
+            answered.wait(WAIT)  # the message goes out only once the request returned
+            s.send(b"the message")
+
+        server = threading.Thread(target=serve_one)
+        server.start()
+        assert c.request(b"q", timeout=WAIT) == b"answer to q"
+        assert receiver.is_alive()  # the response came while the receiver still waited
+        answered.set()
+        receiver.join(WAIT)
+        server.join(WAIT)
+        assert got_msg == [b"the message"]
+        assert not c._pending
+    finally:
+        c.close()
+        s.close()
+        lst.close()
+
+
 def test_timeouts_and_late_responses_are_dropped(name):
     p = _server(name, 1)
     with shmlink.connect(name, timeout=WAIT) as conn:
@@ -162,7 +195,7 @@ def test_timeouts_and_late_responses_are_dropped(name):
         assert conn.request(b"again", timeout=WAIT) == W.derive(b"again")
         with pytest.raises(Timeout):
             conn.recv(timeout=0.05)
-        assert not conn._responses and not conn._abandoned
+        assert not conn._pending  # no future left behind by the abandoned request
     join_all([p], WAIT)
 
 
@@ -528,7 +561,7 @@ def test_concurrent_requests_from_threads_in_this_process(name):
         for t in ts:
             t.join(WAIT)
         assert not errors, errors
-        assert not conn._responses
+        assert not conn._pending
     join_all([srv], WAIT)
 
 

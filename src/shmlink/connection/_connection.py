@@ -1,0 +1,934 @@
+"""One end of a duplex connection: :class:`Connection` (sending, receiving, request/response, close).
+
+The inbound side (the reader role and the routing of frames, responses
+included) is :mod:`._reader`; the layout and frames are :mod:`._layout`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import struct
+import threading
+import time
+import traceback
+from typing import Any, Callable, Iterator
+
+from .. import _core
+from ..errors import (
+    CorruptSegment,
+    IncompatibleSegment,
+    MessageTooLarge,
+    PeerDisconnected,
+    RemoteError,
+    SegmentClosed,
+    SegmentExists,
+    SegmentNotFound,
+    ShmlinkError,
+    Timeout,
+)
+from ..queue import WAIT_STRATEGIES, _spin_of
+from ..segment import _identity, _Named
+from ..sync import deadline_of
+from ._layout import (
+    _C_CLIENT_CLOSED,
+    _C_CLIENT_PID,
+    _C_CLIENT_START,
+    _C_MAGIC,
+    _C_MAGIC_VALUE,
+    _C_RING_SIZE,
+    _C_RINGS,
+    _C_SERVER_CLOSED,
+    _C_SERVER_PID,
+    _C_SERVER_START,
+    _C_STATE,
+    _C_VERSION,
+    _C_VERSION_OFF,
+    _CLOSE_FRAME,
+    _D,
+    _EC_OFFSET,
+    _FRAME_SIZE,
+    _MSG_HDR,
+    _REQ,
+    _RESP,
+    _RING_HEADER,
+    _ST_NAMES,
+    _WAKE_FRAME,
+    SLICE,
+    Request,
+    Role,
+    WaitStrategy,
+    _monotonic,
+    _pack,
+    _remaining,
+    _ring_size,
+    _slice_end,
+    _unpack,
+)
+from ._reader import _TIMEOUT, ResponseFuture, _ReaderRole
+
+__all__ = ["Connection"]
+
+_process_alive = _core.process_alive
+_get_ident = threading.get_ident
+
+class Connection(_ReaderRole, _Named):
+    """One end of a duplex, message-oriented connection.
+
+    Get one from :func:`connect` (client side), :meth:`Listener.accept`
+    (server side) or :meth:`pair`.  Both ends can :meth:`send` and
+    :meth:`recv` messages (lossless, in order, 0 bytes up to
+    :attr:`max_message_size`); the client can :meth:`request` and the server
+    answer with :meth:`serve` (or :meth:`recv_request` + :meth:`reply`).
+
+    Every blocking call takes ``timeout=`` (seconds; None = forever) and
+    raises :class:`~shmlink.Timeout` when it runs out.  When the peer closes
+    its side or dies, blocked and later calls raise
+    :class:`~shmlink.PeerDisconnected` within about :data:`SLICE` seconds
+    (at once for a clean close), after the messages the peer sent before
+    are delivered; iteration ends.  Safe to share between threads.
+
+    Attributes
+    ----------
+    role : {"client", "server"} or None
+        Which end this is (None for a handle made by :meth:`open` for
+        inspection).
+    """
+
+    KIND = "connection"
+
+    # class-level defaults so close() and the properties work on a half-built object
+    _role: Role | None = None
+    _err: tuple[type, str] | None = (SegmentClosed, "the connection is not connected")
+    _closing = False
+    _detached = False
+    _closer_busy = False
+    _rings: tuple[Any, Any] | None = None
+    _in: Any = None
+    _out: Any = None
+    _peer: tuple[int, int] = (0, 0)
+    _spin = WAIT_STRATEGIES["hybrid"]  # spin_ns of the ring waits (Ring.recv and Ring.send)
+    _wait: WaitStrategy = "hybrid"
+
+    # -- constructors --
+
+    @classmethod
+    def pair(cls, name: str, *, timeout: float | None = None, capacity: int = 1 << 20,
+             wait: WaitStrategy = "hybrid", mode: int = 0o600) -> Connection:
+        """Meet one peer under ``name``: whoever comes first becomes the server.
+
+        The first caller listens on ``name`` and accepts exactly one
+        connection, then closes the listener (so the name is free again);
+        the second caller connects to it.  ``conn.role`` tells which
+        happened.  Further callers pair up among themselves the same way.
+
+        Parameters
+        ----------
+        name : str
+            The meeting point (a listener name).
+        timeout : float or None
+            Seconds to wait for the peer; None = forever.
+        capacity : int
+            Bytes of message storage per direction (used if this side
+            becomes the server).
+        wait : {"hybrid", "block", "spin"}
+            How this end waits (see :class:`~shmlink.Queue`).
+        mode : int
+            Permission bits of the segments (default ``0o600``).
+
+        Returns
+        -------
+        Connection
+            This side's end.
+
+        Raises
+        ------
+        Timeout
+            If no peer came within ``timeout`` seconds.
+        """
+        from ._listener import Listener, connect  # (the listener makes connections)
+
+        deadline = deadline_of(timeout)
+        while True:
+            try:
+                lst = Listener.create(name, capacity=capacity, backlog=1, wait=wait, mode=mode)
+            except SegmentExists:
+                try:
+                    return connect(name, timeout=_remaining(deadline), wait=wait)
+                except (SegmentNotFound, PeerDisconnected):
+                    # the first party left (or paired) between our two calls
+                    if deadline is not None and _monotonic() >= deadline:
+                        raise Timeout(f"connection pair {name!r}: no peer within {timeout} s") from None
+                    time.sleep(0.001)
+                    continue
+            try:
+                return lst.accept(timeout=_remaining(deadline))
+            except Timeout:
+                raise Timeout(f"connection pair {name!r}: no peer within {timeout} s") from None
+            finally:
+                lst.close()
+
+    @classmethod
+    def open(cls, name: str, *, timeout: float | None = 5.0) -> Connection:
+        """Open a connection segment by name for inspection (``shmlink info``).
+
+        The handle takes no side: it can report :meth:`state` but not send or
+        receive.  Use :func:`connect` or :meth:`Listener.accept` to talk.
+
+        Parameters
+        ----------
+        name : str
+            The connection segment's name (``<listener>.c<pid>-<hex>``).
+        timeout : float or None
+            How long to wait for a segment still being initialised.
+
+        Returns
+        -------
+        Connection
+            An inspection handle.
+        """
+        conn = cls._open_kind(name, timeout=timeout)
+        conn._err = (SegmentClosed, f"connection {name!r} was opened with Connection.open() for "
+                                    "inspection; use shmlink.connect() or Listener.accept() to talk")
+        return conn
+
+    @classmethod
+    def _create_client(cls, name: str, capacity: int, max_message: int, mode: int) -> Connection:
+        ring_size = _ring_size(capacity)
+        size = _C_RINGS + 2 * ring_size
+        pid, start = _identity()
+
+        def init(mm: Any) -> None:
+            struct.pack_into("<IIQ", mm, _C_MAGIC, _C_MAGIC_VALUE, _C_VERSION, ring_size)
+            struct.pack_into("<IIQ", mm, _C_CLIENT_PID, pid, 0, start)
+            _core.ring_init(mm, _D + _C_RINGS, ring_size, max_message)
+            _core.ring_init(mm, _D + _C_RINGS + ring_size, ring_size, max_message)
+
+        return cls._create_kind(name, size, kind=cls._kind_id(), mode=mode, lifetime="auto",
+                                init=init, kind_version=_C_VERSION)
+
+    def _attach(self) -> None:
+        m = self._mapping()
+        mem = m.memory
+        shown = f"connection {self._name!r}"
+        if m.header.kind_version != _C_VERSION or mem.load32(_C_MAGIC) != _C_MAGIC_VALUE \
+                or mem.load32(_C_VERSION_OFF) != _C_VERSION:
+            raise IncompatibleSegment(
+                f"{shown} has an unknown layout (version {m.header.kind_version}); it was made by "
+                "another shmlink version: use the same version on both sides"
+            )
+        ring_size = mem.load64(_C_RING_SIZE)
+        if ring_size < _RING_HEADER + 64 or ring_size % 64 or \
+                _C_RINGS + 2 * ring_size > m.header.data_size:
+            raise CorruptSegment(f"{shown} has a ring size of {ring_size} bytes that does not fit "
+                                 "its segment; remove it and connect again")
+        c2s = _core.Ring(m.mm, _D + _C_RINGS, ring_size)
+        s2c = _core.Ring(m.mm, _D + _C_RINGS + ring_size, ring_size)
+        self._rings = (c2s, s2c)
+        self._ring_size = ring_size
+        self._mem = mem
+        self._init_reader()
+        self._wlock = threading.Lock()  # held while sending (close waits for it)
+        self._ids = itertools.count(1)
+
+    def _bind(self, role: Role, wait: WaitStrategy) -> None:
+        """Take a side: which ring is ours to read, whose flags are the peer's."""
+        client = role == "client"
+        c2s, s2c = self._rings  # type: ignore[misc]
+        self._out, self._in = (c2s, s2c) if client else (s2c, c2s)
+        out_off = _D + _C_RINGS + (0 if client else self._ring_size)
+        self._out_ec = out_off + _EC_OFFSET
+        self._my_closed = _C_CLIENT_CLOSED if client else _C_SERVER_CLOSED
+        self._peer_closed = _C_SERVER_CLOSED if client else _C_CLIENT_CLOSED
+        mem = self._mem
+        if client:
+            self._peer = (mem.load32(_C_SERVER_PID), mem.load64(_C_SERVER_START))
+        else:
+            self._peer = (mem.load32(_C_CLIENT_PID), mem.load64(_C_CLIENT_START))
+        self._max_frame = self._out.max_message
+        self.wait = wait
+        self._role = role
+        self._err = None
+        self._closing = False
+
+    def _detach_kind(self) -> None:
+        if self._rings is not None:
+            for r in self._rings:
+                r.close()
+            self._rings = None
+        self._in = self._out = None
+
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("a Connection cannot be pickled: give the other process the listener's "
+                        "name and let it connect()")
+
+    # -- properties --
+
+    @property
+    def wait(self) -> WaitStrategy:
+        """This end's wait strategy: "hybrid", "block" or "spin" (see :class:`~shmlink.Queue`).
+
+        Every wait of this end for its rings (receiving, and sending into a
+        full ring) is the ring's own: "hybrid" spins briefly, then yields
+        the CPU, then sleeps on the ring's futex, in slices of :data:`SLICE`.
+        """
+        return self._wait
+
+    @wait.setter
+    def wait(self, value: WaitStrategy) -> None:
+        self._spin = _spin_of(value)
+        self._wait = value
+
+    @property
+    def role(self) -> Role | None:
+        """``"client"``, ``"server"``, or None for an inspection handle."""
+        return self._role
+
+    @property
+    def peer_pid(self) -> int:
+        """PID of the process at the other end."""
+        return self._peer[0]
+
+    @property
+    def closed(self) -> bool:
+        """True once this end was closed (the peer's state: :attr:`peer_closed`)."""
+        return self._closing or self._closed
+
+    @property
+    def peer_closed(self) -> bool:
+        """True if the other end is known to have closed or died."""
+        if self._err is not None and self._err[0] is PeerDisconnected:
+            return True
+        if self._closed or self._role is None:
+            return False
+        try:
+            return bool(self._mem.load32(self._peer_closed)) or \
+                not _process_alive(*self._peer)
+        except (ValueError, AttributeError):
+            return False
+
+    @property
+    def max_message_size(self) -> int:
+        """Largest message :meth:`send` (and a response) can carry, in bytes."""
+        self._mapping()
+        return self._rings[0].max_message - _FRAME_SIZE  # type: ignore[index]
+
+    def state(self) -> dict[str, Any]:
+        """Kind-specific state for ``shmlink info``: both ends and the traffic.
+
+        Returns
+        -------
+        dict
+            Client and server PIDs (with liveness), the accept state, closed
+            flags and, per direction, messages sent, received and queued.
+        """
+        mem = self._mapping().memory
+        c2s, s2c = self._rings  # type: ignore[misc]
+        return _conn_state(
+            (mem.load32(_C_CLIENT_PID), mem.load32(_C_CLIENT_CLOSED), mem.load64(_C_CLIENT_START)),
+            (mem.load32(_C_SERVER_PID), mem.load32(_C_SERVER_CLOSED), mem.load64(_C_SERVER_START)),
+            mem.load32(_C_STATE), c2s.stats(), s2c.stats())
+
+    # -- sending --
+
+    def _too_large(self, frame: bytes) -> MessageTooLarge:
+        return MessageTooLarge(
+            f"connection {self._name!r}: a message of {len(frame) - _FRAME_SIZE} bytes is larger "
+            f"than its max_message_size of {self._max_frame - _FRAME_SIZE}; split it, or listen "
+            "with a larger capacity"
+        )
+
+    def _send_frame(self, frame: bytes, deadline: float | None) -> None:
+        wl = self._wlock
+        if self._err is None and wl.acquire(False):
+            try:
+                if self._out.try_send(frame):
+                    return
+            except MessageTooLarge:
+                raise self._too_large(frame) from None
+            finally:
+                wl.release()
+        self._send_slow(frame, deadline)
+
+    def _send_slow(self, frame: bytes, deadline: float | None) -> None:
+        wl = self._wlock
+        while not wl.acquire(True, SLICE if deadline is None else min(SLICE, _remaining(deadline))):
+            if self._err is not None:
+                raise self._error()
+            if deadline is not None and _monotonic() >= deadline:
+                raise Timeout(f"connection {self._name!r}: could not send within the timeout "
+                              "(other threads kept sending); nothing was sent")
+        try:
+            end = 0.0  # the first attempt does not wait: other threads held the lock
+            while True:
+                if self._err is not None:
+                    raise self._error()
+                why = self._peer_down(cheap=True)
+                if why is not None:
+                    self._set_gone(why)
+                    raise self._error()
+                try:
+                    if self._out.send(frame, end, self._spin):
+                        return
+                except MessageTooLarge:
+                    raise self._too_large(frame) from None
+                end = _slice_end(deadline)
+                if deadline is not None and _monotonic() >= deadline:
+                    raise Timeout(f"connection {self._name!r}: the {self._peer_role()} did not make "
+                                  "room within the timeout (it is not receiving); nothing was sent")
+        finally:
+            wl.release()
+            if self._closing:
+                self._finish_close(False)
+
+    def send(self, data: Any, *, timeout: float | None = None) -> None:
+        """Send one message (any bytes-like object) to the other end.
+
+        Parameters
+        ----------
+        data : bytes-like
+            The message, 0 bytes up to :attr:`max_message_size`.
+        timeout : float or None
+            Seconds to wait while the other end's inbound ring is full.
+
+        Raises
+        ------
+        PeerDisconnected
+            If the other end is known to have closed or died (like a
+            socket, a message sent just as the other end goes is lost).
+        Timeout
+            If there was no room within ``timeout`` (nothing was sent).
+        MessageTooLarge
+            If ``data`` is larger than :attr:`max_message_size`.
+        SegmentClosed
+            If this end was closed.
+        """
+        deadline = None if timeout is None else deadline_of(timeout)
+        frame = _MSG_HDR + data
+        wl = self._wlock
+        if self._err is None and wl.acquire(False):  # the hot path: one try_send
+            try:
+                if self._out.try_send(frame):
+                    return
+            except MessageTooLarge:
+                raise self._too_large(frame) from None
+            finally:
+                wl.release()
+        self._send_slow(frame, deadline)
+
+    def send_object(self, obj: Any, *, timeout: float | None = None) -> None:
+        """Send any picklable object (received with :meth:`recv_object`).
+
+        Parameters
+        ----------
+        obj : object
+            Anything :mod:`pickle` can serialise.
+        timeout : float or None
+            As for :meth:`send`.
+        """
+        self.send(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), timeout=timeout)
+
+    # -- receiving (the reader role: see _reader.py) --
+
+    def recv(self, *, timeout: float | None = None) -> bytes:
+        """Receive the next message sent with :meth:`send`, waiting until one arrives.
+
+        Parameters
+        ----------
+        timeout : float or None
+            Seconds to wait; None = forever; 0 = only if one is there.
+
+        Returns
+        -------
+        bytes
+            The message.
+
+        Raises
+        ------
+        PeerDisconnected
+            If the other end closed or died and every message it sent was
+            received.
+        Timeout
+            If none arrived within ``timeout`` seconds.
+        SegmentClosed
+            If this end was closed (also by another thread while waiting).
+        """
+        deadline = None if timeout is None else deadline_of(timeout)
+        inbox = self._inbox
+        if inbox:
+            return inbox.popleft()[_FRAME_SIZE:]
+        rl = self._rlock
+        if rl.acquire(False):
+            try:
+                if inbox:
+                    f = inbox.popleft()
+                elif self._err is not None:
+                    raise self._error()
+                else:
+                    # the hot path: one Ring.recv, the frame is the message
+                    f = self._wait_frame(deadline)
+                    if f is None or not f.startswith(_MSG_HDR):
+                        f = self._read(self._pop_msg, deadline, f)
+            finally:
+                rl.release()
+                if self._nwaiting or self._closing:
+                    self._left()
+        else:
+            f = self._take(self._pop_msg, deadline)
+            if f is _TIMEOUT:
+                f = None
+        if f is None:
+            raise Timeout(f"connection {self._name!r}: no message within {timeout} s")
+        return f[_FRAME_SIZE:]
+
+    def try_recv(self) -> bytes | None:
+        """Receive the next message if one is there now, else return None.
+
+        Returns
+        -------
+        bytes or None
+            The message, or None when there is none now (or another thread
+            is receiving).
+
+        Raises
+        ------
+        PeerDisconnected
+            If the other end closed or died and every message it sent was
+            received.
+        """
+        inbox = self._inbox
+        if inbox:
+            return inbox.popleft()[_FRAME_SIZE:]
+        rl = self._rlock
+        if not rl.acquire(False):
+            return None
+        try:
+            if inbox:
+                return inbox.popleft()[_FRAME_SIZE:]
+            if self._err is not None:
+                raise self._error()
+            while True:
+                f = self._in.try_recv()
+                if f is None:
+                    why = self._peer_down(cheap=True)
+                    if why is None:
+                        return None
+                    f = self._in.try_recv()
+                    if f is None:
+                        self._set_gone(why)
+                        raise self._error()
+                if f.startswith(_MSG_HDR):
+                    return f[_FRAME_SIZE:]
+                self._route(f)
+        finally:
+            self._leave()
+
+    def recv_object(self, *, timeout: float | None = None) -> Any:
+        """Receive an object sent with :meth:`send_object`.
+
+        Only unpickle messages from processes you trust.
+
+        Parameters
+        ----------
+        timeout : float or None
+            As for :meth:`recv`.
+
+        Returns
+        -------
+        object
+            The unpickled object.
+        """
+        return pickle.loads(self.recv(timeout=timeout))
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield messages as they arrive; stop when the other end closes or dies."""
+        while True:
+            try:
+                yield self.recv()
+            except PeerDisconnected:
+                return
+            except SegmentClosed:
+                if self._closing:
+                    return
+                raise
+
+    # -- request / response --
+
+    def request(self, data: Any, *, timeout: float | None = None) -> bytes:
+        """Send a request and wait for its response.
+
+        Requests are numbered; the response to this one is returned even
+        when other threads have requests in flight on the same connection.
+
+        Parameters
+        ----------
+        data : bytes-like
+            The request, 0 bytes up to :attr:`max_message_size`.
+        timeout : float or None
+            Seconds for the whole round trip; None = forever.
+
+        Returns
+        -------
+        bytes
+            The response the other end's handler (or :meth:`reply`) gave.
+
+        Raises
+        ------
+        PeerDisconnected
+            If the other end closed or died before answering.
+        Timeout
+            If no response came within ``timeout`` seconds (a late response
+            is dropped).
+        RemoteError
+            If the other end's handler raised.
+        MessageTooLarge
+            If ``data`` is larger than :attr:`max_message_size`.
+        """
+        deadline = None if timeout is None else deadline_of(timeout)
+        rid = next(self._ids)
+        frame = _pack(rid << 8 | _REQ) + data
+        fut = ResponseFuture()
+        pending = self._pending
+        pending[rid] = fut  # before the request goes out: the response finds it
+        try:
+            rl = self._rlock
+            if self._err is None and rl.acquire(False):
+                # The hot path: one try_send and one Ring.recv, with the reader
+                # role held (close() waits for it, so the send needs no lock).
+                try:
+                    try:
+                        sent = self._out.try_send(frame)
+                    except MessageTooLarge:
+                        raise self._too_large(frame) from None
+                    if sent:
+                        end = self._slice
+                        if deadline is not None and deadline < end:
+                            end = deadline
+                        f = self._in.recv(end, self._spin)
+                        if f is not None:
+                            self._route(f)
+                            f = fut.result()
+                        if f is None:
+                            f = self._read(fut.result, deadline)
+                finally:
+                    rl.release()
+                    if self._nwaiting or self._closing:
+                        self._left()
+                if sent:
+                    return self._response(f, timeout)
+            self._send_frame(frame, deadline)
+            f = self._take(fut.result, deadline)
+            return self._response(None if f is _TIMEOUT else f, timeout)
+        finally:
+            pending.pop(rid, None)  # answered, or given up: a late response is dropped
+
+    def _response(self, f: bytes | None, timeout: float | None) -> bytes:
+        if f is None:
+            raise Timeout(f"connection {self._name!r}: no response within {timeout} s")
+        if f[0] == _RESP:
+            return f[_FRAME_SIZE:]
+        raise RemoteError(f"connection {self._name!r}: the {self._peer_role()}'s handler failed:\n"
+                          + f[_FRAME_SIZE:].decode("utf-8", "replace"))
+
+    def request_object(self, obj: Any, *, timeout: float | None = None) -> Any:
+        """:meth:`request` with a pickled object; the response is unpickled too.
+
+        Parameters
+        ----------
+        obj : object
+            The request, pickled.
+        timeout : float or None
+            As for :meth:`request`.
+
+        Returns
+        -------
+        object
+            The unpickled response.
+        """
+        return pickle.loads(self.request(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL),
+                                         timeout=timeout))
+
+    def recv_request(self, *, timeout: float | None = None) -> Request:
+        """Receive the next request sent with :meth:`request` (server side).
+
+        Answer it with :meth:`reply`.
+
+        Parameters
+        ----------
+        timeout : float or None
+            Seconds to wait; None = forever.
+
+        Returns
+        -------
+        Request
+            ``(id, data)``.
+
+        Raises
+        ------
+        PeerDisconnected
+            If the other end closed or died.
+        Timeout
+            If none arrived within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else deadline_of(timeout)
+        f = self._take(self._pop_request, deadline)
+        if f is _TIMEOUT:
+            raise Timeout(f"connection {self._name!r}: no request within {timeout} s")
+        return Request(_unpack(f)[0] >> 8, f[_FRAME_SIZE:])
+
+    def reply(self, request: Request | int, data: Any, *, timeout: float | None = None) -> None:
+        """Send the response to a request taken with :meth:`recv_request`.
+
+        Parameters
+        ----------
+        request : Request or int
+            The request (or its ``id``).
+        data : bytes-like
+            The response.
+        timeout : float or None
+            As for :meth:`send`.
+        """
+        rid = request.id if isinstance(request, Request) else int(request)
+        self._send_frame(_pack(rid << 8 | _RESP) + data,
+                         None if timeout is None else deadline_of(timeout))
+
+    def serve(self, handler: Callable[[bytes], Any]) -> int:
+        """Answer requests with ``handler`` until the peer disconnects, :meth:`stop` or :meth:`close`.
+
+        For each request, ``handler(request_bytes)`` returns the response
+        (bytes-like; None means empty).  If it raises, the requester's
+        :meth:`request` raises :class:`RemoteError` with the traceback, and
+        serving goes on.  Plain messages that arrive meanwhile are kept for
+        :meth:`recv`.
+
+        Parameters
+        ----------
+        handler : callable
+            ``handler(bytes) -> bytes``.
+
+        Returns
+        -------
+        int
+            How many requests were answered.
+        """
+        self._stop = False
+        served = 0
+        rl = self._rlock
+        while True:
+            if self._stop:
+                return served
+            if not rl.acquire(False):
+                # another thread reads: it hands requests over
+                try:
+                    f = self._take(self._pop_request, _monotonic() + SLICE)
+                except PeerDisconnected:
+                    return served
+                except SegmentClosed:
+                    if self._closing:
+                        return served
+                    raise
+                if f is _TIMEOUT:
+                    continue
+                served += self._answer(handler, f)
+                continue
+            self._rowner = _get_ident()
+            try:
+                reqs = self._requests
+                ring = self._in
+                out = self._out
+                spin = self._spin
+                while not self._stop:
+                    if reqs:
+                        f = reqs.popleft()
+                    else:
+                        f = ring.recv(self._slice, spin)
+                        if f is None:
+                            f = self._idle(None)
+                            if f is None:
+                                continue
+                            if f is _TIMEOUT:
+                                return served
+                    try:
+                        h = _unpack(f)[0]
+                    except struct.error:
+                        raise self._corrupt(f) from None
+                    if h & 255 != _REQ:
+                        self._route(f)
+                        continue
+                    # the hot path: handler, then one send
+                    try:
+                        r = handler(f[_FRAME_SIZE:])
+                        resp = _pack(h + 1) + r if r is not None else _pack(h + 1)
+                    except Exception as e:  # the handler's failure goes to the requester
+                        resp = self._error_frame(h, e)
+                    if self._err is not None:
+                        return served  # closed from the handler
+                    try:  # the reader role keeps close() waiting: no send lock needed
+                        sent = out.try_send(resp)
+                    except MessageTooLarge:
+                        sent = False
+                    if not sent:
+                        try:
+                            self._send_slow(resp, None)
+                        except MessageTooLarge as e:
+                            self._send_slow(self._error_frame(h, e), None)
+                    served += 1
+                return served
+            except PeerDisconnected:
+                return served
+            except SegmentClosed:
+                if self._closing:
+                    return served
+                raise
+            finally:
+                self._leave()
+
+    def _answer(self, handler: Callable[[bytes], Any], f: bytes) -> int:
+        h = _unpack(f)[0]
+        try:
+            r = handler(f[_FRAME_SIZE:])
+            resp = _pack(h + 1) + r if r is not None else _pack(h + 1)
+        except Exception as e:
+            resp = self._error_frame(h, e)
+        if self._err is not None:
+            return 0
+        try:
+            self._send_frame(resp, None)
+        except MessageTooLarge as e:
+            self._send_frame(self._error_frame(h, e), None)
+        except PeerDisconnected:
+            return 0
+        return 1
+
+    def _error_frame(self, h: int, e: BaseException) -> bytes:
+        if isinstance(e, TypeError) and e.__traceback__ is not None \
+                and e.__traceback__.tb_next is None:
+            text = (f"TypeError: the handler must return bytes-like (or None), and here it "
+                    f"failed with: {e}")
+        else:
+            text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        data = text.encode("utf-8", "replace")
+        room = self._max_frame - _FRAME_SIZE
+        if len(data) > room:
+            data = data[-room:]
+        return _pack(h + 2) + data
+
+    def stop(self) -> None:
+        """Make :meth:`serve` return after the request it is handling (from any thread)."""
+        self._stop = True
+        if self._rlock.locked() and self._rowner != _get_ident() and self._wlock.acquire(False):
+            try:  # the send lock keeps close() from unmapping the ring meanwhile
+                if not self._detached:
+                    self._in.try_send(_WAKE_FRAME)
+            except (ValueError, ShmlinkError):
+                pass
+            finally:
+                self._wlock.release()
+
+    # -- lifetime --
+
+    def close(self) -> None:
+        """Close this end (idempotent); the other end gets :class:`PeerDisconnected`.
+
+        Messages already sent are still delivered to the other end first.
+        Threads of this process blocked on this connection raise
+        :class:`~shmlink.SegmentClosed` (:meth:`serve` returns, iteration
+        ends).  The connection's segment is removed once both ends closed.
+        """
+        if self._role is None:
+            super().close()
+            return
+        with self._lock:
+            if self._closing:
+                busy = True
+            else:
+                busy = False
+                self._closing = True
+                self._closer_busy = True
+                self._err = (SegmentClosed, f"connection {self._name!r} is closed")
+                self._cv.notify_all()
+        if busy:
+            self._finish_close(True)
+            return
+        try:
+            mem = self._mem
+            mem.store32(self._my_closed, 1)
+            try:
+                self._out.try_send(_CLOSE_FRAME)  # wakes the peer's reader at once
+            except ShmlinkError:
+                pass
+            # and the ring's event count, for peers waiting on it some other way
+            mem.add32(self._out_ec, 1)
+            mem.wake32(self._out_ec)
+            if self._rlock.locked() and self._rowner != _get_ident():
+                self._in.try_send(_WAKE_FRAME)  # our own blocked reader
+        except (ValueError, ShmlinkError):
+            pass
+        finally:
+            with self._lock:
+                self._closer_busy = False
+        self._finish_close(True)
+
+    def _finish_close(self, wait: bool) -> None:
+        """Unmap once no thread of ours is inside a ring call; the last one out does it."""
+        if self._detached or self._rowner == _get_ident():
+            return  # called from a handler inside serve(): serve finishes it
+        rl, wl = self._rlock, self._wlock
+        if not (rl.acquire(True, 2 * SLICE + 1.0) if wait else rl.acquire(False)):
+            return
+        try:
+            if not (wl.acquire(True, 2 * SLICE + 1.0) if wait else wl.acquire(False)):
+                return
+            try:
+                with self._lock:
+                    if self._detached or self._closer_busy:
+                        return
+                    self._detached = True
+                # Our closed flag was stored (seq-cst) before this load: of two
+                # ends closing at once, at least one sees the other's flag.  A
+                # peer that closed or died needs the name no more, and a dead
+                # one may hold its file lock a little longer than it takes us
+                # to notice (its other threads still exiting), which would
+                # make the "auto" removal below miss.
+                try:
+                    if self._mem.load32(self._peer_closed) or not _process_alive(*self._peer):
+                        self.unlink()
+                except (OSError, ShmlinkError, ValueError):
+                    pass
+                super().close()
+            finally:
+                wl.release()
+        finally:
+            rl.release()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __repr__(self) -> str:
+        if self._role is None:
+            return f"<shmlink.Connection {self._name!r}{' closed' if self._closed else ''}>"
+        state = "closed" if self.closed else ("peer gone" if self._err else "open")
+        return (f"<shmlink.Connection {self._name!r} {self._role} peer_pid={self._peer[0]} "
+                f"{state}>")
+
+
+def _conn_state(client: tuple[int, int, int], server: tuple[int, int, int], st: int,
+                c2s: dict[str, int] | None, s2c: dict[str, int] | None) -> dict[str, Any]:
+    def side(pid: int, closed: int, start: int) -> str:
+        if not pid:
+            return "-"
+        if closed:
+            return f"PID {pid} (closed)"
+        return f"PID {pid}" + ("" if _process_alive(pid, start) else " (dead)")
+
+    out: dict[str, Any] = {"client": side(*client), "server": side(*server),
+                           "accept": _ST_NAMES.get(st, f"invalid ({st})")}
+    for label, s in (("client_to_server", c2s), ("server_to_client", s2c)):
+        if s is not None:
+            out[label] = (f"{s['sent']} sent, {s['received']} received, "
+                          f"{max(0, s['sent'] - s['received'])} queued")
+    return out
+

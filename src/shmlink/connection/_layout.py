@@ -1,0 +1,122 @@
+"""The connection protocol's shared-memory layouts, frame headers and time slices.
+
+Offsets are from the start of the mapping (``DATA_OFFSET`` is where a
+segment's data area begins).  Both segment kinds carry a magic value and a
+layout version, checked on attach.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+from typing import Literal, NamedTuple
+
+from .. import _core
+from ..segment import DATA_OFFSET, NAME_MAX
+
+#: Longest a blocked call waits before it re-checks the peer (closed flag,
+#: process alive), its own handle and its deadline, in seconds.
+SLICE = 0.1
+
+#: How an end waits for its ring (see :class:`~shmlink.Queue`).
+WaitStrategy = Literal["hybrid", "block", "spin"]
+#: Which end of a connection a handle is.
+Role = Literal["client", "server"]
+
+_monotonic = time.monotonic
+_RING_HEADER = _core.RING_HEADER
+_D = DATA_OFFSET
+
+# --- frames -------------------------------------------------------------------
+# Each ring message starts with an 8-byte little-endian header ``id << 8 | kind``.
+
+_FRAME = struct.Struct("<Q")
+_pack = _FRAME.pack
+_unpack = _FRAME.unpack_from
+_FRAME_SIZE = _FRAME.size
+
+_MSG = 0  # plain message (id 0)
+_REQ = 1  # request
+_RESP = 2  # its response: header of the request + 1
+_ERR = 3  # its error: header of the request + 2 (payload: the traceback, UTF-8)
+_CLOSE = 4  # end of stream: the sender closed its side
+_WAKE = 5  # posted to one's own inbound ring to wake the local reader
+
+_MSG_HDR = _pack(_MSG)
+_CLOSE_FRAME = _pack(_CLOSE)
+_WAKE_FRAME = _pack(_WAKE)
+
+# --- connection segment layout ----------------------------------------------------
+
+_C_MAGIC_VALUE = 0x4E4E4F43  # "CONN"
+_C_VERSION = 1
+_C_MAGIC = _D + 0  # u32
+_C_VERSION_OFF = _D + 4  # u32
+_C_RING_SIZE = _D + 8  # u64: bytes of each ring region (control block included)
+# line 1: written by the client
+_C_CLIENT_PID = _D + 64  # u32
+_C_CLIENT_CLOSED = _D + 68  # u32: 1 once the client closed its side
+_C_CLIENT_START = _D + 72  # u64
+# line 2: written by the server
+_C_SERVER_PID = _D + 128  # u32, written before the accept CAS
+_C_SERVER_CLOSED = _D + 132  # u32
+_C_SERVER_START = _D + 136  # u64
+# line 3: the accept state (futex word)
+_C_STATE = _D + 192  # u32, one of the _ST_* values
+_C_RINGS = 256  # data-area offset of the client->server ring; server->client follows
+
+_ST_PENDING = 0
+_ST_ACCEPTED = 1
+_ST_REFUSED = 2  # the listener closed before accepting
+_ST_ABANDONED = 3  # the client gave up (timeout, Ctrl-C) or died before the accept
+_ST_NAMES = {_ST_PENDING: "pending", _ST_ACCEPTED: "accepted", _ST_REFUSED: "refused",
+             _ST_ABANDONED: "abandoned"}
+
+_EC_OFFSET = 192  # data_ec within struct shmlink_ring (include/shmlink.h)
+
+# --- listener segment layout ------------------------------------------------------
+
+_L_MAGIC_VALUE = 0x524E534C  # "LSNR"
+_L_VERSION = 1
+_L_MAGIC = _D + 0  # u32
+_L_VERSION_OFF = _D + 4  # u32
+_L_PID = _D + 8  # u32: the server (the listener's creator)
+_L_CLOSED = _D + 12  # u32: 1 once the server closed the listener
+_L_START = _D + 16  # u64
+_L_CAPACITY = _D + 24  # u64: each connection's ring capacity, bytes
+_L_MAX_MESSAGE = _D + 32  # u64: largest frame (0 = capacity - 8)
+_L_BACKLOG = _D + 40  # u32
+_L_MODE = _D + 44  # u32: permission bits of connection segments
+_L_ACCEPTED = _D + 48  # u64: connections accepted so far
+_L_RING = 128  # data-area offset of the accept ring
+
+_SUFFIX_RE = re.compile(r"c[0-9]{1,10}-[0-9a-f]{8}\Z")
+_SUFFIX_MAX = 2 + 10 + 1 + 8  # "c" + pid + "-" + 8 hex digits (+ the dot)
+#: Longest listener name: its connections are named ``<name>.c<pid>-<8 hex>``.
+LISTENER_NAME_MAX = NAME_MAX - _SUFFIX_MAX
+_ACCEPT_NAME = 24  # a pending connect posts its suffix NUL-padded to this many bytes ...
+_ACCEPT_RECORD = 8 + _ACCEPT_NAME  # ... so that each takes exactly this much of the accept ring
+
+
+# --- time -------------------------------------------------------------------------
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - _monotonic())
+
+
+def _slice_end(deadline: float | None) -> float:
+    end = _monotonic() + SLICE
+    return end if deadline is None or deadline > end else deadline
+
+
+def _ring_size(capacity: int) -> int:
+    return (_RING_HEADER + capacity + 63) & ~63
+
+
+class Request(NamedTuple):
+    """A request taken with :meth:`Connection.recv_request`; answer it with :meth:`Connection.reply`."""
+
+    id: int
+    data: bytes

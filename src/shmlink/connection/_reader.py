@@ -1,0 +1,294 @@
+"""The reader role of a connection end, and the routing of inbound frames.
+
+One thread at a time holds the *reader role* (``_rlock``) and reads the
+inbound ring.  Every frame it reads goes through :meth:`_ReaderRole._route`,
+the one place that decides whose it is:
+
+* a plain message goes to the inbox, a request to the request queue (both
+  in arrival order), for whichever thread receives them;
+* a response or error completes the :class:`ResponseFuture` of its request
+  id, registered by :meth:`~shmlink.Connection.request` before the request
+  was sent; a response whose requester gave up finds no future and is
+  dropped;
+* end of stream marks the peer gone; a wake-up only interrupts the reader.
+
+A thread that wants something while another holds the role waits on a
+condition until it appears (the router notifies), or until the role frees
+and it can read itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+import threading
+from typing import Any, Callable
+
+from .. import _core
+from ..errors import CorruptSegment, PeerDisconnected
+from ._layout import (
+    _CLOSE,
+    _ERR,
+    _MSG,
+    _REQ,
+    _RESP,
+    _WAKE,
+    SLICE,
+    _monotonic,
+    _unpack,
+)
+
+_process_alive = _core.process_alive
+_get_ident = threading.get_ident
+
+_RETRY = object()  # the reader role looks free: try to take it
+_TIMEOUT = object()  # the deadline passed
+
+
+class ResponseFuture:
+    """The pending response to one request: completed by whichever thread reads it.
+
+    :meth:`result` is None until the response (or error) frame arrives;
+    :meth:`set` is called once, by the thread holding the reader role.
+    (The slot starts unset rather than None: a request makes one of these
+    on its hot path, and an ``__init__`` would double the cost.)
+    """
+
+    __slots__ = ("frame",)
+    frame: bytes
+
+    def set(self, frame: bytes) -> None:
+        """Complete the future with its response (or error) frame."""
+        self.frame = frame
+
+    def result(self) -> bytes | None:
+        """The response frame, or None while it has not arrived."""
+        try:
+            return self.frame
+        except AttributeError:
+            return None
+
+
+class _ReaderRole:
+    """Inbound side of a connection end: the reader role, routing, the peer's state.
+
+    Mixed into :class:`~shmlink.Connection`, which provides ``_in`` (the
+    inbound ring), ``_mem``, ``_name``, ``_role``, ``_peer``,
+    ``_peer_closed`` and ``_finish_close``.
+    """
+
+    _err: tuple[type, str] | None
+    _in: Any
+    _mem: Any
+    _name: str
+    _role: str | None
+    _peer: tuple[int, int]
+    _peer_closed: int
+    _closing: bool
+    _spin: int
+    _nwaiting = 0
+    _alive_checked = 0.0
+    _rowner = 0
+    _stop = False
+
+    def _init_reader(self) -> None:
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._rlock = threading.Lock()  # the reader role
+        self._inbox: collections.deque[bytes] = collections.deque()  # whole frames
+        self._requests: collections.deque[bytes] = collections.deque()
+        self._pending: dict[int, ResponseFuture] = {}  # request id -> its future
+        self._slice = 0.0  # end of the current wait slice (monotonic)
+        self._nwaiting = 0  # threads waiting in _wait_turn
+
+    def _finish_close(self, wait: bool) -> None:
+        raise NotImplementedError
+
+    # -- the peer's state and errors --
+
+    def _error(self) -> Exception:
+        cls, msg = self._err  # type: ignore[misc]
+        return cls(msg)  # type: ignore[no-any-return]
+
+    def _peer_role(self) -> str:
+        return "server" if self._role == "client" else "client"
+
+    def _set_gone(self, why: str) -> None:
+        with self._cv:
+            if self._err is None:
+                self._err = (PeerDisconnected,
+                             f"connection {self._name!r}: the {self._peer_role()} (PID "
+                             f"{self._peer[0]}) {why}; connect again to continue")
+            self._cv.notify_all()
+
+    def _peer_down(self, cheap: bool = False) -> str | None:
+        """Why the peer is gone (closed its side, or died), or None if it is still there.
+
+        ``cheap``: look at its process (a read of ``/proc``) at most once a
+        slice; its closed flag is always read.
+        """
+        if self._mem.load32(self._peer_closed):
+            return "closed the connection"
+        if cheap:
+            now = _monotonic()
+            if now < self._alive_checked + SLICE:
+                return None
+            self._alive_checked = now
+        if not _process_alive(*self._peer):
+            return "died"
+        return None
+
+    def _corrupt(self, f: bytes) -> CorruptSegment:
+        return CorruptSegment(f"connection {self._name!r}: the {self._peer_role()} sent a malformed "
+                              f"frame ({len(f)} bytes, {f[:8]!r}); close the connection")
+
+    # -- routing --
+
+    def _route(self, f: bytes) -> None:
+        """Hand an inbound frame to whoever it is for (the reader role is held)."""
+        try:
+            h = _unpack(f)[0]
+        except struct.error:
+            raise self._corrupt(f) from None
+        k = h & 255
+        if k == _RESP or k == _ERR:
+            fut = self._pending.pop(h >> 8, None)
+            if fut is None:
+                return  # its requester gave up (timed out): drop it
+            fut.frame = f
+        elif k == _MSG:
+            self._inbox.append(f)
+        elif k == _REQ:
+            self._requests.append(f)
+        elif k == _CLOSE:
+            self._set_gone("closed the connection")
+            raise self._error()
+        elif k == _WAKE:
+            if self._err is not None:
+                raise self._error()
+            return
+        else:
+            raise self._corrupt(f)
+        if self._nwaiting:
+            with self._cv:
+                self._cv.notify_all()
+
+    def _pop_msg(self) -> bytes | None:
+        inbox = self._inbox
+        return inbox.popleft() if inbox else None
+
+    def _pop_request(self) -> bytes | None:
+        reqs = self._requests
+        return reqs.popleft() if reqs else None
+
+    # -- the reader role --
+
+    def _read(self, check: Callable[[], Any], deadline: float | None,
+              f: bytes | None = None) -> Any:
+        """With the reader role held: route frames until ``check()`` yields something.
+
+        Returns what ``check()`` returned, or None when the deadline passed.
+        ``f``: a frame the caller already took from the ring, routed first.
+        """
+        while True:
+            if f is None:
+                f = self._wait_frame(deadline)
+                if f is None:
+                    f = self._idle(deadline)
+                    if f is None:
+                        continue
+                    if f is _TIMEOUT:
+                        return None
+            self._route(f)
+            f = None
+            item = check()
+            if item is not None:
+                return item
+
+    def _wait_frame(self, deadline: float | None) -> bytes | None:
+        """Wait for a frame until the current slice (or the deadline) ends; None then.
+
+        The ring's own wait does the spinning and sleeping (the end's
+        :attr:`~shmlink.Connection.wait` strategy).
+        """
+        end = self._slice
+        if deadline is not None and deadline < end:
+            end = deadline
+        return self._in.recv(end, self._spin)  # type: ignore[no-any-return]
+
+    def _idle(self, deadline: float | None) -> Any:
+        """A wait slice ended: re-check everything.  A frame, None (wait on) or _TIMEOUT."""
+        now = _monotonic()
+        self._slice = now + SLICE
+        if self._err is not None:
+            raise self._error()
+        if self._stop and self._rowner == _get_ident():
+            return _TIMEOUT
+        why = self._peer_down()
+        if why is not None:
+            # what it sent before closing (or dying) is still delivered
+            f = self._in.try_recv()
+            if f is not None:
+                return f
+            self._set_gone(why)
+            raise self._error()
+        if deadline is not None and now >= deadline:
+            return _TIMEOUT
+        return None
+
+    def _leave(self) -> None:
+        """Give up the reader role (with it held) and let a waiting thread take it."""
+        self._rowner = 0
+        self._rlock.release()
+        if self._nwaiting or self._closing:
+            self._left()
+
+    def _left(self) -> None:
+        """After giving up the reader role: wake waiting threads; finish a close."""
+        if self._nwaiting:
+            with self._cv:
+                self._cv.notify_all()
+        if self._closing:
+            self._finish_close(False)
+
+    def _wait_turn(self, check: Callable[[], Any], deadline: float | None) -> Any:
+        """Another thread reads: wait until ``check()`` yields, the role frees, or time runs out."""
+        with self._cv:
+            self._nwaiting += 1
+            try:
+                while True:
+                    item = check()
+                    if item is not None:
+                        return item
+                    if not self._rlock.locked():
+                        return _RETRY
+                    if self._err is not None:
+                        raise self._error()
+                    if deadline is None:
+                        self._cv.wait(SLICE)
+                    else:
+                        left = deadline - _monotonic()
+                        if left <= 0:
+                            return _TIMEOUT
+                        self._cv.wait(min(SLICE, left))
+            finally:
+                self._nwaiting -= 1
+
+    def _take(self, check: Callable[[], Any], deadline: float | None) -> Any:
+        """What ``check()`` finds, reading the ring when no other thread does; or _TIMEOUT."""
+        rl = self._rlock
+        while True:
+            if rl.acquire(False):
+                try:
+                    item = check()
+                    if item is not None:
+                        return item
+                    if self._err is not None:
+                        raise self._error()
+                    item = self._read(check, deadline)
+                    return _TIMEOUT if item is None else item
+                finally:
+                    self._leave()
+            item = self._wait_turn(check, deadline)
+            if item is not _RETRY:
+                return item
