@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from shmlink.segment import PREFIX, shm_dir  # noqa: E402
 
-import qworkers  # noqa: E402
+from workers import queue as qworkers  # noqa: E402
 
 
 def _cleanup(prefix: str) -> None:

@@ -2,25 +2,20 @@
 
 Children are started with the "spawn" start method or as subprocesses and are
 given *names*, never mapped objects.  Every join has a timeout; pytest-timeout
-turns a hang into a failure with stacks (see pyproject.toml).
+turns a hang into a failure with stacks (see pyproject.toml).  The helpers that
+start and watch children are in ``support.py``; child-process bodies in the
+``workers`` package (``tests/`` is on ``sys.path``: pyproject's ``pythonpath``).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 
 import pytest
 
 import shmlink
 from shmlink.segment import PREFIX, shm_dir
-
-CTX = multiprocessing.get_context("spawn")
 
 
 def _ours() -> set[str]:
@@ -110,43 +105,3 @@ def _cleanup(made: list[str]) -> None:
                     os.unlink(os.path.join(shm_dir(), entry))
                 except FileNotFoundError:
                     pass
-
-
-def join_all(procs, timeout: float = 60.0) -> None:
-    """Join processes with one overall deadline; kill and fail on a hang."""
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.kill()
-        p.join(5)
-    assert not hung, f"{len(hung)} child process(es) hung past {timeout} s"
-    bad = [p.exitcode for p in procs if p.exitcode != 0]
-    assert not bad, f"child process(es) failed with exit codes {bad}"
-
-
-def run_python(code: str, *args: str, timeout: float = 60.0, **kw) -> subprocess.CompletedProcess:
-    """Run a Python snippet in a fresh interpreter, with a timeout."""
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=timeout, **kw)
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "condition"):
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def kill(proc, sig=signal.SIGKILL) -> None:
-    """Send a signal to a multiprocessing.Process or Popen and reap it."""
-    os.kill(proc.pid, sig)
-    if hasattr(proc, "join"):
-        proc.join(10)
-    else:
-        proc.wait(10)

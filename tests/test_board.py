@@ -19,8 +19,8 @@ from shmlink import Board
 from shmlink import board as board_mod
 from shmlink.board import _LEN, _W_LOCK
 
-import board_workers as W
-from conftest import CTX, join_all, run_python, wait_for
+from workers import board as W
+from support import CTX, join_all, run_python, wait_for
 
 
 def _get(q, timeout: float = 20.0):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import shmlink
-from conftest import wait_for
+from support import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INCLUDE = os.path.join(os.path.dirname(shmlink.__file__), "include")

@@ -1,6 +1,6 @@
 """Connection and Listener: duplex request/response between processes.
 
-Servers and clients run in spawned processes (see conn_workers.py) except
+Servers and clients run in spawned processes (see workers/connection.py) except
 where a test is about this process's own threads.  Every wait is bounded.
 """
 
@@ -32,8 +32,8 @@ from shmlink import (
 )
 from shmlink.segment import PREFIX, shm_dir
 
-import conn_workers as W
-from conftest import CTX, join_all, kill, wait_for
+from workers import connection as W
+from support import CTX, join_all, kill, wait_for
 
 WAIT = 30.0
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import helpers_segment as H
+from workers import segment as H
 import shmlink
-from conftest import run_python
+from support import run_python
 from shmlink import (
     AccessDenied,
     CorruptSegment,

@@ -1,7 +1,7 @@
 """Queue: the API, and its guarantees across real processes.
 
 Children are spawned (``CTX``) and take names; their bodies live in
-``qworkers``.  Timing assertions are lower bounds, or generous "within N s".
+``workers.queue``.  Timing assertions are lower bounds, or generous "within N s".
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 
 import shmlink
 from shmlink.segment import PREFIX, shm_dir
-import qworkers as w
-from conftest import CTX, join_all, run_python, wait_for
+from workers import queue as w
+from support import CTX, join_all, run_python, wait_for
 
 # --------------------------------------------------------------------------
 # Constructors and kinds

@@ -18,8 +18,8 @@ import time
 import pytest
 
 import shmlink
-import qworkers as w
-from conftest import CTX, join_all, kill, run_python, wait_for
+from workers import queue as w
+from support import CTX, join_all, kill, run_python, wait_for
 
 # The robust lock hands a dead holder's lock over after a ~20 ms liveness
 # slice; a survivor may be held up by a dead lock holder at most this long.

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import shmlink
 from shmlink import _core
 from shmlink.segment import PREFIX, shm_dir
-from conftest import run_python
+from support import run_python
 
 RING = _core.DATA_OFFSET  # the ring control block starts the data area
 DATA = 320  # ring data, from RING

@@ -19,9 +19,9 @@ import uuid
 
 import pytest
 
-import helpers_segment as H
+from workers import segment as H
 import shmlink
-from conftest import CTX, join_all, kill, run_python, wait_for
+from support import CTX, join_all, kill, run_python, wait_for
 from shmlink import (
     AccessDenied,
     CreatorDied,

@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-import helpers_segment as H
+from workers import segment as H
 import shmlink
-from conftest import CTX, join_all, kill, run_python, wait_for
+from support import CTX, join_all, kill, run_python, wait_for
 from shmlink import Event, Mutex, NotOwner, OwnerDied, Segment, ShmlinkError, Timeout
 from shmlink.sync import _M_LOCK
 

@@ -1,7 +1,7 @@
 """Topic: the API, and its guarantees across real processes.
 
 Children are spawned (``CTX``) and take names; their bodies live in
-``topic_workers``.  Every wait has a timeout; timing assertions are upper
+``workers.topic``.  Every wait has a timeout; timing assertions are upper
 bounds only where the spec promises one ("a dead subscriber releases a
 blocked publisher within 2 s").
 """
@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 import shmlink
 from shmlink import _core
 from shmlink.topic import MessageHandler, MessageOverwritten, TopicMessageView
-import topic_workers as w
-from conftest import CTX, join_all, wait_for
+from workers import topic as w
+from support import CTX, join_all, wait_for
 
 # --------------------------------------------------------------------------
 # Constructors, properties, errors

@@ -14,7 +14,7 @@ so a receiver catches a torn, truncated, reordered or lost message.
 Run as a script, it measures 64-byte fan-out (1 publisher, 1 and 4
 subscriber processes) for shmlink.Topic and pyzmq PUB/SUB::
 
-    python tests/topic_workers.py bench [--count N] [--subs 1,4]
+    cd tests && python -m workers.topic bench [--count N] [--subs 1,4]
 """
 
 from __future__ import annotations

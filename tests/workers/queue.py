@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import shmlink
 from shmlink import _core
+from support import python_env
 
 # ---------------------------------------------------------------------------
 # Messages
@@ -555,16 +556,14 @@ class Child:
     plain interpreter does not.  Arguments travel as JSON.
     """
 
-    _CODE = ("import sys; sys.path.insert(0, sys.argv[1]); import qworkers; "
-             "qworkers._child_main()")
+    _CODE = "from workers.queue import _child_main; _child_main()"
 
     def __init__(self, target: Callable[..., Any], args: tuple = ()) -> None:
-        self._argv = [sys.executable, "-c", self._CODE, os.path.dirname(os.path.abspath(__file__)),
-                      target.__name__, json.dumps(list(args))]
+        self._argv = [sys.executable, "-c", self._CODE, target.__name__, json.dumps(list(args))]
         self._popen: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self._popen = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL)
+        self._popen = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, env=python_env())
 
     @property
     def pid(self) -> int:
@@ -592,9 +591,9 @@ class Child:
 
 
 def _child_main() -> None:
-    name, args = sys.argv[2], json.loads(sys.argv[3])  # argv[1]: this directory
+    name, args = sys.argv[1], json.loads(sys.argv[2])
     if name not in _CHILD_TARGETS:
-        raise SystemExit(f"qworkers: no child target {name!r}")
+        raise SystemExit(f"workers.queue: no child target {name!r}")
     globals()[name](*args)
 
 
