@@ -110,7 +110,7 @@ def _state_of(si: SegmentInfo) -> dict[str, Any]:
     except ShmlinkError as e:
         return {"error": str(e)}
     try:
-        state = getattr(obj, "state", None)
+        state = getattr(obj, "stats", None) or getattr(obj, "state", None)
         return state() if state else {}
     finally:
         obj.close()

@@ -32,6 +32,7 @@ __all__ = [
     "TooManyParticipants",
     "MessageOverwritten",
     "RemoteError",
+    "SettingsMismatch",
 ]
 
 
@@ -61,6 +62,15 @@ class AccessDenied(ShmlinkError, PermissionError):
 
 class Timeout(ShmlinkError, TimeoutError):
     """A blocking call ran out of time."""
+
+
+class SettingsMismatch(ShmlinkError, ValueError):
+    """``create_or_open`` found an existing object whose settings differ from those passed.
+
+    Only settings the caller passed explicitly are compared.  The message
+    names each difference; open the object with ``open()`` to take it as it
+    is, or pass matching settings.
+    """
 
 
 class IncompatibleSegment(ShmlinkError):
