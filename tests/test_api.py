@@ -56,6 +56,41 @@ def test_topic_takes_no_delivery_mode_in_mode(name):
     assert not os.path.exists(_path(name))
 
 
+def test_bad_option_values_are_shmlink_errors(name):
+    bad = [
+        lambda: shmlink.Queue.create(name, wait="fast"),  # type: ignore[arg-type]
+        lambda: shmlink.Segment.create(name, 8, lifetime="forever"),  # type: ignore[arg-type]
+        lambda: shmlink.Segment.create(name, 8, mode=0o1777),
+        lambda: shmlink.Topic.create(name, delivery="fastest"),  # type: ignore[arg-type]
+        lambda: shmlink.Topic.create(name, max_subscribers=0),
+    ]
+    for make in bad:
+        with pytest.raises(shmlink.InvalidArgument):
+            make()
+    assert not os.path.exists(_path(name))
+    m = shmlink.Mutex.create(name + "-m", lifetime="auto")
+    with pytest.raises(shmlink.InvalidArgument):
+        m.acquire(timeout=-1)
+    with m:  # a with-block holds the mutex
+        with pytest.raises(shmlink.InvalidState):
+            m.acquire()
+    m.close()
+    with shmlink.Topic.create(name, 4096, lifetime="auto") as t:
+        with pytest.raises(shmlink.InvalidArgument):
+            t.subscribe("middle")  # type: ignore[arg-type]
+        with t.subscribe() as sub:
+            sub.on_message(lambda msg: None)
+            with pytest.raises(shmlink.InvalidState):
+                sub.on_message(lambda msg: None)
+
+
+def test_queue_recv_text_raises_text_decode_error(name):
+    with shmlink.Queue.create(name, 4096, lifetime="auto") as q:
+        q.send(b"\xff\xfe")
+        with pytest.raises(shmlink.TextDecodeError):
+            q.recv_text()
+
+
 # --- one word for capacities ---------------------------------------------------------
 
 

@@ -60,6 +60,8 @@ HIERARCHY = {
     "MessageOverwritten": (),
     "RemoteError": (RuntimeError,),
     "SettingsMismatch": (ValueError,),
+    "InvalidArgument": (ValueError,),
+    "InvalidState": (RuntimeError,),
 }
 
 

@@ -25,7 +25,14 @@ import pickle
 from typing import Any, Iterable, Iterator, Literal
 
 from . import _core
-from .errors import InvalidSize, SegmentClosed, ShmlinkError, Timeout
+from .errors import (
+    InvalidArgument,
+    InvalidSize,
+    SegmentClosed,
+    ShmlinkError,
+    TextDecodeError,
+    Timeout,
+)
 from .segment import DATA_OFFSET, Lifetime, _Named
 from .sync import deadline_of
 
@@ -45,7 +52,7 @@ def _spin_of(wait: str) -> int:
     try:
         return WAIT_STRATEGIES[wait]
     except KeyError:
-        raise ValueError(
+        raise InvalidArgument(
             f"wait must be one of {', '.join(map(repr, WAIT_STRATEGIES))}, not {wait!r}"
         ) from None
 
@@ -70,7 +77,7 @@ class MessageView:
     @property
     def data(self) -> memoryview:
         if self._done:
-            raise ValueError("the message view was released")
+            raise SegmentClosed("the message view was released; receive again")
         return self._view
 
     def release(self, *, consume: bool = True) -> None:
@@ -456,8 +463,23 @@ class Queue(_Named):
         return self._view
 
     def recv_text(self, *, encoding: str = "utf-8", timeout: float | None = None) -> str:
-        """Receive a message and decode it."""
-        return self.recv(timeout=timeout).decode(encoding)
+        """Receive a message and decode it.
+
+        Raises
+        ------
+        TextDecodeError
+            If the message is not valid ``encoding`` (it is consumed anyway).
+        Timeout
+            If none arrived within ``timeout`` seconds.
+        """
+        data = self.recv(timeout=timeout)
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise TextDecodeError(
+                f"queue {self._name!r}: bytes at offset {e.start} of a message are not valid "
+                f"{encoding} ({e.reason}); pass the encoding the sender used, or use recv()"
+            ) from None
 
     def recv_object(self, *, timeout: float | None = None) -> Any:
         """Receive a message sent with :meth:`send_object`.

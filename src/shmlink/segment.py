@@ -50,6 +50,7 @@ from .errors import (
     CorruptSegment,
     CreatorDied,
     IncompatibleSegment,
+    InvalidArgument,
     InvalidName,
     InvalidSize,
     OutOfRange,
@@ -390,9 +391,9 @@ class _Named:
         if size > (1 << 46):
             raise InvalidSize(f"segment {shown!r}: {size} bytes is more than this machine can map")
         if lifetime not in ("persist", "auto"):
-            raise ValueError(f"lifetime must be 'persist' or 'auto', not {lifetime!r}")
+            raise InvalidArgument(f"lifetime must be 'persist' or 'auto', not {lifetime!r}")
         if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
-            raise ValueError(f"mode must be permission bits such as 0o600, not {mode!r}")
+            raise InvalidArgument(f"mode must be permission bits such as 0o600, not {mode!r}")
         directory = os.path.dirname(final) or "."
         try:
             free = os.statvfs(directory)
@@ -872,7 +873,7 @@ class Segment(_Named):
         encoded = text.encode(encoding)
         unit = _code_unit(encoding)
         if "\0" in text:
-            raise ValueError("text holds a NUL character, which would end it early for readers")
+            raise InvalidArgument("text holds a NUL character, which would end it early for readers")
         data = encoded + b"\0" * unit
         size = self.size
         if offset < 0 or offset + len(data) > size:

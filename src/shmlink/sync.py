@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from .errors import NotOwner, OwnerDied, Timeout
+from .errors import InvalidArgument, InvalidState, NotOwner, OwnerDied, Timeout
 from .segment import DATA_OFFSET, Lifetime, _Named
 
 __all__ = ["Mutex", "Event", "deadline_of"]
@@ -41,7 +41,7 @@ def deadline_of(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if timeout != timeout or timeout < 0:  # NaN or negative
-        raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
+        raise InvalidArgument(f"timeout must be None or >= 0 seconds, not {timeout!r}")
     return time.monotonic() + timeout
 
 
@@ -120,14 +120,14 @@ class Mutex(_Named):
             The lock *is* now held by the caller, but a previous holder died
             while holding it: repair the data, call :meth:`mark_consistent`,
             then :meth:`release`.
-        RuntimeError
+        InvalidState
             If this thread already holds it (not recursive).
         """
         deadline = deadline_of(timeout)
         mem = self._memory
         me = threading.get_ident()
         if self._holder_thread() == me and mem.load32(_M_LOCK) == os.getpid():
-            raise RuntimeError(f"mutex {self._name!r} is already held by this thread (it is not recursive)")
+            raise InvalidState(f"mutex {self._name!r} is already held by this thread (it is not recursive)")
         r = mem.lock_acquire(_M_LOCK, deadline, _SPIN_NS)
         if r is None:
             raise Timeout(

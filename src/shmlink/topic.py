@@ -51,7 +51,15 @@ import weakref
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 from . import _core
-from .errors import InvalidSize, SegmentBusy, ShmlinkError, Timeout
+from .errors import (
+    InvalidArgument,
+    InvalidSize,
+    InvalidState,
+    SegmentBusy,
+    SegmentClosed,
+    ShmlinkError,
+    Timeout,
+)
 from .queue import DEFAULT_CAPACITY, WAIT_STRATEGIES, WaitMode, _ring_capacity, _spin_of
 from .segment import DATA_OFFSET, Lifetime, _Named
 
@@ -90,7 +98,7 @@ _CLOSED_TOPIC = _core.Topic.__new__(_core.Topic)  # answers every call with Segm
 
 def _check_delivery(delivery: object) -> None:
     if delivery not in DELIVERIES:
-        raise ValueError(f"delivery must be 'lossless' or 'latest', not {delivery!r}")
+        raise InvalidArgument(f"delivery must be 'lossless' or 'latest', not {delivery!r}")
 
 
 class Topic(_Named):
@@ -159,7 +167,7 @@ class Topic(_Named):
         capacity = _ring_capacity("topic", name, capacity, 16)
         if isinstance(max_subscribers, bool) or not isinstance(max_subscribers, int) or \
                 not 1 <= max_subscribers <= _core.TOPIC_MAX_SUBSCRIBERS:
-            raise ValueError(f"topic {name!r}: max_subscribers must be an int from 1 to "
+            raise InvalidArgument(f"topic {name!r}: max_subscribers must be an int from 1 to "
                              f"{_core.TOPIC_MAX_SUBSCRIBERS}, not {max_subscribers!r}")
         limit = min(capacity - 16, 0xFFFFFFF0)
         if max_message_size is not None:
@@ -441,7 +449,7 @@ class Topic(_Named):
             If the publisher lock could not be taken in time.
         """
         if start not in ("newest", "oldest"):
-            raise ValueError(f"start must be 'newest' or 'oldest', not {start!r}")
+            raise InvalidArgument(f"start must be 'newest' or 'oldest', not {start!r}")
         core = self._c.subscribe(start == "oldest", timeout)
         if core is None:
             raise Timeout(f"topic {self._name!r}: the publisher lock stayed busy for {timeout} s")
@@ -477,7 +485,7 @@ class TopicMessageView:
     def data(self) -> memoryview:
         """The payload, as a read-only memoryview."""
         if self._done:
-            raise ValueError("the message view was released")
+            raise SegmentClosed("the message view was released; receive again")
         return self._view
 
     def release(self, *, consume: bool = True) -> None:
@@ -740,11 +748,11 @@ class Subscriber:
 
         Raises
         ------
-        RuntimeError
+        InvalidState
             If a handler already runs on this subscriber.
         """
         if self._handler is not None and self._handler.running:
-            raise RuntimeError(f"topic {self._name!r}: this subscriber already has an "
+            raise InvalidState(f"topic {self._name!r}: this subscriber already has an "
                                "on_message handler; stop() it first")
         if self._c.closed:
             self._c.try_recv()  # raises SegmentClosed
