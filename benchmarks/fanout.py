@@ -6,7 +6,7 @@ up to the moment the *last* subscriber has the stop marker. Sizes: 64 B and 4 Ki
 
 Competitors (all lossless, all with back-pressure):
 
-- shmlink ``Topic`` in ``mode="lossless"`` (the publisher waits for the slowest subscriber);
+- shmlink ``Topic`` in ``delivery="lossless"`` (the publisher waits for the slowest subscriber);
   skipped with a note while ``shmlink.Topic`` does not exist;
 - pyzmq XPUB/SUB over ``ipc://`` with ``XPUB_NODROP`` (the publisher blocks at the high-water
   mark instead of dropping, so the count check holds) and ``XPUB_VERBOSE`` (the publisher
@@ -54,7 +54,7 @@ class ShmlinkTopic(peers.Link):
     def create_oneway(self, ws, size, receivers):
         import shmlink
         name = ws.name("topic")
-        t = shmlink.Topic.create(name, peers.capacity_for(size), mode="lossless",
+        t = shmlink.Topic.create(name, peers.capacity_for(size), delivery="lossless",
                                  max_subscribers=max(8, receivers), wait=self.wait)
         spec = (name, self.wait, receivers)
         return spec, [spec] * receivers, t

@@ -42,11 +42,11 @@ def _slot_base(b: Board, version: int) -> int:
 
 def test_new_board_is_empty_at_version_0(name):
     with Board.create(name, 100) as b:
-        assert b.created and b.size == 100
+        assert b.created and b.capacity == 100
         assert b.version == 0 and b.length == 0
         assert b.read() == b"" and b.read_versioned() == (0, b"")
         assert b.read_text() == "" and b.read_object() is None
-        assert repr(b) == f"<shmlink.Board {name!r} size=100 version=0>"
+        assert repr(b) == f"<shmlink.Board {name!r} capacity=100 version=0>"
         b.unlink()
 
 
@@ -149,18 +149,19 @@ def test_bad_sizes_names_and_kinds(name, names):
             b.unlink()
 
 
-def test_create_or_open_keeps_existing_size(name):
+def test_create_or_open_refuses_another_capacity(name):
     a = Board.create_or_open(name, 100)
-    b = Board.create_or_open(name, 5000)
     try:
-        assert a.created and not b.created
-        assert b.size == 100
+        with pytest.raises(shmlink.SettingsMismatch, match="capacity 100, not 5000"):
+            Board.create_or_open(name, 5000)
+        b = Board.create_or_open(name, 100)
+        assert a.created and not b.created and b.capacity == 100
         a.write(b"shared")
         assert b.read() == b"shared"
+        b.close()
     finally:
         a.unlink()
         a.close()
-        b.close()
 
 
 def test_closed_handle_raises(name):
@@ -202,7 +203,7 @@ def test_wait_for_change(name):
                 b.wait_for_change("0")  # type: ignore[arg-type]
             b.write(b"x")
             assert b.wait_for_change(0, timeout=5) == 1
-            assert b.state()["waiters"] == 0
+            assert b.stats()["waiters"] == 0
         finally:
             b.unlink()
 
@@ -228,22 +229,22 @@ def test_watch_yields_latest_and_skips(name):
             b.unlink()
 
 
-def test_state_and_shmlink_info(name):
+def test_stats_and_shmlink_info(name):
     from shmlink.cli import main
 
     with Board.create(name, 50) as b:
         try:
             b.write(b"12345")
-            st = b.state()
-            assert st["version"] == 1 and st["size"] == 50 and st["length"] == 5
+            st = b.stats()
+            assert st["version"] == 1 and st["capacity"] == 50 and st["length"] == 5
             assert st["last_writer_pid"] == os.getpid() and st["writer_pid"] is None
             r = run_python("import sys\nfrom shmlink.cli import main\n"
                            "sys.exit(main(['info', '--json', sys.argv[1]]))", name)
             assert r.returncode == 0, r.stderr
             info = json.loads(r.stdout)
             assert info["kind"] == "board"
-            assert {k: info["state"][k] for k in ("version", "size", "length")} == \
-                {"version": 1, "size": 50, "length": 5}
+            assert {k: info["state"][k] for k in ("version", "capacity", "length")} == \
+                {"version": 1, "capacity": 50, "length": 5}
             assert main(["info", name]) == 0
         finally:
             b.unlink()
@@ -259,7 +260,7 @@ def test_corrupt_control_block_is_reported(name):
         with pytest.raises(shmlink.CorruptSegment, match="at most 16"):
             b.read()
         with pytest.raises(shmlink.CorruptSegment):
-            b.state()
+            b.stats()
         mem.store64(base + _LEN, 2)
         assert b.read() == b"ok"
         mem.store64(base, 12345)  # the published slot's sequence, gone wrong ...
@@ -300,7 +301,7 @@ def test_wait_for_change_across_processes(name):
             p = CTX.Process(target=W.waiter, args=(name, 0, 30.0, results))
             p.start()
             assert _get(results)[0] == "ready"
-            wait_for(lambda: b.state()["waiters"] == 1, what="the child to wait")
+            wait_for(lambda: b.stats()["waiters"] == 1, what="the child to wait")
             b.write_text("wake up")
             assert _get(results) == ("changed", 1, "wake up")
             join_all([p])
@@ -323,7 +324,7 @@ def test_many_waiters_all_woken(name):
                 p.start()
             for _ in procs:
                 assert _get(results)[0] == "ready"
-            wait_for(lambda: b.state()["waiters"] == 4, what="4 waiters")
+            wait_for(lambda: b.stats()["waiters"] == 4, what="4 waiters")
             b.write_text("all")
             got = [_get(results) for _ in procs]
             assert got == [("changed", 1, "all")] * 4
@@ -393,7 +394,7 @@ def test_ctrl_c_interrupts_a_wait(name):
                                      text=True)
             try:
                 assert child.stdout.readline().strip() == "waiting"
-                wait_for(lambda: b.state()["waiters"] == 1, what="the child to sleep")
+                wait_for(lambda: b.stats()["waiters"] == 1, what="the child to sleep")
                 child.send_signal(signal.SIGINT)
                 out, _ = child.communicate(timeout=10)
             finally:
@@ -401,7 +402,7 @@ def test_ctrl_c_interrupts_a_wait(name):
                     child.kill()
                     child.wait(10)
             assert out.strip() == "interrupted" and child.returncode == 0
-            assert b.state()["waiters"] == 0
+            assert b.stats()["waiters"] == 0
         finally:
             b.unlink()
 
@@ -461,7 +462,7 @@ def test_dead_lock_holder_blocks_neither_readers_nor_writers(name):
             assert mem.load32(_W_LOCK) == dead
             assert b.write(b"next", timeout=10) == 2  # takes the lock over
             assert b.read_versioned() == (2, b"next")
-            assert b.state()["takeovers"] == 1 and mem.load32(_W_LOCK) == 0
+            assert b.stats()["takeovers"] == 1 and mem.load32(_W_LOCK) == 0
         finally:
             b.unlink()
 
@@ -479,7 +480,7 @@ def test_read_under_the_lock_when_writers_keep_overtaking(name, monkeypatch):
                            "b._memory.lock_acquire(_W_LOCK, None)\nos._exit(0)\n", name)
             assert r.returncode == 0, r.stderr
             assert b.read() == W.checked_value(1, 100)
-            assert b.state()["takeovers"] == 1 and b._memory.load32(_W_LOCK) == 0
+            assert b.stats()["takeovers"] == 1 and b._memory.load32(_W_LOCK) == 0
             # and it stays whole against live writers
             stop, results = CTX.Event(), CTX.Queue()
             w = CTX.Process(target=W.checked_writer, args=(name, 7, 2048, stop, results))
@@ -548,7 +549,7 @@ def test_writer_killed_mid_write(name):
             outcomes = [_get(results, 60) for _ in readers]
             join_all(readers + [forker])
             assert held_by_dead >= 1, "no kill landed mid-write"
-            assert b.state()["takeovers"] == held_by_dead
+            assert b.stats()["takeovers"] == held_by_dead
             for _, _, reads, torn, backwards, _slowest in outcomes:
                 assert reads > rounds and torn == 0 and backwards == 0
         finally:
@@ -595,7 +596,7 @@ def test_cli_watch(name):
                                       "--count", "2", "--timeout", "30"],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             try:
-                wait_for(lambda: b.state()["waiters"] == 1, timeout=30, what="the watcher")
+                wait_for(lambda: b.stats()["waiters"] == 1, timeout=30, what="the watcher")
                 b.write_text("first")
                 assert child.stdout.readline() == b"first\n"  # lock-step: nothing skipped
                 b.write_text("second")

@@ -232,7 +232,7 @@ def test_a_full_backlog_makes_connect_wait(name):
             t.start()
         # both connects have posted on the accept ring (a connect creates its
         # segment first, then posts: waiting for the segments alone races)
-        wait_for(lambda: lst.state()["pending"] == 2, what="two pending connects")
+        wait_for(lambda: lst.stats()["pending"] == 2, what="two pending connects")
         with pytest.raises(Timeout, match="backlog"):
             shmlink.connect(name, timeout=0.3)
         conns = [lst.accept(timeout=WAIT) for _ in range(2)]
@@ -320,7 +320,7 @@ def test_inspection_handles_and_cli_info(name, capsys):
     for _ in clients:
         assert connected.acquire(timeout=WAIT)
     with shmlink.Listener.open(name) as lst:
-        state = lst.state()
+        state = lst.stats()
         assert state["server"] == f"PID {p.pid}"
         assert state["accepted"] == 2
         text = "\n".join(state["clients"])
@@ -335,7 +335,7 @@ def test_inspection_handles_and_cli_info(name, capsys):
         assert f"PID {c.pid}" in out
     conn_name = _conn_files(name)[0][len(PREFIX):]
     with Connection.open(conn_name) as insp:
-        st = insp.state()
+        st = insp.stats()
         assert st["accept"] == "accepted" and st["server"] == f"PID {p.pid}"
         with pytest.raises(SegmentClosed):
             insp.send(b"x")

@@ -59,6 +59,9 @@ HIERARCHY = {
     "TooManyParticipants": (OSError,),
     "MessageOverwritten": (),
     "RemoteError": (RuntimeError,),
+    "SettingsMismatch": (ValueError,),
+    "InvalidArgument": (ValueError,),
+    "InvalidState": (RuntimeError,),
 }
 
 
@@ -413,9 +416,9 @@ def test_garbage_control_block_never_crashes_or_hangs(name, block, kind):
                     if got:
                         assert h.holder_pid == os.getpid()
                         h.release()
-                h.state()
+                h.stats()
             else:
-                h.is_set(), h.state(), h.auto_reset
+                h.is_set(), h.stats(), h.auto_reset
                 for _ in range(2):
                     try:
                         h.wait(timeout=0.01)

@@ -35,9 +35,10 @@ def test_create_open_create_or_open(name):
             shmlink.Queue.create(name, 4096)
         with pytest.raises(FileExistsError):
             shmlink.Queue.create(name, 4096)
-        with shmlink.Queue.create_or_open(name, 64) as again:
-            assert not again.created
-            assert again.capacity == 4096  # the existing queue's size wins
+        with pytest.raises(shmlink.SettingsMismatch, match="capacity 4096, not 64"):
+            shmlink.Queue.create_or_open(name, 64)
+        with shmlink.Queue.create_or_open(name) as again:  # nothing passed: nothing compared
+            assert not again.created and again.capacity == 4096
         q.send(b"from the creator", timeout=5)
         # another process opens it by name and answers
         r = run_python(
@@ -486,8 +487,10 @@ def test_len_free_bytes_counters_and_stats(name):
         assert q.free_bytes == 4096 - 8 - 24
         assert q.sent == 2 and q.received == 0
         s = q.stats()
-        assert {"capacity", "max_message", "used", "sent", "received"} <= set(s)
-        assert s["capacity"] == 4096 and s["used"] == 32 and s["max_message"] == 4088
+        assert set(s) == {"capacity", "max_message_size", "used_bytes", "depth", "sent",
+                          "received", "writer_pid"}
+        assert s["capacity"] == 4096 and s["used_bytes"] == 32 and s["max_message_size"] == 4088
+        assert s["depth"] == 2 and s["writer_pid"] is None
         q.recv(timeout=1)
         assert len(q) == 1 and q.received == 1 and q.free_bytes == 4096 - 24
         q.try_recv()

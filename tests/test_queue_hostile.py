@@ -169,7 +169,7 @@ def run_op(q: shmlink.Queue, op: str, size: int) -> None:
         q.send_many([b"a" * 100, b"", b"b" * 30], timeout=T)
     elif op == "stats":
         s = q.stats()
-        assert 0 <= s["used"] <= s["capacity"] == q.capacity
+        assert 0 <= s["used_bytes"] <= s["capacity"] == q.capacity
         assert 0 <= q.free_bytes <= q.capacity
     elif op == "reopen":
         try:

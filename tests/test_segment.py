@@ -150,7 +150,10 @@ def test_create_open_create_or_open(name):
     assert isinstance(exc.value, FileExistsError) and name in str(exc.value)
     b = Segment.open(name)
     assert not b.created
-    c = Segment.create_or_open(name, 999)  # exists: opened, its size wins
+    with pytest.raises(shmlink.SettingsMismatch, match="size 100, not 999") as exc2:
+        Segment.create_or_open(name, 999)  # exists with another size: refused
+    assert isinstance(exc2.value, ValueError)
+    c = Segment.create_or_open(name, 100)  # exists with that size: opened
     assert not c.created and c.size == 100
     for h in (a, b, c):
         h.close()
@@ -160,18 +163,22 @@ def test_create_open_create_or_open(name):
     d.close()
 
 
-def test_create_or_open_from_another_process_sees_creators_size(name):
+def test_create_or_open_from_another_process_checks_creators_size(name):
     seg = Segment.create_or_open(name, 333)
     assert seg.created
     r = run_python(
         "import sys, shmlink\n"
-        "s = shmlink.Segment.create_or_open(sys.argv[1], 5)\n"
+        "s = shmlink.Segment.create_or_open(sys.argv[1], 333)\n"
         "print(s.created, s.size)\n"
-        "s.close()\n",
+        "s.close()\n"
+        "try:\n"
+        "    shmlink.Segment.create_or_open(sys.argv[1], 5)\n"
+        "except shmlink.SettingsMismatch as e:\n"
+        "    print(e.differences)\n",
         name,
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["False", "333"]
+    assert r.stdout.splitlines() == ["False 333", "{'size': (333, 5)}"]
     seg.close()
 
 

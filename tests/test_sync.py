@@ -68,7 +68,7 @@ def test_mutual_exclusion_across_four_processes(mutex, names):
     ps = [start(H.mutex_increment, mutex.name, counter.name, n) for _ in range(procs)]
     join_all(ps, timeout=90)
     assert struct.unpack("<Q", counter.read(0, 8))[0] == n * procs, "an increment was lost"
-    assert mutex.state()["acquisitions"] == n * procs
+    assert mutex.stats()["acquisitions"] == n * procs
     assert not mutex.locked() and mutex.holder_pid is None and mutex.consistent
     counter.close()
 
@@ -351,7 +351,7 @@ def test_set_in_one_process_wakes_a_waiter_in_another(event_factory, ctl):
     assert not ev.auto_reset and not ev.is_set()
     p = start(H.event_wait_flag, ev.name, ctl.seg.name, 0, 30.0)
     try:
-        wait_for(lambda: ev.state()["waiters"] == 1, timeout=30, what="the child to wait")
+        wait_for(lambda: ev.stats()["waiters"] == 1, timeout=30, what="the child to wait")
         assert ctl.get(0) == 0, "wait returned before set()"
         ev.set()
         ctl.wait(0, timeout=10)
@@ -403,7 +403,9 @@ def test_opener_gets_the_creators_reset_mode(event_factory):
     assert r.stdout.split() == ["True", "False"]
     with pytest.raises(shmlink.SegmentExists):
         Event.create(auto.name)
-    other = Event.create_or_open(auto.name, auto_reset=False)
+    with pytest.raises(shmlink.SettingsMismatch, match="auto_reset True, not False"):
+        Event.create_or_open(auto.name, auto_reset=False)
+    other = Event.create_or_open(auto.name)  # not passed: not compared
     assert not other.created and other.auto_reset
     other.close()
 
@@ -413,7 +415,7 @@ def test_auto_reset_one_set_releases_exactly_one_waiter(event_factory, ctl):
     ps = [start(H.event_wait_flag, ev.name, ctl.seg.name, i, 30.0) for i in range(3)]
     released = lambda: sum(ctl.get(i) for i in range(3))  # noqa: E731
     try:
-        wait_for(lambda: ev.state()["waiters"] == 3, timeout=30, what="three waiters")
+        wait_for(lambda: ev.stats()["waiters"] == 3, timeout=30, what="three waiters")
         for k in range(1, 4):
             ev.set()
             wait_for(lambda: released() == k, timeout=10, what=f"{k} waiter(s) released")
@@ -431,7 +433,7 @@ def test_manual_reset_one_set_releases_every_waiter(event_factory, ctl):
     ev = event_factory()
     ps = [start(H.event_wait_flag, ev.name, ctl.seg.name, i, 30.0) for i in range(3)]
     try:
-        wait_for(lambda: ev.state()["waiters"] == 3, timeout=30, what="three waiters")
+        wait_for(lambda: ev.stats()["waiters"] == 3, timeout=30, what="three waiters")
         ev.set()
         for i in range(3):
             ctl.wait(i, timeout=10)
@@ -449,7 +451,7 @@ def test_no_lost_wakeup_between_wake_and_read(event_factory, names):
     seg = Segment.create(names("value"), 16)
     n = 20_000
     consumer = start(H.event_consumer, ev.name, seg.name, n)
-    wait_for(lambda: ev.state()["waiters"] == 1, timeout=30, what="the consumer to wait")
+    wait_for(lambda: ev.stats()["waiters"] == 1, timeout=30, what="the consumer to wait")
     producer = start(H.event_producer, ev.name, seg.name, n)
     join_all([producer, consumer], timeout=90)
     assert struct.unpack("<Q", seg.read(0, 8))[0] == n
@@ -485,9 +487,9 @@ def test_ctrl_c_interrupts_a_wait_without_timeout(event_factory):
         "print('waiting', flush=True)\n"
         "e.wait()\n",
         ev.name,
-        blocked=lambda: ev.state()["waiters"] == 1,
+        blocked=lambda: ev.stats()["waiters"] == 1,
     )
-    assert ev.state()["waiters"] == 0, "an interrupted waiter must take its name off"
+    assert ev.stats()["waiters"] == 0, "an interrupted waiter must take its name off"
 
 
 def test_handles_pickle_by_name_into_spawned_children(event_factory, mutex):

@@ -33,17 +33,20 @@ from support import CTX, join_all, wait_for
 
 
 def test_create_open_create_or_open(name):
-    with shmlink.Topic.create(name, 4096, mode="latest", max_subscribers=8) as t:
+    with shmlink.Topic.create(name, 4096, delivery="latest", max_subscribers=8) as t:
         assert t.created and t.name == name
-        assert (t.mode, t.capacity, t.max_message_size, t.max_subscribers) == ("latest", 4096, 4080, 8)
+        assert (t.delivery, t.capacity, t.max_message_size, t.max_subscribers) == ("latest", 4096, 4080, 8)
+        assert t.mode == 0o600  # permission bits, as for every kind
         assert t.published == 0 and t.subscriber_count == 0
         with pytest.raises(shmlink.SegmentExists):
             shmlink.Topic.create(name, 4096)
-        with shmlink.Topic.create_or_open(name, 64, mode="lossless") as again:
+        with pytest.raises(shmlink.SettingsMismatch, match="delivery 'latest', not 'lossless'"):
+            shmlink.Topic.create_or_open(name, 4096, delivery="lossless")
+        with shmlink.Topic.create_or_open(name) as again:  # nothing passed: nothing compared
             assert not again.created
-            assert again.mode == "latest" and again.capacity == 4096  # the existing topic wins
+            assert again.delivery == "latest" and again.capacity == 4096
         with shmlink.Topic.open(name, wait="block") as other:
-            assert other.wait == "block" and other.mode == "latest"
+            assert other.wait == "block" and other.delivery == "latest"
         t.unlink()
     with pytest.raises(shmlink.SegmentNotFound):
         shmlink.Topic.open(name)
@@ -53,8 +56,8 @@ def test_create_open_create_or_open(name):
 
 
 def test_bad_arguments(name):
-    with pytest.raises(ValueError, match="mode"):
-        shmlink.Topic.create(name, 4096, mode="fast")
+    with pytest.raises(ValueError, match="delivery"):
+        shmlink.Topic.create(name, 4096, delivery="fast")  # type: ignore[arg-type]
     with pytest.raises(shmlink.InvalidSize):
         shmlink.Topic.create(name, 32)
     with pytest.raises(shmlink.InvalidSize):
@@ -112,8 +115,8 @@ def test_publish_and_receive_in_one_process(name):
             with pytest.raises(TimeoutError):
                 sub.recv_many(5, timeout=0)
             assert (sub.received, sub.missed, sub.lag, sub.next_seq) == (6, 0, 0, 6)
-        state = t.state()
-        assert state["mode"] == "lossless" and state["published"] == 6
+        state = t.stats()
+        assert state["delivery"] == "lossless" and state["published"] == 6
         assert [s["received"] for s in state["subscribers"]] == [6, 6]
         assert all(s["pid"] == os.getpid() and s["alive"] and s["lag"] == 0
                    for s in state["subscribers"])
@@ -161,7 +164,7 @@ def test_subscriber_slots_run_out_and_come_back(name):
 
 
 def test_dead_subscriber_slot_is_reused(name):
-    with shmlink.Topic.create(name, 4096, max_subscribers=1, mode="latest") as t:
+    with shmlink.Topic.create(name, 4096, max_subscribers=1, delivery="latest") as t:
         ready = CTX.Event()
         p = CTX.Process(target=w.idle_subscriber, args=(name, ready))
         p.start()
@@ -173,7 +176,7 @@ def test_dead_subscriber_slot_is_reused(name):
             p.kill()
             p.join(10)
         sub = t.subscribe()  # taken over from the dead process
-        assert t.state()["subscribers"][0]["pid"] == os.getpid()
+        assert t.stats()["subscribers"][0]["pid"] == os.getpid()
         sub.close()
         t.unlink()
 
@@ -221,7 +224,7 @@ def test_late_join_newest_and_oldest(name):
 
 def test_late_join_oldest_after_the_ring_wrapped(name):
     # 64-byte messages take 80 bytes: a 1600-byte ring holds the last 20.
-    with shmlink.Topic.create(name, 1600, mode="latest") as t:
+    with shmlink.Topic.create(name, 1600, delivery="latest") as t:
         t.publish_many([w.make(i) for i in range(57)])
         oldest = t.subscribe("oldest")
         seqs = [w.check(m) for m in oldest.recv_many(100, timeout=1)]
@@ -231,7 +234,7 @@ def test_late_join_oldest_after_the_ring_wrapped(name):
 
 
 def test_latest_mode_counts_exactly_what_was_missed(name):
-    with shmlink.Topic.create(name, 1600, mode="latest") as t:
+    with shmlink.Topic.create(name, 1600, delivery="latest") as t:
         sub = t.subscribe()
         assert t.publish_many([w.make(i) for i in range(100)]) == 100  # never waits
         assert t.try_publish(w.make(100))
@@ -241,7 +244,7 @@ def test_latest_mode_counts_exactly_what_was_missed(name):
         rest = [w.check(m) for m in sub.recv_many(100, timeout=1)]
         assert rest == list(range(82, 101))
         assert sub.received + sub.missed == t.published == 101
-        assert t.state()["subscribers"][0]["missed"] == 81
+        assert t.stats()["subscribers"][0]["missed"] == 81
         # variable sizes, wrapping many times: still exact
         rng = random.Random(1)
         sizes = [rng.choice([12, 40, 64, 200, 700]) for _ in range(3000)]
@@ -350,7 +353,7 @@ def test_recv_view_pins_the_message_in_lossless_mode(name):
 
 
 def test_recv_view_overwritten_in_latest_mode(name):
-    with shmlink.Topic.create(name, 1600, mode="latest") as t:
+    with shmlink.Topic.create(name, 1600, delivery="latest") as t:
         sub = t.subscribe()
         t.publish(w.make(0))
         with pytest.raises(MessageOverwritten):
@@ -488,7 +491,7 @@ def _fan_out(name, mode, count, size, subs, capacity, slow=(), publishers=1):
     results = CTX.Queue()
     readies = [CTX.Event() for _ in range(subs)]
     go = CTX.Event()
-    with shmlink.Topic.create(name, capacity, mode=mode) as t:
+    with shmlink.Topic.create(name, capacity, delivery=mode) as t:
         procs = [CTX.Process(target=w.subscriber,
                              args=(name, count, results, r, *((20, 0.002) if i in slow else (0, 0.0)),
                                    0, publishers))
@@ -557,7 +560,7 @@ def test_dead_subscriber_releases_a_blocked_lossless_publisher(name):
             th.join(20)
             assert done, "the publisher stayed blocked after its subscriber died"
             assert done[0] - killed < 2.0
-            assert t.state()["evicted"] == 1 and t.subscriber_count == 0
+            assert t.stats()["evicted"] == 1 and t.subscriber_count == 0
         finally:
             p.kill()
             p.join(10)
@@ -566,7 +569,7 @@ def test_dead_subscriber_releases_a_blocked_lossless_publisher(name):
 
 def test_killed_publisher_never_shows_a_torn_message(name):
     size = 30_000
-    with shmlink.Topic.create(name, 1 << 17, mode="latest") as t:
+    with shmlink.Topic.create(name, 1 << 17, delivery="latest") as t:
         sub = t.subscribe()
         stop = threading.Event()
         seen, errors = [], []
@@ -652,7 +655,7 @@ def _cli(*args, input=None):
 
 
 def test_cli_pub_sub_info(name):
-    r = _cli("pub", name, "hello", "--create", "64k", "--mode", "latest")
+    r = _cli("pub", name, "hello", "--create", "64k", "--delivery", "latest")
     assert r.returncode == 0, r.stderr
     r = _cli("pub", name, input="line one\nline two\n")
     assert r.returncode == 0, r.stderr
@@ -667,10 +670,10 @@ def test_cli_pub_sub_info(name):
         assert r.returncode == 0, r.stderr
         import json
         state = json.loads(r.stdout)["state"]
-        assert state["mode"] == "latest" and state["published"] == 3
+        assert state["delivery"] == "latest" and state["published"] == 3
         assert state["subscribers"][0]["pid"] == os.getpid()
         r = _cli("info", name)
-        assert "mode:" in r.stdout and "subscribers:" in r.stdout
+        assert "delivery:" in r.stdout and "subscribers:" in r.stdout
         sub.close()
         t.unlink()
     r = _cli("pub", name, "x")
@@ -705,7 +708,7 @@ _hostile_n = [0]
 def test_hostile_memory_is_reported_never_a_crash(name, corruptions, mode, published):
     _hostile_n[0] += 1
     tname = f"{name}-h{_hostile_n[0]}"
-    t = shmlink.Topic.create(tname, _RING, mode=mode, max_subscribers=4, wait="block")
+    t = shmlink.Topic.create(tname, _RING, delivery=mode, max_subscribers=4, wait="block")
     try:
         sub = t.subscribe("oldest")
         for i in range(published):
@@ -727,7 +730,7 @@ def test_hostile_memory_is_reported_never_a_crash(name, corruptions, mode, publi
             lambda: t.publish_many([b"q" * 300, b"r"], timeout=0.02),
             lambda: t.subscribe("oldest", timeout=0.02).recv_many(100, timeout=0),
             lambda: t.subscribe(timeout=0.02).close(),
-            lambda: t.state(),
+            lambda: t.stats(),
             lambda: sub.recv_view(timeout=0).release(),
             lambda: shmlink.Topic.open(tname).close(),
         ]

@@ -8,29 +8,32 @@ Objects (each a named segment, opened by any process that knows the name):
 * :class:`Topic`, :class:`Board`, :class:`Connection` / :class:`Listener`.
 
 Every error is a :class:`ShmlinkError`; every blocking call takes ``timeout=``.
+``Lifetime``, ``WaitMode``, ``Delivery`` and ``Start`` are the ``Literal``
+types of the string options.
 """
 
 from . import errors
 from .errors import *  # noqa: F401,F403
-from .segment import Segment, SegmentInfo, gc, info, list_segments, remove
+from .segment import Lifetime, Segment, SegmentInfo, gc, info, list_segments, remove
 
 __version__ = "0.1.0"
 
-__all__ = ["Segment", "SegmentInfo", "list_segments", "info", "gc", "remove", "__version__"]
+__all__ = ["Segment", "SegmentInfo", "list_segments", "info", "gc", "remove", "__version__",
+           "Lifetime"]
 __all__ += errors.__all__
 
-from .queue import MessageView, Queue
+from .queue import MessageView, Queue, WaitMode
 from .sync import Event, Mutex
 
-__all__ += ["Mutex", "Event", "Queue", "MessageView"]
+__all__ += ["Mutex", "Event", "Queue", "MessageView", "WaitMode"]
 
 from .board import Board
 
 __all__ += ["Board"]
 
-from .topic import Subscriber, Topic
+from .topic import Delivery, Start, Subscriber, Topic
 
-__all__ += ["Topic", "Subscriber"]
+__all__ += ["Topic", "Subscriber", "Delivery", "Start"]
 
 from .connection import Connection, Listener, RemoteError, Request, connect, listen
 

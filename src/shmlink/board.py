@@ -61,7 +61,7 @@ from .errors import (
     TextDecodeError,
     Timeout,
 )
-from .segment import DATA_OFFSET, _Named
+from .segment import DATA_OFFSET, Lifetime, _Named
 from .sync import deadline_of
 
 __all__ = ["Board"]
@@ -127,7 +127,7 @@ class Board(_Named):
     ----------
     name : str
         The board's name.
-    size : int
+    capacity : int
         The largest value it holds, in bytes (as given to :meth:`create`).
     version : int
         How many writes (including clears) it has had; 0 when new.
@@ -146,15 +146,15 @@ class Board(_Named):
     # -- constructors --
 
     @classmethod
-    def create(cls, name: str, size: int, *, mode: int = 0o600,
-               lifetime: str = "persist") -> "Board":
+    def create(cls, name: str, capacity: int, *, mode: int = 0o600,
+               lifetime: Lifetime = "persist") -> "Board":
         """Create a new, empty board; fail if the name exists.
 
         Parameters
         ----------
         name : str
             Board name (letters, digits, ``_ . -``).
-        size : int
+        capacity : int
             The largest value the board holds, in bytes (>= 1).  The segment
             takes about twice that (two value slots).
         mode : int
@@ -173,13 +173,14 @@ class Board(_Named):
         SegmentExists
             If the name is taken.
         InvalidSize
-            If ``size`` is not a positive int.
+            If ``capacity`` is not a positive int.
         InvalidName, AccessDenied
             As for :meth:`shmlink.Segment.create`.
         """
+        size = capacity
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= _MAX_SIZE:
             raise InvalidSize(
-                f"board {name!r}: size must be an int from 1 to {_MAX_SIZE} bytes (the "
+                f"board {name!r}: capacity must be an int from 1 to {_MAX_SIZE} bytes (the "
                 f"largest value it will hold), not {size!r}"
             )
         stride = _SLOT_HEADER + _round64(size)
@@ -212,7 +213,7 @@ class Board(_Named):
         Returns
         -------
         Board
-            A handle on the board; its :attr:`size` is the creator's.
+            A handle on the board; its :attr:`capacity` is the creator's.
 
         Raises
         ------
@@ -226,17 +227,16 @@ class Board(_Named):
         return cls._open_kind(name, timeout=timeout)
 
     @classmethod
-    def create_or_open(cls, name: str, size: int, *, mode: int = 0o600,
-                       lifetime: str = "persist", timeout: float | None = 5.0) -> "Board":
+    def create_or_open(cls, name: str, capacity: int, *, mode: int = 0o600,
+                       lifetime: Lifetime = "persist", timeout: float | None = 5.0) -> "Board":
         """Create the board, or open it if it exists (``.created`` tells which).
 
         Parameters
         ----------
         name : str
             Board name.
-        size : int
-            Largest value, used only if the board is created; an existing
-            board keeps its own :attr:`size`.
+        capacity : int
+            Largest value in bytes; an existing board must have the same.
         mode, lifetime
             As for :meth:`create`.
         timeout : float or None
@@ -246,10 +246,16 @@ class Board(_Named):
         -------
         Board
             A handle on the board.
+
+        Raises
+        ------
+        SettingsMismatch
+            If the board exists with another ``capacity``.
         """
         return cls._create_or_open(
-            lambda: cls.create(name, size, mode=mode, lifetime=lifetime),
-            lambda: cls.open(name, timeout=timeout))
+            lambda: cls.create(name, capacity, mode=mode, lifetime=lifetime),
+            lambda: cls.open(name, timeout=timeout),
+            {"capacity": capacity})
 
     # -- attach / detach --
 
@@ -297,7 +303,7 @@ class Board(_Named):
     # -- properties --
 
     @property
-    def size(self) -> int:
+    def capacity(self) -> int:
         """The largest value the board holds, in bytes."""
         self._m()
         return self._capacity
@@ -305,12 +311,12 @@ class Board(_Named):
     @property
     def version(self) -> int:
         """How many times the board was written (or cleared), by anyone; 0 when new."""
-        return self._m().load64(_P_VERSION)
+        return int(self._m().load64(_P_VERSION))
 
     @property
     def length(self) -> int:
         """Length in bytes of the current value."""
-        return self._consistent(copy=False)[1]
+        return int(self._consistent(copy=False)[1])
 
     # -- reading --
 
@@ -461,7 +467,7 @@ class Board(_Named):
         Parameters
         ----------
         data : bytes-like
-            The new value; at most :attr:`size` bytes.
+            The new value; at most :attr:`capacity` bytes.
         timeout : float or None
             How long to wait for another writer to finish (seconds; None =
             forever).  Writers hold the lock only while copying.
@@ -474,7 +480,7 @@ class Board(_Named):
         Raises
         ------
         MessageTooLarge
-            If ``data`` is longer than :attr:`size` (nothing is written).
+            If ``data`` is longer than :attr:`capacity` (nothing is written).
         Timeout
             If other writers held the lock for ``timeout`` seconds.
         """
@@ -486,7 +492,7 @@ class Board(_Named):
             if n > self._capacity:
                 raise MessageTooLarge(
                     f"board {self._name!r}: a {n}-byte value does not fit; it holds at most "
-                    f"{self._capacity} bytes: create the board with a larger size"
+                    f"{self._capacity} bytes: create the board with a larger capacity"
                 )
             deadline = deadline_of(timeout)
             got = mem.lock_acquire(_W_LOCK, deadline, _SPIN_NS)
@@ -542,7 +548,7 @@ class Board(_Named):
         Raises
         ------
         MessageTooLarge
-            If the encoded text is longer than :attr:`size`.
+            If the encoded text is longer than :attr:`capacity`.
         """
         if not isinstance(text, str):
             raise TypeError(f"write_text() takes a str, not {type(text).__name__}")
@@ -566,7 +572,7 @@ class Board(_Named):
         Raises
         ------
         MessageTooLarge
-            If the pickle is longer than :attr:`size`.
+            If the pickle is longer than :attr:`capacity`.
         """
         return self.write(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), timeout=timeout)
 
@@ -682,20 +688,20 @@ class Board(_Named):
 
     # -- introspection --
 
-    def state(self) -> dict[str, Any]:
-        """Kind-specific state for ``shmlink info``.
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the board's settings and counters.
 
         Returns
         -------
         dict
-            ``version``, ``size`` (largest value), ``length`` (current value),
-            ``writer_pid`` (a writer holding the lock now, or None),
-            ``last_writer_pid``, ``takeovers`` (locks taken from writers that
-            died) and ``waiters``.
+            ``capacity`` (largest value), ``version``, ``length`` (of the
+            current value), ``writer_pid`` (a writer holding the lock now, or
+            None), ``last_writer_pid``, ``takeovers`` (locks taken from
+            writers that died) and ``waiters``.
         """
         mem = self._m()
         version, length = self._consistent(copy=False)
-        return {"version": version, "size": self._capacity, "length": length,
+        return {"capacity": self._capacity, "version": version, "length": length,
                 "writer_pid": mem.load32(_W_LOCK) or None,
                 "last_writer_pid": mem.load32(_W_LAST_PID) or None,
                 "takeovers": mem.load64(_W_TAKEOVERS),
@@ -704,4 +710,4 @@ class Board(_Named):
     def __repr__(self) -> str:
         if self._closed or self._mem is None:
             return f"<shmlink.Board {self._name!r} closed>"
-        return f"<shmlink.Board {self._name!r} size={self._capacity} version={self.version}>"
+        return f"<shmlink.Board {self._name!r} capacity={self._capacity} version={self.version}>"

@@ -32,6 +32,9 @@ __all__ = [
     "TooManyParticipants",
     "MessageOverwritten",
     "RemoteError",
+    "SettingsMismatch",
+    "InvalidArgument",
+    "InvalidState",
 ]
 
 
@@ -61,6 +64,32 @@ class AccessDenied(ShmlinkError, PermissionError):
 
 class Timeout(ShmlinkError, TimeoutError):
     """A blocking call ran out of time."""
+
+
+class InvalidArgument(ShmlinkError, ValueError):
+    """An argument has a value the call does not accept.
+
+    An unknown option (``wait="fast"``, ``lifetime="forever"``), a negative
+    timeout, permission bits outside ``0o777``, ...  Arguments of the wrong
+    *type* raise a plain :class:`TypeError` instead.
+    """
+
+
+class InvalidState(ShmlinkError, RuntimeError):
+    """The call is not allowed in the object's current state.
+
+    Acquiring a (non-recursive) mutex this thread already holds; starting a
+    second ``on_message`` handler on one subscriber.
+    """
+
+
+class SettingsMismatch(ShmlinkError, ValueError):
+    """``create_or_open`` found an existing object whose settings differ from those passed.
+
+    Only settings the caller passed explicitly are compared.  The message
+    names each difference; open the object with ``open()`` to take it as it
+    is, or pass matching settings.
+    """
 
 
 class IncompatibleSegment(ShmlinkError):

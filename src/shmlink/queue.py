@@ -22,24 +22,37 @@ Guarantees:
 from __future__ import annotations
 
 import pickle
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 from . import _core
-from .errors import SegmentClosed, ShmlinkError, Timeout
-from .segment import DATA_OFFSET, _Named
+from .errors import (
+    InvalidArgument,
+    InvalidSize,
+    SegmentClosed,
+    ShmlinkError,
+    TextDecodeError,
+    Timeout,
+)
+from .segment import DATA_OFFSET, Lifetime, _Named
 from .sync import deadline_of
 
-__all__ = ["Queue", "MessageView", "WAIT_STRATEGIES"]
+__all__ = ["Queue", "MessageView", "WAIT_STRATEGIES", "WaitMode"]
+
+#: How a handle waits: spin ~50 µs then sleep, sleep at once, or never sleep.
+WaitMode = Literal["hybrid", "block", "spin"]
 
 #: How long each strategy spins (ns) before sleeping on a futex; -1 = until the deadline.
-WAIT_STRATEGIES = {"block": 0, "hybrid": 50_000, "spin": -1}
+WAIT_STRATEGIES: dict[str, int] = {"block": 0, "hybrid": 50_000, "spin": -1}
+
+#: Capacity of a queue or topic created without one (1 MiB).
+DEFAULT_CAPACITY = 1 << 20
 
 
 def _spin_of(wait: str) -> int:
     try:
         return WAIT_STRATEGIES[wait]
     except KeyError:
-        raise ValueError(
+        raise InvalidArgument(
             f"wait must be one of {', '.join(map(repr, WAIT_STRATEGIES))}, not {wait!r}"
         ) from None
 
@@ -64,7 +77,7 @@ class MessageView:
     @property
     def data(self) -> memoryview:
         if self._done:
-            raise ValueError("the message view was released")
+            raise SegmentClosed("the message view was released; receive again")
         return self._view
 
     def release(self, *, consume: bool = True) -> None:
@@ -99,6 +112,14 @@ class MessageView:
             pass
 
 
+def _ring_capacity(kind: str, name: str, capacity: object, align: int) -> int:
+    """A ring's capacity as it will be created: checked, rounded up to ``align``."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 64:
+        raise InvalidSize(f"{kind} {name!r}: capacity must be an int >= 64 bytes, "
+                          f"not {capacity!r}")
+    return (capacity + align - 1) & ~(align - 1)
+
+
 class Queue(_Named):
     """A named, lossless, bounded queue of variable-length messages.
 
@@ -114,11 +135,12 @@ class Queue(_Named):
     _ring: Any = None
     _view: "MessageView | None" = None
     _spin = WAIT_STRATEGIES["hybrid"]
-    _wait = "hybrid"
+    _wait: WaitMode = "hybrid"
 
     @classmethod
-    def create(cls, name: str, capacity: int = 1 << 20, *, max_message_size: int | None = None,
-               wait: str = "hybrid", mode: int = 0o600, lifetime: str = "persist") -> "Queue":
+    def create(cls, name: str, capacity: int = DEFAULT_CAPACITY, *,
+               max_message_size: int | None = None, wait: WaitMode = "hybrid",
+               mode: int = 0o600, lifetime: Lifetime = "persist") -> "Queue":
         """Create a new, empty queue; fail if the name exists.
 
         Parameters
@@ -127,23 +149,27 @@ class Queue(_Named):
             Queue name (letters, digits, ``_ . -``).
         capacity : int
             Bytes of message storage (rounded up to a multiple of 8, at least
-            64).  Each message takes 8 bytes of header plus its length
-            rounded up to 8.
+            64; default 1 MiB).  Each message takes 8 bytes of header plus its
+            length rounded up to 8.
         max_message_size : int, optional
             Largest message accepted by ``send``; default and maximum:
             ``capacity - 8``.
         wait : {"hybrid", "block", "spin"}
             How this handle waits.
+        mode : int
+            Permission bits of the queue's file (default ``0o600``).
+        lifetime : {"persist", "auto"}
+            See :class:`Segment`.
+
+        Raises
+        ------
+        SegmentExists, InvalidName, InvalidSize, AccessDenied
         """
         _spin_of(wait)
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 64:
-            from .errors import InvalidSize
-            raise InvalidSize(f"queue {name!r}: capacity must be an int >= 64 bytes, not {capacity!r}")
-        capacity = (capacity + 7) & ~7
+        capacity = _ring_capacity("queue", name, capacity, 8)
         if max_message_size is not None:
             if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) \
                     or not 1 <= max_message_size <= capacity - 8:
-                from .errors import InvalidSize
                 raise InvalidSize(
                     f"queue {name!r}: max_message_size must be between 1 and capacity - 8 "
                     f"({capacity - 8}), not {max_message_size!r}"
@@ -160,23 +186,43 @@ class Queue(_Named):
         return q
 
     @classmethod
-    def open(cls, name: str, *, wait: str = "hybrid", timeout: float | None = 5.0) -> "Queue":
-        """Open an existing queue by name."""
+    def open(cls, name: str, *, wait: WaitMode = "hybrid",
+             timeout: float | None = 5.0) -> "Queue":
+        """Open an existing queue by name; its settings are the creator's.
+
+        Raises
+        ------
+        SegmentNotFound, WrongKind, IncompatibleSegment, CorruptSegment, Timeout
+        """
         _spin_of(wait)
         q = cls._open_kind(name, timeout=timeout)
         q.wait = wait
         return q
 
     @classmethod
-    def create_or_open(cls, name: str, capacity: int = 1 << 20, *,
-                       max_message_size: int | None = None, wait: str = "hybrid",
-                       mode: int = 0o600, lifetime: str = "persist",
+    def create_or_open(cls, name: str, capacity: int | None = None, *,
+                       max_message_size: int | None = None, wait: WaitMode = "hybrid",
+                       mode: int = 0o600, lifetime: Lifetime = "persist",
                        timeout: float | None = 5.0) -> "Queue":
-        """Create the queue, or open it if it exists (``.created`` tells which)."""
+        """Create the queue, or open it if it exists (``.created`` tells which).
+
+        Parameters as for :meth:`create` (``capacity`` defaults to 1 MiB when
+        the queue is created) and :meth:`open`.
+
+        Raises
+        ------
+        SettingsMismatch
+            If the queue exists with another ``capacity`` or
+            ``max_message_size`` than the one passed (settings not passed are
+            not compared).
+        """
+        want = None if capacity is None else _ring_capacity("queue", name, capacity, 8)
         return cls._create_or_open(
-            lambda: cls.create(name, capacity, max_message_size=max_message_size, wait=wait,
-                                  mode=mode, lifetime=lifetime),
-            lambda: cls.open(name, wait=wait, timeout=timeout))
+            lambda: cls.create(name, DEFAULT_CAPACITY if capacity is None else capacity,
+                               max_message_size=max_message_size, wait=wait, mode=mode,
+                               lifetime=lifetime),
+            lambda: cls.open(name, wait=wait, timeout=timeout),
+            {"capacity": want, "max_message_size": max_message_size})
 
     def _attach(self) -> None:
         m = self._mapping()
@@ -207,12 +253,12 @@ class Queue(_Named):
     # -- configuration and introspection --
 
     @property
-    def wait(self) -> str:
+    def wait(self) -> WaitMode:
         """This handle's wait strategy: "hybrid", "block" or "spin"."""
         return self._wait
 
     @wait.setter
-    def wait(self, value: str) -> None:
+    def wait(self, value: WaitMode) -> None:
         self._spin = _spin_of(value)
         self._wait = value
         if self._ring is not None:
@@ -221,38 +267,54 @@ class Queue(_Named):
     @property
     def capacity(self) -> int:
         """Bytes of message storage."""
-        return self._r().capacity
+        return int(self._r().capacity)
 
     @property
     def max_message_size(self) -> int:
         """Largest message ``send`` accepts."""
-        return self._r().max_message
+        return int(self._r().max_message)
 
-    def stats(self) -> dict[str, int]:
-        """Counters: capacity, max_message, used bytes, sent, received (all processes)."""
-        return self._r().stats()
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the queue's settings and counters (all processes).
+
+        Returns
+        -------
+        dict
+            ``capacity``, ``max_message_size``, ``used_bytes`` (storage in
+            use now), ``depth`` (messages in the queue now), ``sent`` and
+            ``received`` (messages, since creation) and ``writer_pid`` (the
+            producer holding the producer lock now, or None).  The keys are
+            the same as those of :meth:`Topic.stats` where they mean the same.
+        """
+        raw = self._r().stats()
+        cap = raw["capacity"]
+        return {"capacity": cap, "max_message_size": raw["max_message"],
+                "used_bytes": raw["used"],
+                "depth": min(max(0, raw["sent"] - raw["received"]), cap // 8),
+                "sent": raw["sent"], "received": raw["received"],
+                "writer_pid": raw["producer_pid"] or None}
 
     @property
     def free_bytes(self) -> int:
         """Bytes of storage free now."""
-        s = self.stats()
-        return s["capacity"] - s["used"]
+        raw = self._r().stats()
+        return int(raw["capacity"] - raw["used"])
 
     @property
     def sent(self) -> int:
         """Messages sent into the queue, by all producers, since creation."""
-        return self.stats()["sent"]
+        return int(self._r().stats()["sent"])
 
     @property
     def received(self) -> int:
         """Messages taken out, by all consumers, since creation."""
-        return self.stats()["received"]
+        return int(self._r().stats()["received"])
 
     def __len__(self) -> int:
         """Messages in the queue now (approximate while others send and receive;
         after a process was killed mid-send it may read low)."""
-        s = self.stats()
-        depth = s["sent"] - s["received"]
+        s = self._r().stats()
+        depth = int(s["sent"] - s["received"])
         if depth > s["capacity"] // 8:  # every message takes at least 8 bytes
             from .errors import CorruptSegment
             raise CorruptSegment(
@@ -261,14 +323,6 @@ class Queue(_Named):
                 "remove the queue and recreate it"
             )
         return max(0, depth)
-
-    def state(self) -> dict[str, Any]:
-        """Kind-specific state for ``shmlink info``."""
-        s = self.stats()
-        return {"depth": min(max(0, s["sent"] - s["received"]), s["capacity"] // 8),
-                "capacity": s["capacity"],
-                "used_bytes": s["used"], "max_message_size": s["max_message"],
-                "sent": s["sent"], "received": s["received"]}
 
     # -- sending --
 
@@ -409,8 +463,23 @@ class Queue(_Named):
         return self._view
 
     def recv_text(self, *, encoding: str = "utf-8", timeout: float | None = None) -> str:
-        """Receive a message and decode it."""
-        return self.recv(timeout=timeout).decode(encoding)
+        """Receive a message and decode it.
+
+        Raises
+        ------
+        TextDecodeError
+            If the message is not valid ``encoding`` (it is consumed anyway).
+        Timeout
+            If none arrived within ``timeout`` seconds.
+        """
+        data = self.recv(timeout=timeout)
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise TextDecodeError(
+                f"queue {self._name!r}: bytes at offset {e.start} of a message are not valid "
+                f"{encoding} ({e.reason}); pass the encoding the sender used, or use recv()"
+            ) from None
 
     def recv_object(self, *, timeout: float | None = None) -> Any:
         """Receive a message sent with :meth:`send_object`.

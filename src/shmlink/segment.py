@@ -22,10 +22,14 @@ How the pieces fit:
   stays until :meth:`Segment.unlink` or ``shmlink rm``.  ``lifetime="auto"``:
   it is removed when its last participant closes, or, when the last one died,
   by the next ``shmlink gc``.  :meth:`Segment.close` never unlinks otherwise.
+  At a clean interpreter exit every handle this process still has open is
+  released as ``close()`` would (see :func:`_release_at_exit`), so ``auto``
+  objects nobody else uses are removed then too.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import errno
 import fcntl
@@ -37,7 +41,8 @@ import stat
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterator
+import weakref
+from typing import Any, Callable, Iterator, Literal, TypeVar
 
 from . import _core
 from .errors import (
@@ -45,6 +50,7 @@ from .errors import (
     CorruptSegment,
     CreatorDied,
     IncompatibleSegment,
+    InvalidArgument,
     InvalidName,
     InvalidSize,
     OutOfRange,
@@ -52,6 +58,7 @@ from .errors import (
     SegmentClosed,
     SegmentExists,
     SegmentNotFound,
+    SettingsMismatch,
     TextDecodeError,
     TextTooLong,
     Timeout,
@@ -59,7 +66,12 @@ from .errors import (
     WrongKind,
 )
 
-__all__ = ["Segment", "SegmentInfo", "list_segments", "gc", "remove", "shm_dir", "KINDS"]
+__all__ = ["Segment", "SegmentInfo", "Lifetime", "list_segments", "gc", "remove", "shm_dir",
+           "KINDS"]
+
+#: A named object's lifetime: ``"persist"`` (until unlinked) or ``"auto"``
+#: (removed when its last participant closes or exits).
+Lifetime = Literal["persist", "auto"]
 
 # --- layout (mirrors struct shmlink_header in include/shmlink.h) -----------
 
@@ -252,6 +264,8 @@ class _Mapping:
 
 _registry: dict[str, _Mapping] = {}
 _registry_lock = threading.RLock()
+#: every handle made by _wrap, so that the exit hook can find those still open
+_live: "weakref.WeakSet[_Named]" = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -280,6 +294,8 @@ def _os_error(err: OSError, what: str, name: str) -> Exception:
 
 
 # --- the base of every named object --------------------------------------------
+
+_T = TypeVar("_T", bound="_Named")
 
 
 class _Named:
@@ -310,12 +326,16 @@ class _Named:
     # -- machinery shared by every kind --
 
     @classmethod
-    def _create_or_open(cls, create: Callable[[], Any], open_: Callable[[], Any]) -> Any:
+    def _create_or_open(cls: type[_T], create: Callable[[], _T], open_: Callable[[], _T],
+                        settings: dict[str, Any] | None = None) -> _T:
         """Create, or open if the name exists; retry if it vanishes in between.
 
         The two steps are each atomic (create links the finished segment into
         place or fails), so the loop only repeats when another process removed
-        the name between our failed create and our open.
+        the name between our failed create and our open.  ``settings`` maps
+        property names to the values the caller passed (None: not passed, not
+        compared); an opened object that differs raises
+        :class:`SettingsMismatch` (the handle is closed first).
         """
         while True:
             try:
@@ -323,19 +343,46 @@ class _Named:
             except SegmentExists:
                 pass
             try:
-                return open_()
+                obj = open_()
             except SegmentNotFound:
                 continue
+            if settings:
+                obj._check_settings(settings)
+            return obj
+
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        diffs = {}
+        for key, wanted in settings.items():
+            if wanted is None:
+                continue
+            have = getattr(self, key)
+            if have != wanted:
+                diffs[key] = (have, wanted)
+        if not diffs:
+            return
+        try:
+            self.close()
+        except Exception:
+            pass
+        cls = type(self).__name__
+        said = "; ".join(f"{key} {_shown(have)}, not {_shown(wanted)}"
+                         for key, (have, wanted) in diffs.items())
+        err = SettingsMismatch(
+            f"{self.KIND} {self._name!r} exists with {said}: open it with {cls}.open "
+            "or pass matching settings"
+        )
+        err.differences = diffs  # type: ignore[attr-defined]
+        raise err
 
     @classmethod
     def _kind_id(cls) -> int:
         return _KIND_IDS[cls.KIND]
 
     @classmethod
-    def _create_kind(cls, name: str | None, size: int, *, kind: int, mode: int = 0o600,
-                     path: str | None = None, lifetime: str = "persist",
+    def _create_kind(cls: type[_T], name: str | None, size: int, *, kind: int,
+                     mode: int = 0o600, path: str | None = None, lifetime: str = "persist",
                      init: Callable[[mmap.mmap], None] | None = None,
-                     kind_version: int = 0) -> Any:
+                     kind_version: int = 0) -> _T:
         final, key, shown = _resolve(name, path)
         if isinstance(size, bool) or not isinstance(size, int):
             raise InvalidSize(f"segment {shown!r}: size must be an int, not {type(size).__name__}")
@@ -344,9 +391,9 @@ class _Named:
         if size > (1 << 46):
             raise InvalidSize(f"segment {shown!r}: {size} bytes is more than this machine can map")
         if lifetime not in ("persist", "auto"):
-            raise ValueError(f"lifetime must be 'persist' or 'auto', not {lifetime!r}")
-        if not isinstance(mode, int) or not 0 <= mode <= 0o777:
-            raise ValueError(f"mode must be permission bits such as 0o600, not {mode!r}")
+            raise InvalidArgument(f"lifetime must be 'persist' or 'auto', not {lifetime!r}")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise InvalidArgument(f"mode must be permission bits such as 0o600, not {mode!r}")
         directory = os.path.dirname(final) or "."
         try:
             free = os.statvfs(directory)
@@ -419,8 +466,8 @@ class _Named:
         return obj
 
     @classmethod
-    def _open_kind(cls, name: str | None, *, path: str | None = None, readonly: bool = False,
-                   timeout: float | None = 5.0) -> Any:
+    def _open_kind(cls: type[_T], name: str | None, *, path: str | None = None,
+                   readonly: bool = False, timeout: float | None = 5.0) -> _T:
         final, key, shown = _resolve(name, path)
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         with _registry_lock:
@@ -449,8 +496,8 @@ class _Named:
             raise
 
     @classmethod
-    def _wrap(cls, mapping: _Mapping, shown: str, *, created: bool,
-              readonly: bool = False) -> Any:
+    def _wrap(cls: type[_T], mapping: _Mapping, shown: str, *, created: bool,
+              readonly: bool = False) -> _T:
         kind = mapping.header.kind
         if kind != cls._kind_id():
             raise WrongKind(
@@ -470,6 +517,7 @@ class _Named:
             mapping.refs -= 1
             obj._closed = True
             raise
+        _live.add(obj)
         return obj
 
     def _attach(self) -> None:
@@ -478,35 +526,51 @@ class _Named:
     def _detach_kind(self) -> None:
         """Hook for kinds: release what _attach took (before the unmap)."""
 
+    def _at_exit(self) -> None:
+        """Hook for kinds: called at a clean interpreter exit while still open.
+
+        Runs in the process that opened the handle, before its segment is
+        released (:func:`_release_at_exit`).  It must not block, wait for
+        other threads, unmap memory or raise: e.g. mark "closed" in shared
+        memory and wake a peer.  Exceptions are swallowed.
+        """
+
     # -- properties --
 
     @property
     def name(self) -> str:
+        """The object's name (for file-backed segments, the file's base name)."""
         return self._name
 
     @property
     def path(self) -> str:
+        """The file behind the object."""
         return self._mapping().path
 
     @property
-    def size(self) -> int:
-        return self._mapping().header.data_size
+    def mode(self) -> int:
+        """Permission bits of the object's file (``0o600`` unless created wider)."""
+        return os.fstat(self._mapping().fd).st_mode & 0o777
 
     @property
     def readonly(self) -> bool:
+        """Whether this handle maps the object read-only."""
         self._mapping()
         return self._readonly
 
     @property
     def closed(self) -> bool:
+        """True once this handle is closed."""
         return self._closed
 
     @property
-    def lifetime(self) -> str:
+    def lifetime(self) -> Lifetime:
+        """``"persist"`` or ``"auto"``, as the creator chose."""
         return "auto" if self._mapping().header.flags & FLAG_AUTO else "persist"
 
     @property
     def creator_pid(self) -> int:
+        """PID of the process that created the object."""
         return self._mapping().header.creator_pid
 
     def _mapping(self) -> _Mapping:
@@ -572,7 +636,7 @@ class _Named:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> "Segment":
+    def __enter__(self: _T) -> _T:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -600,7 +664,7 @@ class _Named:
     def __repr__(self) -> str:
         if self._closed:
             return f"<shmlink.{type(self).__name__} {self._name!r} closed>"
-        return f"<shmlink.{type(self).__name__} {self._name!r} size={self.size}>"
+        return f"<shmlink.{type(self).__name__} {self._name!r}>"
 
     # -- for kinds: the data area as the kind's control block --
 
@@ -642,7 +706,7 @@ class Segment(_Named):
 
     @classmethod
     def create(cls, name: str | None, size: int, *, mode: int = 0o600, path: str | None = None,
-               lifetime: str = "persist") -> "Segment":
+               lifetime: Lifetime = "persist") -> "Segment":
         """Create a new segment; fail if the name exists.
 
         Parameters
@@ -693,16 +757,34 @@ class Segment(_Named):
 
     @classmethod
     def create_or_open(cls, name: str | None, size: int, *, mode: int = 0o600,
-                       path: str | None = None, lifetime: str = "persist",
+                       path: str | None = None, lifetime: Lifetime = "persist",
                        timeout: float | None = 5.0) -> "Segment":
         """Create the segment, or open it if it exists.
 
-        ``handle.created`` tells which happened.  When opened, the existing
-        segment's size wins (``handle.size``), whatever ``size`` says.
+        ``handle.created`` tells which happened.  Parameters as for
+        :meth:`create` and :meth:`open`.
+
+        Raises
+        ------
+        SettingsMismatch
+            If the segment exists with another ``size``.
         """
         return cls._create_or_open(
             lambda: cls.create(name, size, mode=mode, path=path, lifetime=lifetime),
-            lambda: cls.open(name, path=path, timeout=timeout))
+            lambda: cls.open(name, path=path, timeout=timeout),
+            {"size": size})
+
+    # -- properties --
+
+    @property
+    def size(self) -> int:
+        """Exact size of the data area in bytes, as the creator asked."""
+        return self._mapping().header.data_size
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<shmlink.Segment {self._name!r} closed>"
+        return f"<shmlink.Segment {self._name!r} size={self.size}>"
 
     # -- data access --
 
@@ -791,7 +873,7 @@ class Segment(_Named):
         encoded = text.encode(encoding)
         unit = _code_unit(encoding)
         if "\0" in text:
-            raise ValueError("text holds a NUL character, which would end it early for readers")
+            raise InvalidArgument("text holds a NUL character, which would end it early for readers")
         data = encoded + b"\0" * unit
         size = self.size
         if offset < 0 or offset + len(data) > size:
@@ -852,6 +934,10 @@ class Segment(_Named):
             m.mm[DATA_OFFSET + pos:DATA_OFFSET + pos + n] = zeros[:n]
             pos += n
 
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _reopen(cls: type, name: str | None, path: str | None, readonly: bool,
@@ -1006,6 +1092,51 @@ def _detach(m: _Mapping, *, auto_ok: bool) -> None:
                     pass
     finally:
         os.close(m.fd)
+
+
+def _release_at_exit() -> None:
+    """Release what this process still has open, at a clean interpreter exit.
+
+    Runs from :mod:`atexit`.  First each still-open handle's
+    :meth:`_Named._at_exit` hook (kinds tell their peers), then, for each
+    mapping *this* process opened (a forked child skips its parent's), what
+    ``close()`` does to the segment: free the participant slot and, for an
+    ``auto`` segment no other process holds, remove its name.  The memory is
+    not unmapped (daemon threads may still be inside it; the kernel unmaps
+    at exit), nothing waits, and nothing raises.
+    """
+    pid = os.getpid()
+    try:
+        handles = list(_live)
+    except Exception:
+        handles = []
+    for h in handles:
+        try:
+            m = h._map
+            if not h._closed and m is not None and m.pid == pid:
+                h._at_exit()
+        except Exception:
+            pass
+    for m in list(_registry.values()):
+        if m.pid != pid:
+            continue
+        try:
+            if m.mm.closed:
+                continue
+            m.unregister()
+            if not m.header.flags & FLAG_AUTO:
+                continue
+            try:
+                fcntl.flock(m.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another process still uses it
+            if os.stat(m.path).st_ino == os.fstat(m.fd).st_ino:
+                os.unlink(m.path)
+        except Exception:
+            pass
+
+
+atexit.register(_release_at_exit)
 
 
 def _live_participants(mem: Any) -> list[int]:

@@ -12,8 +12,8 @@ import threading
 import time
 from typing import Any
 
-from .errors import NotOwner, OwnerDied, Timeout
-from .segment import DATA_OFFSET, _Named
+from .errors import InvalidArgument, InvalidState, NotOwner, OwnerDied, Timeout
+from .segment import DATA_OFFSET, Lifetime, _Named
 
 __all__ = ["Mutex", "Event", "deadline_of"]
 
@@ -41,7 +41,7 @@ def deadline_of(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if timeout != timeout or timeout < 0:  # NaN or negative
-        raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
+        raise InvalidArgument(f"timeout must be None or >= 0 seconds, not {timeout!r}")
     return time.monotonic() + timeout
 
 
@@ -68,8 +68,19 @@ class Mutex(_Named):
     KIND = "mutex"
 
     @classmethod
-    def create(cls, name: str, *, mode: int = 0o600, lifetime: str = "persist") -> "Mutex":
-        """Create a new, unlocked mutex; fail if the name exists."""
+    def create(cls, name: str, *, mode: int = 0o600,
+               lifetime: Lifetime = "persist") -> "Mutex":
+        """Create a new, unlocked mutex; fail if the name exists.
+
+        Parameters
+        ----------
+        name : str
+            Mutex name (letters, digits, ``_ . -``).
+        mode : int
+            Permission bits of its file (default ``0o600``).
+        lifetime : {"persist", "auto"}
+            See :class:`Segment`.
+        """
         return cls._create_kind(name, _M_SIZE, kind=cls._kind_id(), mode=mode, lifetime=lifetime)
 
     @classmethod
@@ -78,7 +89,7 @@ class Mutex(_Named):
         return cls._open_kind(name, timeout=timeout)
 
     @classmethod
-    def create_or_open(cls, name: str, *, mode: int = 0o600, lifetime: str = "persist",
+    def create_or_open(cls, name: str, *, mode: int = 0o600, lifetime: Lifetime = "persist",
                        timeout: float | None = 5.0) -> "Mutex":
         """Create the mutex, or open it if it exists (``.created`` tells which)."""
         return cls._create_or_open(
@@ -109,14 +120,14 @@ class Mutex(_Named):
             The lock *is* now held by the caller, but a previous holder died
             while holding it: repair the data, call :meth:`mark_consistent`,
             then :meth:`release`.
-        RuntimeError
+        InvalidState
             If this thread already holds it (not recursive).
         """
         deadline = deadline_of(timeout)
         mem = self._memory
         me = threading.get_ident()
         if self._holder_thread() == me and mem.load32(_M_LOCK) == os.getpid():
-            raise RuntimeError(f"mutex {self._name!r} is already held by this thread (it is not recursive)")
+            raise InvalidState(f"mutex {self._name!r} is already held by this thread (it is not recursive)")
         r = mem.lock_acquire(_M_LOCK, deadline, _SPIN_NS)
         if r is None:
             raise Timeout(
@@ -185,17 +196,17 @@ class Mutex(_Named):
     @property
     def holder_pid(self) -> int | None:
         """PID of the process holding the lock now, or None."""
-        pid = self._memory.load32(_M_LOCK)
+        pid: int = self._memory.load32(_M_LOCK)
         return pid or None
 
     def locked(self) -> bool:
         """Whether some process holds the lock now."""
-        return self._memory.load32(_M_LOCK) != 0
+        return bool(self._memory.load32(_M_LOCK) != 0)
 
     @property
     def consistent(self) -> bool:
         """False after a holder died, until :meth:`mark_consistent`."""
-        return self._memory.load32(_M_INCONSISTENT) == 0
+        return bool(self._memory.load32(_M_INCONSISTENT) == 0)
 
     def __enter__(self) -> "Mutex":
         try:
@@ -210,8 +221,8 @@ class Mutex(_Named):
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def state(self) -> dict[str, Any]:
-        """Kind-specific state for ``shmlink info``."""
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: ``holder_pid`` (or None), ``consistent``, ``acquisitions``."""
         mem = self._memory
         return {"holder_pid": self.holder_pid, "consistent": self.consistent,
                 "acquisitions": mem.load64(_M_ACQUISITIONS)}
@@ -232,8 +243,20 @@ class Event(_Named):
 
     @classmethod
     def create(cls, name: str, *, auto_reset: bool = False, mode: int = 0o600,
-               lifetime: str = "persist") -> "Event":
-        """Create a new, clear event; fail if the name exists."""
+               lifetime: Lifetime = "persist") -> "Event":
+        """Create a new, clear event; fail if the name exists.
+
+        Parameters
+        ----------
+        name : str
+            Event name (letters, digits, ``_ . -``).
+        auto_reset : bool
+            True: each :meth:`wait` that returns consumes the set.
+        mode : int
+            Permission bits of its file (default ``0o600``).
+        lifetime : {"persist", "auto"}
+            See :class:`Segment`.
+        """
         def init(mm: Any) -> None:
             mm[_E_AUTO:_E_AUTO + 4] = (1 if auto_reset else 0).to_bytes(4, "little")
 
@@ -246,19 +269,29 @@ class Event(_Named):
         return cls._open_kind(name, timeout=timeout)
 
     @classmethod
-    def create_or_open(cls, name: str, *, auto_reset: bool = False, mode: int = 0o600,
-                       lifetime: str = "persist", timeout: float | None = 5.0) -> "Event":
-        """Create the event, or open it if it exists (``.created`` tells which)."""
+    def create_or_open(cls, name: str, *, auto_reset: bool | None = None, mode: int = 0o600,
+                       lifetime: Lifetime = "persist", timeout: float | None = 5.0) -> "Event":
+        """Create the event, or open it if it exists (``.created`` tells which).
+
+        ``auto_reset`` defaults to False for an event it creates.
+
+        Raises
+        ------
+        SettingsMismatch
+            If the event exists with another ``auto_reset`` than the one passed.
+        """
         return cls._create_or_open(
-            lambda: cls.create(name, auto_reset=auto_reset, mode=mode, lifetime=lifetime),
-            lambda: cls.open(name, timeout=timeout))
+            lambda: cls.create(name, auto_reset=bool(auto_reset), mode=mode, lifetime=lifetime),
+            lambda: cls.open(name, timeout=timeout),
+            {"auto_reset": auto_reset})
 
     def _attach(self) -> None:
         _check_size(self, _E_SIZE)
 
     @property
     def auto_reset(self) -> bool:
-        return self._memory.load32(_E_AUTO) == 1
+        """Whether each returning :meth:`wait` consumes the set (the creator's choice)."""
+        return bool(self._memory.load32(_E_AUTO) == 1)
 
     def set(self) -> None:
         """Set the event and wake its waiters (one of them, for auto-reset)."""
@@ -276,12 +309,12 @@ class Event(_Named):
 
     def is_set(self) -> bool:
         """Whether the event is set now."""
-        return self._memory.load32(_E_STATE) == 1
+        return bool(self._memory.load32(_E_STATE) == 1)
 
     @property
     def set_count(self) -> int:
         """How many times :meth:`set` was called, by anyone."""
-        return self._memory.load64(_E_SETS)
+        return int(self._memory.load64(_E_SETS))
 
     def _consume(self) -> bool:
         mem = self._memory
@@ -318,7 +351,7 @@ class Event(_Named):
             if not woken:
                 raise Timeout(f"event {self._name!r} was not set within {timeout} s")
 
-    def state(self) -> dict[str, Any]:
-        """Kind-specific state for ``shmlink info``."""
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: ``set``, ``auto_reset``, ``set_count``, ``waiters``."""
         return {"set": self.is_set(), "auto_reset": self.auto_reset,
                 "set_count": self.set_count, "waiters": self._memory.load32(_E_WAITERS)}

@@ -5,7 +5,7 @@ A topic is a segment holding one byte ring (``struct shmlink_topic`` in
 records; every subscriber reads every record at its own pace through its own
 cursor, kept in its slot, and takes nothing away from the others.
 
-Two modes, fixed at creation:
+Two delivery modes (``delivery=``), fixed at creation:
 
 ``"lossless"``
     A publisher waits (up to its ``timeout``) until the slowest live
@@ -35,7 +35,7 @@ How it holds together:
 
 Example::
 
-    with Topic.create("prices", 1 << 20, mode="latest") as topic:
+    with Topic.create("prices", 1 << 20, delivery="latest") as topic:
         sub = topic.subscribe()
         topic.publish(b"EURUSD 1.0842")
         print(sub.recv(timeout=1.0), sub.missed)
@@ -47,18 +47,32 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from . import _core
-from .errors import InvalidSize, SegmentBusy, ShmlinkError, Timeout
-from .queue import WAIT_STRATEGIES, _spin_of
-from .segment import DATA_OFFSET, _Named
+from .errors import (
+    InvalidArgument,
+    InvalidSize,
+    InvalidState,
+    SegmentBusy,
+    SegmentClosed,
+    ShmlinkError,
+    Timeout,
+)
+from .queue import DEFAULT_CAPACITY, WAIT_STRATEGIES, WaitMode, _ring_capacity, _spin_of
+from .segment import DATA_OFFSET, Lifetime, _Named
 
 __all__ = ["Topic", "Subscriber", "TopicMessageView", "MessageHandler", "MessageOverwritten",
-           "MODES"]
+           "DELIVERIES", "Delivery", "Start"]
+
+#: A topic's delivery mode: publishers wait for the slowest live subscriber,
+#: or never wait (slow subscribers skip ahead and count what they missed).
+Delivery = Literal["lossless", "latest"]
+#: Where a new subscriber starts: the next message published, or the oldest held.
+Start = Literal["newest", "oldest"]
 
 #: The delivery modes a topic is created with.
-MODES = ("lossless", "latest")
+DELIVERIES: tuple[Delivery, ...] = ("lossless", "latest")
 
 from .errors import MessageOverwritten  # noqa: E402  (re-exported)
 
@@ -81,6 +95,11 @@ def _close_core(core: Any, what: str) -> None:
 _CLOSED_TOPIC = _core.Topic.__new__(_core.Topic)  # answers every call with SegmentClosed
 
 
+def _check_delivery(delivery: object) -> None:
+    if delivery not in DELIVERIES:
+        raise InvalidArgument(f"delivery must be 'lossless' or 'latest', not {delivery!r}")
+
+
 class Topic(_Named):
     """A named one-to-many broadcast channel of variable-length messages.
 
@@ -99,16 +118,16 @@ class Topic(_Named):
     KIND = "topic"
     _c: Any = _CLOSED_TOPIC
     _subs: Any = ()
-    _wait = "hybrid"
+    _wait: WaitMode = "hybrid"
     _spin = WAIT_STRATEGIES["hybrid"]
 
     # -- constructors --
 
     @classmethod
-    def create(cls, name: str, capacity: int = 1 << 20, *, mode: str = "lossless",
-               max_message_size: int | None = None, max_subscribers: int = 64,
-               wait: str = "hybrid", permissions: int = 0o600,
-               lifetime: str = "persist") -> "Topic":
+    def create(cls, name: str, capacity: int = DEFAULT_CAPACITY, *,
+               delivery: Delivery = "lossless", max_message_size: int | None = None,
+               max_subscribers: int = 64, wait: WaitMode = "hybrid", mode: int = 0o600,
+               lifetime: Lifetime = "persist") -> "Topic":
         """Create a new, empty topic; fail if the name exists.
 
         Parameters
@@ -117,9 +136,9 @@ class Topic(_Named):
             Topic name (letters, digits, ``_ . -``).
         capacity : int
             Bytes of message storage (rounded up to a multiple of 16, at
-            least 64).  Each message takes 16 bytes of header plus its length
-            rounded up to 16: a 64-byte message takes 80.
-        mode : {"lossless", "latest"}
+            least 64; default 1 MiB).  Each message takes 16 bytes of header
+            plus its length rounded up to 16: a 64-byte message takes 80.
+        delivery : {"lossless", "latest"}
             ``"lossless"``: publishers wait for the slowest live subscriber.
             ``"latest"``: publishers never wait; slow subscribers skip ahead
             and count what they missed.
@@ -129,8 +148,8 @@ class Topic(_Named):
             Subscriber slots (1 to 1024); each takes 64 bytes.
         wait : {"hybrid", "block", "spin"}
             How this handle waits.
-        permissions : int
-            Permission bits of the segment file (default ``0o600``).
+        mode : int
+            Permission bits of the topic's file (default ``0o600``).
         lifetime : {"persist", "auto"}
             See :class:`Segment`.
 
@@ -143,15 +162,12 @@ class Topic(_Named):
         SegmentExists, InvalidName, InvalidSize, ValueError
         """
         _spin_of(wait)
-        if mode not in MODES:
-            raise ValueError(f"mode must be 'lossless' or 'latest', not {mode!r}")
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 64:
-            raise InvalidSize(f"topic {name!r}: capacity must be an int >= 64 bytes, not {capacity!r}")
+        _check_delivery(delivery)
+        capacity = _ring_capacity("topic", name, capacity, 16)
         if isinstance(max_subscribers, bool) or not isinstance(max_subscribers, int) or \
                 not 1 <= max_subscribers <= _core.TOPIC_MAX_SUBSCRIBERS:
-            raise ValueError(f"topic {name!r}: max_subscribers must be an int from 1 to "
+            raise InvalidArgument(f"topic {name!r}: max_subscribers must be an int from 1 to "
                              f"{_core.TOPIC_MAX_SUBSCRIBERS}, not {max_subscribers!r}")
-        capacity = (capacity + 15) & ~15
         limit = min(capacity - 16, 0xFFFFFFF0)
         if max_message_size is not None:
             if isinstance(max_message_size, bool) or not isinstance(max_message_size, int) \
@@ -164,15 +180,16 @@ class Topic(_Named):
         mm_max = max_message_size or 0
 
         def init(mm: Any) -> None:
-            _core.topic_init(mm, DATA_OFFSET, size, mode, mm_max, max_subscribers)
+            _core.topic_init(mm, DATA_OFFSET, size, delivery, mm_max, max_subscribers)
 
-        t = cls._create_kind(name, size, kind=cls._kind_id(), mode=permissions,
+        t = cls._create_kind(name, size, kind=cls._kind_id(), mode=mode,
                              lifetime=lifetime, init=init)
         t.wait = wait
         return t
 
     @classmethod
-    def open(cls, name: str, *, wait: str = "hybrid", timeout: float | None = 5.0) -> "Topic":
+    def open(cls, name: str, *, wait: WaitMode = "hybrid",
+             timeout: float | None = 5.0) -> "Topic":
         """Open an existing topic by name.
 
         Parameters
@@ -198,24 +215,39 @@ class Topic(_Named):
         return t
 
     @classmethod
-    def create_or_open(cls, name: str, capacity: int = 1 << 20, *, mode: str = "lossless",
-                       max_message_size: int | None = None, max_subscribers: int = 64,
-                       wait: str = "hybrid", permissions: int = 0o600,
-                       lifetime: str = "persist", timeout: float | None = 5.0) -> "Topic":
+    def create_or_open(cls, name: str, capacity: int | None = None, *,
+                       delivery: Delivery | None = None, max_message_size: int | None = None,
+                       max_subscribers: int | None = None, wait: WaitMode = "hybrid",
+                       mode: int = 0o600, lifetime: Lifetime = "persist",
+                       timeout: float | None = 5.0) -> "Topic":
         """Create the topic, or open it if it exists (``.created`` tells which).
 
-        When it is opened, the existing topic's settings win: check
-        :attr:`mode` and :attr:`capacity`.  Parameters as in :meth:`create`.
+        Parameters as in :meth:`create` (a topic it creates gets that
+        method's defaults for the settings not passed) and :meth:`open`.
 
         Returns
         -------
         Topic
+
+        Raises
+        ------
+        SettingsMismatch
+            If the topic exists with another ``delivery``, ``capacity``,
+            ``max_message_size`` or ``max_subscribers`` than the one passed
+            (settings not passed are not compared).
         """
+        if delivery is not None:
+            _check_delivery(delivery)
+        want = None if capacity is None else _ring_capacity("topic", name, capacity, 16)
         return cls._create_or_open(
-            lambda: cls.create(name, capacity, mode=mode, max_message_size=max_message_size,
-                                  max_subscribers=max_subscribers, wait=wait,
-                                  permissions=permissions, lifetime=lifetime),
-            lambda: cls.open(name, wait=wait, timeout=timeout))
+            lambda: cls.create(name, DEFAULT_CAPACITY if capacity is None else capacity,
+                               delivery=delivery or "lossless",
+                               max_message_size=max_message_size,
+                               max_subscribers=64 if max_subscribers is None else max_subscribers,
+                               wait=wait, mode=mode, lifetime=lifetime),
+            lambda: cls.open(name, wait=wait, timeout=timeout),
+            {"delivery": delivery, "capacity": want, "max_message_size": max_message_size,
+             "max_subscribers": max_subscribers})
 
     def _attach(self) -> None:
         m = self._mapping()
@@ -256,45 +288,46 @@ class Topic(_Named):
     # -- configuration and introspection --
 
     @property
-    def wait(self) -> str:
+    def wait(self) -> WaitMode:
         """This handle's wait strategy: "hybrid", "block" or "spin"."""
         return self._wait
 
     @wait.setter
-    def wait(self, value: str) -> None:
+    def wait(self, value: WaitMode) -> None:
         self._spin = _spin_of(value)
         self._wait = value
         if not self._c.closed:
             self._c.spin_ns = self._spin
 
     @property
-    def mode(self) -> str:
+    def delivery(self) -> Delivery:
         """Delivery mode: "lossless" or "latest"."""
         self._mapping()
-        return self._c.mode
+        mode: Delivery = self._c.mode
+        return mode
 
     @property
     def capacity(self) -> int:
         """Bytes of message storage."""
         self._mapping()
-        return self._c.capacity
+        return int(self._c.capacity)
 
     @property
     def max_message_size(self) -> int:
         """Largest message :meth:`publish` accepts."""
         self._mapping()
-        return self._c.max_message
+        return int(self._c.max_message)
 
     @property
     def max_subscribers(self) -> int:
         """Subscriber slots."""
         self._mapping()
-        return self._c.max_subscribers
+        return int(self._c.max_subscribers)
 
     @property
     def published(self) -> int:
         """Messages published, by all publishers, since creation."""
-        return self._c.published
+        return int(self._c.published)
 
     @property
     def subscriber_count(self) -> int:
@@ -302,20 +335,27 @@ class Topic(_Named):
         until they are evicted or their slot is reused)."""
         return len(self._c.state()["subscribers"])
 
-    def state(self) -> dict[str, Any]:
-        """Kind-specific state for ``shmlink info``.
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the topic's settings, counters and subscribers.
 
         Returns
         -------
         dict
-            ``mode``, ``capacity``, ``max_message_size``, ``max_subscribers``,
-            ``published``, ``held_bytes``, ``evicted`` (subscribers evicted
-            because their process died), ``publisher_pid`` (holder of the
-            publisher lock, 0 if free) and ``subscribers``: one dict per
-            active subscriber with its ``slot``, ``pid``, ``alive``, ``lag``
-            (messages published it has not read), ``missed`` and ``received``.
+            ``delivery``, ``capacity``, ``max_message_size``,
+            ``max_subscribers``, ``used_bytes`` (storage holding messages
+            now), ``published`` (messages, since creation), ``evicted``
+            (subscribers evicted because their process died), ``writer_pid``
+            (the publisher holding the publisher lock now, or None) and
+            ``subscribers``: one dict per active subscriber with its ``slot``,
+            ``pid``, ``alive``, ``lag`` (messages published it has not read),
+            ``missed`` and ``received``.
         """
-        return self._c.state()
+        raw = self._c.state()
+        return {"delivery": raw["mode"], "capacity": raw["capacity"],
+                "max_message_size": raw["max_message_size"],
+                "max_subscribers": raw["max_subscribers"], "used_bytes": raw["held_bytes"],
+                "published": raw["published"], "evicted": raw["evicted"],
+                "writer_pid": raw["publisher_pid"] or None, "subscribers": raw["subscribers"]}
 
     # -- publishing --
 
@@ -384,7 +424,8 @@ class Topic(_Named):
 
     # -- subscribing --
 
-    def subscribe(self, start: str = "newest", *, timeout: float | None = None) -> "Subscriber":
+    def subscribe(self, start: Start = "newest", *,
+                  timeout: float | None = None) -> "Subscriber":
         """Claim a subscriber slot and return a :class:`Subscriber`.
 
         Parameters
@@ -407,7 +448,7 @@ class Topic(_Named):
             If the publisher lock could not be taken in time.
         """
         if start not in ("newest", "oldest"):
-            raise ValueError(f"start must be 'newest' or 'oldest', not {start!r}")
+            raise InvalidArgument(f"start must be 'newest' or 'oldest', not {start!r}")
         core = self._c.subscribe(start == "oldest", timeout)
         if core is None:
             raise Timeout(f"topic {self._name!r}: the publisher lock stayed busy for {timeout} s")
@@ -418,7 +459,7 @@ class Topic(_Named):
     def __repr__(self) -> str:
         if self._closed:
             return f"<shmlink.Topic {self._name!r} closed>"
-        return (f"<shmlink.Topic {self._name!r} mode={self.mode} capacity={self.capacity} "
+        return (f"<shmlink.Topic {self._name!r} delivery={self.delivery} capacity={self.capacity} "
                 f"published={self.published}>")
 
 
@@ -443,7 +484,7 @@ class TopicMessageView:
     def data(self) -> memoryview:
         """The payload, as a read-only memoryview."""
         if self._done:
-            raise ValueError("the message view was released")
+            raise SegmentClosed("the message view was released; receive again")
         return self._view
 
     def release(self, *, consume: bool = True) -> None:
@@ -706,11 +747,11 @@ class Subscriber:
 
         Raises
         ------
-        RuntimeError
+        InvalidState
             If a handler already runs on this subscriber.
         """
         if self._handler is not None and self._handler.running:
-            raise RuntimeError(f"topic {self._name!r}: this subscriber already has an "
+            raise InvalidState(f"topic {self._name!r}: this subscriber already has an "
                                "on_message handler; stop() it first")
         if self._c.closed:
             self._c.try_recv()  # raises SegmentClosed
@@ -735,12 +776,12 @@ class Subscriber:
     # -- introspection --
 
     @property
-    def wait(self) -> str:
+    def wait(self) -> WaitMode:
         """How this subscriber waits: "hybrid", "block" or "spin" (the topic's at first)."""
         return self._wait
 
     @wait.setter
-    def wait(self, value: str) -> None:
+    def wait(self, value: WaitMode) -> None:
         spin = _spin_of(value)
         self._wait = value
         if not self._c.closed:

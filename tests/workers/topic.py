@@ -82,7 +82,7 @@ def subscriber(name: str, count: int, results: Any, ready: Any, slow_every: int 
     with shmlink.Topic.open(name) as topic:
         sub = topic.subscribe()
         ready.set()
-        lossless = topic.mode == "lossless"
+        lossless = topic.delivery == "lossless"
         try:
             while min(last) < count - 1:
                 msgs = sub.recv_many(batch, timeout=30) if batch else [sub.recv(timeout=30)]

@@ -77,7 +77,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("action", choices=["write", "read", "watch", "clear"])
     p.add_argument("name")
     p.add_argument("text", nargs="?", help="(write) the value; '-' or omitted: read stdin")
-    p.add_argument("--create", metavar="SIZE",
+    p.add_argument("--create", metavar="CAPACITY",
                    help="(write) create the board, holding up to SIZE bytes, if it is missing")
     p.add_argument("--raw", action="store_true",
                    help="(read, watch) write the bytes as they are, without a newline")

@@ -43,8 +43,8 @@ def _state_of(si: SegmentInfo) -> dict[str, Any]:
     except ShmlinkError as e:
         return {"error": str(e)}
     try:
-        state = getattr(obj, "state", None)
-        return state() if state else {}
+        stats = getattr(obj, "stats", None)
+        return stats() if stats else {}
     finally:
         obj.close()
 

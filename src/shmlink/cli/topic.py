@@ -6,13 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from ..topic import MODES, Topic
+from ..topic import DELIVERIES, Topic
 from ._common import parse_size
 
 
 def cmd_pub(a: argparse.Namespace) -> int:
     if a.create:
-        topic = Topic.create_or_open(a.topic, parse_size(a.create), mode=a.mode)
+        topic = Topic.create_or_open(a.topic, parse_size(a.create), delivery=a.delivery)
     else:
         topic = Topic.open(a.topic)
     try:
@@ -56,8 +56,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--whole", action="store_true", help="publish all of stdin as one message")
     p.add_argument("--create", metavar="CAPACITY",
                    help="create the topic if missing (64k, 1M ...)")
-    p.add_argument("--mode", choices=MODES, default="lossless",
-                   help="mode of a topic --create makes")
+    p.add_argument("--delivery", choices=DELIVERIES, default=None,
+                   help="delivery of a topic --create makes (default lossless)")
     p.add_argument("--timeout", type=float, default=None)
     p.set_defaults(func=cmd_pub)
 

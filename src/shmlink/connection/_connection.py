@@ -316,7 +316,7 @@ class Connection(_ReaderRole, _Named):
         self._mapping()
         return self._rings[0].max_message - _FRAME_SIZE  # type: ignore[index]
 
-    def state(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """Kind-specific state for ``shmlink info``: both ends and the traffic.
 
         Returns

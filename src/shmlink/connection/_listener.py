@@ -362,7 +362,7 @@ class Listener(_Named):
         """
         return _listener_clients(self._name)
 
-    def state(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """Kind-specific state for ``shmlink info``: the server and the connected clients.
 
         Returns
