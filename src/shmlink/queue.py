@@ -76,8 +76,8 @@ class MessageView:
         if self._done:
             return
         self._view.release()
+        self._queue._ring.view_end(consume)  # BufferError while copies of the view live
         self._done = True
-        self._queue._ring.view_end(consume)
 
     def __enter__(self) -> memoryview:
         return self.data
@@ -400,8 +400,7 @@ class Queue(_Named):
             raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
         offset, length = got
         try:
-            with memoryview(self._mm) as whole:
-                view = whole.toreadonly()[offset:offset + length]
+            view = ring.view(offset, length)
         except BaseException:
             ring.view_end(False)
             raise

@@ -223,11 +223,6 @@ class Topic(_Named):
         c = self._c = _core.Topic(m.mm, DATA_OFFSET, m.header.data_size, self._name)
         c.spin_ns = self._spin
         self._subs = weakref.WeakSet()
-        # The hot paths, bound straight to C: no Python frame per message.
-        # They behave exactly as the methods documented below (and raise
-        # SegmentClosed once the handle is closed).
-        self.publish = c.publish
-        self.try_publish = c.try_publish
 
     def _detach_kind(self) -> None:
         if not self._c.closed:
@@ -462,8 +457,8 @@ class TopicMessageView:
         if self._done:
             return
         self._view.release()
+        intact = self._sub._c.view_end(consume)  # BufferError while copies of the view live
         self._done = True
-        intact = self._sub._c.view_end(consume)
         if consume and not intact:
             raise MessageOverwritten(
                 f"topic {self._sub.name!r}: a publisher overwrote the message while it was "
@@ -600,9 +595,6 @@ class Subscriber:
         obj._name = topic.name
         obj._handler = None
         obj._wait = topic.wait
-        # The hot paths, bound straight to C (see Topic._attach).
-        obj.recv = core.recv
-        obj.try_recv = core.try_recv
         return obj
 
     # -- receiving --
@@ -624,6 +616,9 @@ class Subscriber:
         Timeout
             If none arrived within ``timeout`` seconds.
         """
+        # A method (not the C function bound to the instance) so that the
+        # call keeps the subscriber alive: ``topic.subscribe().recv()`` must
+        # not close it half-way.
         return self._c.recv(timeout=timeout)
 
     def try_recv(self) -> bytes | None:
@@ -671,8 +666,7 @@ class Subscriber:
             raise Timeout(f"topic {self._name!r}: no message within {timeout} s")
         offset, length = got
         try:
-            with memoryview(self._topic._mm) as whole:
-                view = whole.toreadonly()[offset:offset + length]
+            view = self._c.view(offset, length)
         except BaseException:
             self._c.view_end(False)
             raise
