@@ -51,7 +51,10 @@ class MessageView:
     consumers wait), so keep it short.  Leaving the ``with`` block normally
     consumes the message; leaving it by an exception leaves the message in
     the queue for the next receive.  :meth:`release` does the same
-    explicitly.
+    explicitly.  Anything made from the view (a numpy array, a slice) must
+    be gone by then: otherwise release raises ``BufferError`` and the
+    message stays, locked, until they are deleted and release() is called
+    again (copy what you need inside the block).
     """
 
     __slots__ = ("_queue", "_view", "_done")

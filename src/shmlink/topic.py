@@ -46,12 +46,11 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator
 
 from . import _core
-from .errors import InvalidSize, SegmentBusy, ShmlinkError, Timeout
+from .errors import InvalidSize, ShmlinkError, Timeout
 from .queue import WAIT_STRATEGIES, _spin_of
 from .segment import DATA_OFFSET, _Named
 
@@ -65,18 +64,10 @@ from .errors import MessageOverwritten  # noqa: E402  (re-exported)
 
 _log = logging.getLogger("shmlink.topic")
 
-#: How long close() waits for another thread's call in the same handle to give up.
-_CLOSE_WAIT = 5.0
-
-
 def _close_core(core: Any, what: str) -> None:
-    """Close a C handle, waiting (bounded) for another thread's call in it to give up."""
-    deadline = time.monotonic() + _CLOSE_WAIT
-    while not core.close():
-        if time.monotonic() > deadline:
-            raise SegmentBusy(f"{what} is still in use by another thread; close() it again "
-                              "once that call has returned")
-        time.sleep(0.001)
+    """Close a C handle without waiting: a call of another thread inside it is
+    woken and raises SegmentClosed; the memory is released when it has left."""
+    core.close()
 
 
 _CLOSED_TOPIC = _core.Topic.__new__(_core.Topic)  # answers every call with SegmentClosed
@@ -420,6 +411,10 @@ class Topic(_Named):
 
 class TopicMessageView:
     """A zero-copy received message: a read-only memoryview into the ring.
+
+    Anything made from the view (a numpy array, a slice) must be gone when
+    it is released: otherwise release raises ``BufferError`` and the
+    message stays where it is (copy what you need inside the block).
 
     Use it as ``with sub.recv_view() as mv: ...``.  In lossless mode the
     message stays in place while the view is open (publishers wait for it,
