@@ -6,7 +6,6 @@ Children are spawned (``CTX``) and take names; their bodies live in
 
 from __future__ import annotations
 
-import mmap
 import os
 import pickle
 import random
