@@ -6,7 +6,6 @@ Children are spawned (``CTX``) and take names; their bodies live in
 
 from __future__ import annotations
 
-import mmap
 import os
 import pickle
 import random
@@ -317,7 +316,7 @@ def test_recv_view_is_read_only_and_consumed_on_normal_exit(name):
         q.send_many([b"first view", b"second"], timeout=5)
         with q.recv_view(timeout=1) as mv:
             assert isinstance(mv, memoryview)
-            assert isinstance(mv.obj, mmap.mmap), "not a view of the shared mapping"
+            assert type(mv.obj).__name__ == "View", "not a view of the shared mapping"
             assert mv.readonly
             assert bytes(mv) == b"first view"
             with pytest.raises(TypeError):

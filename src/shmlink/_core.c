@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <structmember.h>
 
 #include "include/shmlink.h"
 
@@ -116,6 +117,130 @@ usage:
     return -1;
 }
 
+/* ======================================================================== */
+/* Handle lifetime.                                                         */
+/*                                                                          */
+/* Every handle (Memory, Ring, Topic, Subscriber) holds its own export of   */
+/* the mapping and counts the calls inside it that may release the GIL     */
+/* (`calls`, changed only under the GIL: two plain int operations per      */
+/* call).  close() sets `closing` (read without the GIL by waits), wakes    */
+/* the futex words this handle's calls may sleep on, and releases the      */
+/* export at once if no call is inside; otherwise the last call to leave   */
+/* releases it.  The mapping is unmapped only when no export is left (see  */
+/* segment._detach), so no call ever touches unmapped memory, whatever the  */
+/* interleaving -- also when close() runs in a signal handler inside one   */
+/* of this thread's calls: close never waits for the calls to leave.       */
+/* ======================================================================== */
+
+static int raise_closed(const char *what, PyObject *label) {
+    PyErr_Format(SegmentClosed, "%s %R is closed; open it again to use it", what,
+                 label ? label : Py_None);
+    return -1;
+}
+
+static int raise_closed_while_waiting(const char *what, PyObject *label) {
+    PyErr_Format(SegmentClosed, "%s %R was closed (by another thread, or a signal handler) "
+                 "while this call was using it", what, label ? label : Py_None);
+    return -1;
+}
+
+/* Wake every sleeper on a shared word (ours, and spuriously other
+ * processes': every waiter re-checks its condition). */
+static inline void wake_word(uint32_t *p) { shmlink_futex_wake(p, INT_MAX); }
+
+/* ======================================================================== */
+/* Zero-copy views: an exporter that keeps the mapping mapped and counts    */
+/* itself in its owner, so that the owner can tell whether a numpy array or */
+/* memoryview made from a view is still alive (numpy keeps a reference to   */
+/* the exporter, not always a buffer export).                               */
+/* ======================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer src;      /* export of the mapping: it stays mapped while we live */
+    char *buf;
+    Py_ssize_t len;
+    int readonly;
+    Py_ssize_t exports; /* buffers handed out and not yet released */
+    PyObject *owner;    /* the handle whose *live counts us */
+    int *live;          /* owner's count of live exporters */
+} ViewObject;
+
+static int View_getbuffer(ViewObject *self, Py_buffer *view, int flags) {
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->buf, self->len, self->readonly,
+                          flags) < 0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void View_releasebuffer(ViewObject *self, Py_buffer *view) { self->exports--; }
+
+static void View_dealloc(ViewObject *self) {
+    if (self->live)
+        (*self->live)--;
+    Py_CLEAR(self->owner);
+    if (self->src.obj)
+        PyBuffer_Release(&self->src);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyBufferProcs View_as_buffer = {
+    (getbufferproc)View_getbuffer,
+    (releasebufferproc)View_releasebuffer,
+};
+
+static PyTypeObject ViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.View",
+    .tp_basicsize = sizeof(ViewObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The exporter behind a zero-copy view: keeps the mapping mapped while "
+              "anything made from the view lives.",
+    .tp_dealloc = (destructor)View_dealloc,
+    .tp_as_buffer = &View_as_buffer,
+};
+
+/* A memoryview of len bytes at off of the mapping `mapped` exports, counted
+ * in *live of owner (kept alive by the view). */
+static PyObject *make_view(PyObject *mapped, Py_ssize_t off, Py_ssize_t len, int readonly,
+                           PyObject *owner, int *live) {
+    ViewObject *v = PyObject_New(ViewObject, &ViewType);
+    if (!v)
+        return NULL;
+    v->src.obj = NULL;
+    v->owner = NULL;
+    v->live = NULL;
+    v->exports = 0;
+    if (PyObject_GetBuffer(mapped, &v->src, readonly ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    if (off < 0 || len < 0 || off > v->src.len || len > v->src.len - off) {
+        Py_DECREF(v);
+        PyErr_SetString(PyExc_IndexError, "view outside the mapping");
+        return NULL;
+    }
+    v->buf = (char *)v->src.buf + off;
+    v->len = len;
+    v->readonly = readonly || v->src.readonly;
+    v->owner = Py_NewRef(owner);
+    v->live = live;
+    (*live)++;
+    PyObject *mv = PyMemoryView_FromObject((PyObject *)v);
+    Py_DECREF(v);
+    return mv;
+}
+
+static int raise_views_alive(const char *what, int n) {
+    PyErr_Format(PyExc_BufferError,
+                 "%d object(s) made from this %s (a numpy array, a memoryview or a slice "
+                 "of it) are still alive and would read memory that is about to be reused "
+                 "or unmapped: copy what you need (bytes(view), array.copy()), delete them, "
+                 "then release again",
+                 n, what);
+    return -1;
+}
+
 static inline uint64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -126,20 +251,57 @@ static inline uint64_t now_ns(void) {
 /* Memory: a mapped buffer, and atomic access to its aligned words.         */
 /* ======================================================================== */
 
+#define MEMORY_MAX_WAITERS 16
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
     int has_view;
+    int calls;    /* wait32 / lock_acquire calls inside (GIL-protected) */
+    int closing;  /* release() was asked while calls > 0 */
+    int views;    /* live exporters made by view() */
+    PyObject *label;
+    /* The words this handle's calls sleep on, registered under the GIL so
+     * that release() can wake them (full: the call sees `closing` within a
+     * slice of SIGNAL_SLICE_S). */
+    uint32_t *waiting[MEMORY_MAX_WAITERS];
 } MemoryObject;
+
+static int memory_register(MemoryObject *m, uint32_t *p) {
+    for (int i = 0; i < MEMORY_MAX_WAITERS; i++)
+        if (!m->waiting[i]) {
+            m->waiting[i] = p;
+            return i;
+        }
+    return -1;
+}
+
+static void memory_unregister(MemoryObject *m, int i) {
+    if (i >= 0)
+        m->waiting[i] = NULL;
+}
+
+/* The last call left a closing Memory: give the mapping back. */
+static void memory_finish(MemoryObject *m) {
+    if (m->has_view) {
+        PyBuffer_Release(&m->view);
+        m->has_view = 0;
+    }
+}
+
+static inline void memory_leave(MemoryObject *m) {
+    if (--m->calls == 0 && m->closing)
+        memory_finish(m);
+}
 
 static int Memory_init(MemoryObject *self, PyObject *args, PyObject *kw) {
     PyObject *obj;
     static char *kwlist[] = {"buffer", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &obj))
         return -1;
-    if (self->has_view) {
-        PyBuffer_Release(&self->view);
-        self->has_view = 0;
+    if (self->has_view || self->calls) {
+        PyErr_SetString(PyExc_RuntimeError, "Memory already initialised");
+        return -1;
     }
     if (PyObject_GetBuffer(obj, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         PyErr_Clear();
@@ -153,14 +315,15 @@ static int Memory_init(MemoryObject *self, PyObject *args, PyObject *kw) {
 static void Memory_dealloc(MemoryObject *self) {
     if (self->has_view)
         PyBuffer_Release(&self->view);
+    Py_CLEAR(self->label);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 /* Checked address of an aligned word of `width` bytes at off. */
 static void *word_at(MemoryObject *m, Py_ssize_t off, Py_ssize_t width,
                      int write) {
-    if (!m->has_view) {
-        PyErr_SetString(PyExc_ValueError, "shmlink memory is released");
+    if (!m->has_view || m->closing) {
+        raise_closed("segment", m->label);
         return NULL;
     }
     if (off < 0 || off > m->view.len - width || off % width != 0) {
@@ -258,24 +421,41 @@ static PyObject *Memory_wait32(MemoryObject *self, PyObject *args) {
     struct timespec *deadline = parse_deadline(dl, &ts, &err);
     if (err)
         return NULL;
+    PyObject *res = NULL;
+    self->calls++;
     for (;;) {
-        int rc;
+        int rc = 0;
         struct timespec slice;
+        int reg = memory_register(self, p);
         Py_BEGIN_ALLOW_THREADS
         shmlink_deadline_min(&slice, deadline, SIGNAL_SLICE_S);
-        rc = shmlink_futex_wait(p, (uint32_t)expected, &slice);
+        if (!SHM_LOAD_RELAXED(&self->closing))
+            rc = shmlink_futex_wait(p, (uint32_t)expected, &slice);
         Py_END_ALLOW_THREADS
+        memory_unregister(self, reg);
+        if (self->closing) {
+            raise_closed_while_waiting("segment", self->label);
+            break;
+        }
         if (rc == -EINTR || (rc == -ETIMEDOUT && !shmlink_deadline_passed(deadline))) {
             if (PyErr_CheckSignals() < 0)
-                return NULL;
-            if (SHM_LOAD_ACQUIRE(p) != (uint32_t)expected)
-                Py_RETURN_TRUE;
+                break;
+            if (self->closing) { /* a signal handler closed this handle */
+                raise_closed_while_waiting("segment", self->label);
+                break;
+            }
+            if (SHM_LOAD_ACQUIRE(p) != (uint32_t)expected) {
+                res = Py_NewRef(Py_True);
+                break;
+            }
             continue;
         }
-        if (rc == -ETIMEDOUT)
-            Py_RETURN_FALSE;
-        Py_RETURN_TRUE; /* woken, or the value already differed */
+        /* woken, the value already differed, or the deadline passed */
+        res = Py_NewRef(rc == -ETIMEDOUT ? Py_False : Py_True);
+        break;
     }
+    memory_leave(self);
+    return res;
 }
 
 static PyObject *Memory_wake32(MemoryObject *self, PyObject *args) {
@@ -295,7 +475,7 @@ static PyObject *Memory_wake32(MemoryObject *self, PyObject *args) {
  * Python exception set (a signal handler raised).  Called with the GIL. */
 static int lock_acquire_blocking(struct shmlink_lock *l,
                                  const struct timespec *deadline,
-                                 int64_t spin_ns) {
+                                 int64_t spin_ns, const int *cancel) {
     uint32_t pid;
     uint64_t start;
     identity(&pid, &start);
@@ -311,6 +491,8 @@ static int lock_acquire_blocking(struct shmlink_lock *l,
                 rc = 0;
                 break;
             }
+            if (SHM_LOAD_RELAXED(cancel))
+                break;
             if (i < 64)
                 SHM_CPU_RELAX();
             else
@@ -324,12 +506,15 @@ static int lock_acquire_blocking(struct shmlink_lock *l,
     }
     for (;;) {
         /* One liveness slice (20 ms) per GIL release, then signal handlers
-         * run: a Ctrl-C between two slices is seen at the next one. */
+         * run: a Ctrl-C between two slices is seen at the next one.  The
+         * handle's close() wakes the sleep (the owner word). */
         int taken = 0;
+        if (SHM_LOAD_RELAXED(cancel))
+            return -ECANCELED;
         Py_BEGIN_ALLOW_THREADS
         if (shmlink_lock_try(l, pid, start) == 0)
             taken = 1;
-        else
+        else if (!SHM_LOAD_RELAXED(cancel))
             rc = shmlink_lock_wait_once(l, pid, start, deadline);
         Py_END_ALLOW_THREADS
         if (taken)
@@ -344,7 +529,8 @@ static int lock_acquire_blocking(struct shmlink_lock *l,
 PyDoc_STRVAR(Memory_lock_acquire_doc,
 "lock_acquire(offset, deadline=None, spin_ns=0)\n--\n\n"
 "Take the robust lock at offset.  Returns 0 when taken, 1 when taken from a\n"
-"holder that died (the data it guards may be half-written), None on timeout.");
+"holder that died (the data it guards may be half-written), None on timeout.\n"
+"Raises SegmentClosed if release() closes this handle meanwhile.");
 
 static PyObject *Memory_lock_acquire(MemoryObject *self, PyObject *args) {
     Py_ssize_t off;
@@ -360,12 +546,23 @@ static PyObject *Memory_lock_acquire(MemoryObject *self, PyObject *args) {
     struct timespec *deadline = parse_deadline(dl, &ts, &err);
     if (err)
         return NULL;
-    int rc = lock_acquire_blocking(l, deadline, spin_ns);
-    if (rc == -1)
-        return NULL;
-    if (rc == -ETIMEDOUT)
-        Py_RETURN_NONE;
-    return PyLong_FromLong(rc);
+    self->calls++;
+    int reg = memory_register(self, &l->owner);
+    int rc = lock_acquire_blocking(l, deadline, spin_ns, &self->closing);
+    memory_unregister(self, reg);
+    PyObject *res = NULL;
+    if (rc == 0 && self->closing) {
+        shmlink_lock_release(l); /* taken as the handle closed: give it back */
+        rc = -ECANCELED;
+    }
+    if (rc == -ECANCELED)
+        raise_closed_while_waiting("segment", self->label);
+    else if (rc == -ETIMEDOUT)
+        res = Py_NewRef(Py_None);
+    else if (rc >= 0)
+        res = PyLong_FromLong(rc);
+    memory_leave(self);
+    return res;
 }
 
 static PyObject *Memory_lock_try(MemoryObject *self, PyObject *arg) {
@@ -406,15 +603,48 @@ static PyObject *Memory_fence(MemoryObject *self, PyObject *unused) {
 }
 
 static PyObject *Memory_release(MemoryObject *self, PyObject *unused) {
-    if (self->has_view) {
-        PyBuffer_Release(&self->view);
-        self->has_view = 0;
+    if (!self->has_view)
+        Py_RETURN_TRUE;
+    if (self->calls > 0) {
+        /* Calls inside (other threads', or the one a signal handler
+         * interrupted): wake them; the last to leave releases. */
+        SHM_STORE_RELAXED(&self->closing, 1);
+        for (int i = 0; i < MEMORY_MAX_WAITERS; i++)
+            if (self->waiting[i])
+                wake_word(self->waiting[i]);
+        Py_RETURN_FALSE;
     }
-    Py_RETURN_NONE;
+    self->closing = 1;
+    memory_finish(self);
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(Memory_view_doc,
+"view(offset, length, readonly=False)\n--\n\n"
+"A memoryview of length bytes at offset, backed by an exporter that keeps\n"
+"the mapping mapped while anything made from it lives (counted in views).");
+
+static PyObject *Memory_view(MemoryObject *self, PyObject *args) {
+    Py_ssize_t off, len;
+    int readonly = 0;
+    if (!PyArg_ParseTuple(args, "nn|p", &off, &len, &readonly))
+        return NULL;
+    if (!self->has_view || self->closing)
+        return raise_closed("segment", self->label), NULL;
+    return make_view(self->view.obj, off, len, readonly || self->view.readonly,
+                     (PyObject *)self, &self->views);
 }
 
 static PyObject *Memory_get_size(MemoryObject *self, void *closure) {
     return PyLong_FromSsize_t(self->has_view ? self->view.len : 0);
+}
+
+static PyObject *Memory_get_views(MemoryObject *self, void *closure) {
+    return PyLong_FromLong(self->views);
+}
+
+static PyObject *Memory_get_closed(MemoryObject *self, void *closure) {
+    return PyBool_FromLong(!self->has_view || self->closing);
 }
 
 static PyMethodDef Memory_methods[] = {
@@ -446,11 +676,20 @@ static PyMethodDef Memory_methods[] = {
     {"fence", (PyCFunction)Memory_fence, METH_NOARGS,
      "fence()\n--\n\nFull memory fence."},
     {"release", (PyCFunction)Memory_release, METH_NOARGS,
-     "release()\n--\n\nRelease the buffer so its mapping can be closed."},
+     "release()\n--\n\nClose this handle: later calls raise SegmentClosed.  Releases the "
+     "buffer (True) at once, or, while wait32/lock_acquire calls are inside, wakes them "
+     "(they raise SegmentClosed) and returns False: the last to leave releases it."},
+    {"view", (PyCFunction)Memory_view, METH_VARARGS, Memory_view_doc},
+    {NULL}};
+
+static PyMemberDef Memory_members[] = {
+    {"label", T_OBJECT, offsetof(MemoryObject, label), 0, "name used in error messages"},
     {NULL}};
 
 static PyGetSetDef Memory_getset[] = {
     {"size", (getter)Memory_get_size, NULL, "bytes in the buffer", NULL},
+    {"views", (getter)Memory_get_views, NULL, "live exporters made by view()", NULL},
+    {"closed", (getter)Memory_get_closed, NULL, "True once release() was called", NULL},
     {NULL}};
 
 static PyTypeObject MemoryType = {
@@ -463,6 +702,7 @@ static PyTypeObject MemoryType = {
     .tp_init = (initproc)Memory_init,
     .tp_dealloc = (destructor)Memory_dealloc,
     .tp_methods = Memory_methods,
+    .tp_members = Memory_members,
     .tp_getset = Memory_getset,
 };
 
@@ -480,7 +720,34 @@ typedef struct {
     PyObject *label;      /* the queue's name, for error messages */
     uint64_t view_next;   /* head after the viewed record */
     uint64_t view_head;   /* head before it (after skipped wrap markers) */
+    int calls;            /* calls inside (GIL-protected; see "Handle lifetime") */
+    int closing;          /* close() was called: calls end, new ones are refused */
+    int live_views;       /* live exporters of the open zero-copy receive */
 } RingObject;
+
+static void ring_finish(RingObject *self);
+
+/* Every method that touches the ring runs between these two. */
+static inline int ring_enter(RingObject *self) {
+    if (!self->has_view || self->closing)
+        return raise_closed("queue", self->label);
+    self->calls++;
+    return 0;
+}
+
+static inline void ring_leave(RingObject *self) {
+    if (--self->calls == 0 && self->closing)
+        ring_finish(self);
+}
+
+#define RING_CALL(self, expr)                                                   \
+    do {                                                                       \
+        if (ring_enter(self) < 0)                                              \
+            return NULL;                                                       \
+        PyObject *res_ = (expr);                                               \
+        ring_leave(self);                                                      \
+        return res_;                                                           \
+    } while (0)
 
 static int Ring_init(RingObject *self, PyObject *args, PyObject *kw) {
     PyObject *obj;
@@ -525,14 +792,6 @@ static void Ring_dealloc(RingObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int ring_ready(RingObject *self) {
-    if (!self->has_view) {
-        PyErr_SetString(PyExc_ValueError, "the queue is closed");
-        return 0;
-    }
-    return 1;
-}
-
 static int corrupt(void) {
     PyErr_SetString(CorruptSegment,
                     "the queue's head, tail or a record header is "
@@ -543,8 +802,6 @@ static int corrupt(void) {
 
 /* Lock-free hint that a wait may end; the caller re-checks under its lock. */
 typedef int (*wait_cond)(void *obj, uint64_t arg);
-
-static const int never_cancelled = 0;
 
 /* The spin phase of every wait: poll cond(obj, arg) with the GIL released,
  * coming back every millisecond to let signal handlers run, for up to
@@ -619,7 +876,7 @@ static int ring_wait(RingObject *self, struct shmlink_eventcount *ec,
                      wait_cond cond, uint64_t arg,
                      const struct timespec *deadline, int64_t spin_ns) {
     int met = 0;
-    int sp = spin_phase(cond, self, arg, deadline, spin_ns, &never_cancelled);
+    int sp = spin_phase(cond, self, arg, deadline, spin_ns, &self->closing);
     if (sp != 0)
         return sp == 1 ? 0 : sp;
     for (;;) {
@@ -628,6 +885,8 @@ static int ring_wait(RingObject *self, struct shmlink_eventcount *ec,
         uint32_t seq = shmlink_ec_arm(ec);
         if (cond(self, arg)) {
             met = 1;
+        } else if (SHM_LOAD_RELAXED(&self->closing)) {
+            rc = -EINTR; /* re-checked below, with the GIL */
         } else {
             struct timespec slice;
             shmlink_deadline_min(&slice, deadline, SIGNAL_SLICE_S);
@@ -638,9 +897,13 @@ static int ring_wait(RingObject *self, struct shmlink_eventcount *ec,
         Py_END_ALLOW_THREADS
         if (met)
             return 0;
+        if (self->closing)
+            return -ECANCELED;
         if (rc == -EINTR) {
             if (PyErr_CheckSignals() < 0)
                 return -1;
+            if (self->closing) /* a signal handler closed this handle */
+                return -ECANCELED;
             if (cond(self, arg))
                 return 0;
             continue;
@@ -655,11 +918,17 @@ static int ring_wait(RingObject *self, struct shmlink_eventcount *ec,
  * dead holder needs no repair: the ring's state is committed by single
  * stores of head/tail, so whatever the dead holder left half-done is simply
  * not part of the ring. */
-static int ring_lock(struct shmlink_lock *l, const struct timespec *deadline,
-                     int64_t spin_ns) {
-    int rc = lock_acquire_blocking(l, deadline, spin_ns ? 200000 : 0);
+static int ring_lock(RingObject *self, struct shmlink_lock *l,
+                     const struct timespec *deadline, int64_t spin_ns) {
+    int rc = lock_acquire_blocking(l, deadline, spin_ns ? 200000 : 0, &self->closing);
     if (rc == 1)
         rc = 0;
+    if (rc == 0 && self->closing) {
+        shmlink_lock_release(l); /* taken as the handle closed: give it back */
+        rc = -ECANCELED;
+    }
+    if (rc == -ECANCELED)
+        return raise_closed_while_waiting("queue", self->label);
     return rc;
 }
 
@@ -738,7 +1007,7 @@ static Py_ssize_t ring_send_buffers(RingObject *self, Py_buffer *bufs,
     Py_ssize_t done = 0;
     *timed_out = 0;
     while (done < n) {
-        int rc = ring_lock(&r->prod_lock, deadline, spin_ns);
+        int rc = ring_lock(self, &r->prod_lock, deadline, spin_ns);
         if (rc == -1)
             return -1;
         if (rc == -ETIMEDOUT) {
@@ -783,6 +1052,8 @@ static Py_ssize_t ring_send_buffers(RingObject *self, Py_buffer *bufs,
             int wrc = ring_wait(self, &r->space_ec, cond_has_room,
                                 shmlink_ring_record_size((uint64_t)bufs[done].len),
                                 deadline, spin_ns);
+            if (wrc == -ECANCELED)
+                return raise_closed_while_waiting("queue", self->label);
             if (wrc == -1)
                 return -1;
             if (wrc == -ETIMEDOUT) {
@@ -830,10 +1101,8 @@ PyDoc_STRVAR(Ring_send_doc,
 "Append one message, waiting for room until deadline.  True when sent,\n"
 "False on timeout.  deadline 0 means do not wait.");
 
-static PyObject *Ring_send(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *Ring_send_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_buffer b;
-    if (!ring_ready(self))
-        return NULL;
     if (nargs < 1) {
         PyErr_SetString(PyExc_TypeError, "send() takes the message as its first argument");
         return NULL;
@@ -855,10 +1124,8 @@ static PyObject *Ring_send(RingObject *self, PyObject *const *args, Py_ssize_t n
     return res;
 }
 
-static PyObject *Ring_try_send(RingObject *self, PyObject *arg) {
+static PyObject *Ring_try_send_impl(RingObject *self, PyObject *arg) {
     Py_buffer b;
-    if (!ring_ready(self))
-        return NULL;
     if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     PyObject *res = NULL;
@@ -880,11 +1147,9 @@ PyDoc_STRVAR(Ring_send_many_doc,
 "round trips as room allows; or each row of a 2-D C-contiguous buffer.\n"
 "Returns how many were sent: all of them, or fewer when the deadline passed.");
 
-static PyObject *Ring_send_many(RingObject *self, PyObject *args) {
+static PyObject *Ring_send_many_impl(RingObject *self, PyObject *args) {
     PyObject *seq, *dl = Py_None;
     long long spin = 0;
-    if (!ring_ready(self))
-        return NULL;
     if (!PyArg_ParseTuple(args, "O|OL", &seq, &dl, &spin))
         return NULL;
     struct timespec ts, *deadline;
@@ -1018,7 +1283,7 @@ static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
                             int64_t spin_ns) {
     struct shmlink_ring *r = self->h.ring;
     for (;;) {
-        int rc = ring_lock(&r->cons_lock, deadline, spin_ns);
+        int rc = ring_lock(self, &r->cons_lock, deadline, spin_ns);
         if (rc == -1)
             return -1;
         if (rc == -ETIMEDOUT)
@@ -1045,6 +1310,8 @@ static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
         if (deadline && deadline->tv_sec == 0 && deadline->tv_nsec == 0)
             return 0;
         int wrc = ring_wait(self, &r->data_ec, cond_has_data, 0, deadline, spin_ns);
+        if (wrc == -ECANCELED)
+            return raise_closed_while_waiting("queue", self->label);
         if (wrc == -1)
             return -1;
         if (wrc == -ETIMEDOUT)
@@ -1069,9 +1336,7 @@ static PyObject *ring_recv_one(RingObject *self, const struct timespec *deadline
     return NULL;
 }
 
-static PyObject *Ring_recv(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (!ring_ready(self))
-        return NULL;
+static PyObject *Ring_recv_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
     struct timespec ts, *deadline;
     long long spin;
     if (fast_wait_args(args, nargs, 0, &ts, &deadline, &spin) < 0)
@@ -1079,9 +1344,7 @@ static PyObject *Ring_recv(RingObject *self, PyObject *const *args, Py_ssize_t n
     return ring_recv_one(self, deadline, spin);
 }
 
-static PyObject *Ring_try_recv(RingObject *self, PyObject *unused) {
-    if (!ring_ready(self))
-        return NULL;
+static PyObject *Ring_try_recv_impl(RingObject *self, PyObject *unused) {
     return ring_recv_one(self, &zero_deadline, 1);
 }
 
@@ -1090,12 +1353,10 @@ PyDoc_STRVAR(Ring_recv_many_doc,
 "Wait until at least one message is there (or the deadline), then take up\n"
 "to max_count in one locked pass.  Returns a list (empty on timeout).");
 
-static PyObject *Ring_recv_many(RingObject *self, PyObject *args) {
+static PyObject *Ring_recv_many_impl(RingObject *self, PyObject *args) {
     Py_ssize_t max;
     PyObject *dl = Py_None;
     long long spin = 0;
-    if (!ring_ready(self))
-        return NULL;
     if (!PyArg_ParseTuple(args, "n|OL", &max, &dl, &spin))
         return NULL;
     if (max < 1) {
@@ -1122,12 +1383,10 @@ PyDoc_STRVAR(Ring_recv_into_doc,
 "None on timeout.  A message larger than the buffer stays in the queue and\n"
 "MessageTooLarge is raised.");
 
-static PyObject *Ring_recv_into(RingObject *self, PyObject *args) {
+static PyObject *Ring_recv_into_impl(RingObject *self, PyObject *args) {
     Py_buffer b;
     PyObject *dl = Py_None;
     long long spin = 0;
-    if (!ring_ready(self))
-        return NULL;
     if (!PyArg_ParseTuple(args, "w*|OL", &b, &dl, &spin))
         return NULL;
     PyObject *res = NULL;
@@ -1150,11 +1409,9 @@ PyDoc_STRVAR(Ring_view_begin_doc,
 "lock; returns (offset, length) of its payload within the buffer, or None\n"
 "on timeout.  Other consumers wait until view_end() or view_abort().");
 
-static PyObject *Ring_view_begin(RingObject *self, PyObject *args) {
+static PyObject *Ring_view_begin_impl(RingObject *self, PyObject *args) {
     PyObject *dl = Py_None;
     long long spin = 0;
-    if (!ring_ready(self))
-        return NULL;
     if (!PyArg_ParseTuple(args, "|OL", &dl, &spin))
         return NULL;
     if (self->in_view) {
@@ -1168,7 +1425,7 @@ static PyObject *Ring_view_begin(RingObject *self, PyObject *args) {
         return NULL;
     struct shmlink_ring *r = self->h.ring;
     for (;;) {
-        int rc = ring_lock(&r->cons_lock, deadline, spin);
+        int rc = ring_lock(self, &r->cons_lock, deadline, spin);
         if (rc == -1)
             return NULL;
         if (rc == -ETIMEDOUT)
@@ -1200,6 +1457,8 @@ static PyObject *Ring_view_begin(RingObject *self, PyObject *args) {
         if (deadline && deadline->tv_sec == 0 && deadline->tv_nsec == 0)
             Py_RETURN_NONE;
         int wrc = ring_wait(self, &r->data_ec, cond_has_data, 0, deadline, spin);
+        if (wrc == -ECANCELED)
+            return raise_closed_while_waiting("queue", self->label), NULL;
         if (wrc == -1)
             return NULL;
         if (wrc == -ETIMEDOUT)
@@ -1207,12 +1466,8 @@ static PyObject *Ring_view_begin(RingObject *self, PyObject *args) {
     }
 }
 
-static PyObject *Ring_view_end(RingObject *self, PyObject *args) {
-    int consume = 1;
-    if (!PyArg_ParseTuple(args, "|p", &consume))
-        return NULL;
-    if (!self->in_view)
-        Py_RETURN_NONE;
+/* End the open zero-copy receive (the caller checked live_views). */
+static void ring_view_end(RingObject *self, int consume) {
     struct shmlink_ring *r = self->h.ring;
     self->in_view = 0;
     if (consume) {
@@ -1224,12 +1479,40 @@ static PyObject *Ring_view_end(RingObject *self, PyObject *args) {
     }
     shmlink_lock_release(&r->cons_lock);
     shmlink_ec_notify(&r->space_ec);
+}
+
+static PyObject *Ring_view_end(RingObject *self, PyObject *args) {
+    int consume = 1;
+    if (!PyArg_ParseTuple(args, "|p", &consume))
+        return NULL;
+    if (!self->in_view || !self->has_view)
+        Py_RETURN_NONE;
+    if (self->live_views > 0)
+        return raise_views_alive("message view", self->live_views), NULL;
+    ring_view_end(self, consume);
     Py_RETURN_NONE;
 }
 
-static PyObject *Ring_stats(RingObject *self, PyObject *unused) {
-    if (!ring_ready(self))
+PyDoc_STRVAR(Ring_view_doc,
+"view(offset, length)\n--\n\n"
+"A read-only memoryview of the open zero-copy receive's payload (from\n"
+"view_begin).  view_end() raises BufferError while anything made from it\n"
+"(a numpy array, a slice) is alive.");
+
+static PyObject *Ring_view(RingObject *self, PyObject *args) {
+    Py_ssize_t off, len;
+    if (!PyArg_ParseTuple(args, "nn", &off, &len))
         return NULL;
+    if (!self->has_view || self->closing)
+        return raise_closed("queue", self->label), NULL;
+    if (!self->in_view) {
+        PyErr_SetString(PyExc_RuntimeError, "no zero-copy receive is open on this handle");
+        return NULL;
+    }
+    return make_view(self->view.obj, off, len, 1, (PyObject *)self, &self->live_views);
+}
+
+static PyObject *Ring_stats_impl(RingObject *self, PyObject *unused) {
     struct shmlink_ring *r = self->h.ring;
     uint64_t head = SHM_LOAD_ACQUIRE(&r->head), tail = SHM_LOAD_ACQUIRE(&r->tail);
     uint64_t sent = SHM_LOAD_RELAXED(&r->sent), received = SHM_LOAD_RELAXED(&r->received);
@@ -1243,20 +1526,33 @@ static PyObject *Ring_stats(RingObject *self, PyObject *unused) {
                          "producer_pid", SHM_LOAD_RELAXED(&r->prod_lock.owner));
 }
 
+/* No call is inside a closing ring any more: give the mapping back. */
+static void ring_finish(RingObject *self) {
+    if (!self->has_view)
+        return;
+    if (self->in_view)
+        ring_view_end(self, 0); /* the message stays for the next receive */
+    self->in_view = 0;
+    PyBuffer_Release(&self->view);
+    self->has_view = 0;
+}
+
 static PyObject *Ring_close(RingObject *self, PyObject *unused) {
-    if (self->in_view) {
-        PyObject *a = PyTuple_Pack(1, Py_False);
-        PyObject *res = a ? Ring_view_end(self, a) : NULL;
-        Py_XDECREF(a);
-        Py_XDECREF(res);
-        if (!res)
-            return NULL;
+    if (!self->has_view)
+        Py_RETURN_TRUE;
+    SHM_STORE_RELAXED(&self->closing, 1);
+    if (self->calls > 0) {
+        /* Calls inside: wake every word they may sleep on; each sees
+         * `closing`, raises SegmentClosed, and the last one out releases. */
+        struct shmlink_ring *r = self->h.ring;
+        wake_word(&r->data_ec.seq);
+        wake_word(&r->space_ec.seq);
+        wake_word(&r->prod_lock.owner);
+        wake_word(&r->cons_lock.owner);
+        Py_RETURN_FALSE;
     }
-    if (self->has_view) {
-        PyBuffer_Release(&self->view);
-        self->has_view = 0;
-    }
-    Py_RETURN_NONE;
+    ring_finish(self);
+    Py_RETURN_TRUE;
 }
 
 PyDoc_STRVAR(ring_init_doc,
@@ -1289,24 +1585,15 @@ static PyObject *ring_init(PyObject *mod, PyObject *args) {
 
 /* ---- Queue.send / Queue.recv in one C call ----------------------------- */
 
-static int ring_open_or_raise(RingObject *self) {
-    if (self->has_view)
-        return 1;
-    PyErr_Format(SegmentClosed, "queue %R is closed; open it again to use it",
-                 self->label ? self->label : Py_None);
-    return 0;
-}
-
 PyDoc_STRVAR(Ring_qsend_doc,
 "qsend(data, *, timeout=None)\n--\n\n"
 "Queue.send in one C call: append one message, waiting while the queue is\n"
 "full; raise shmlink.Timeout if there is no room within timeout seconds.");
 
-static PyObject *Ring_qsend(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *Ring_qsend_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames) {
     PyObject *timeout;
-    if (!ring_open_or_raise(self) ||
-        kw_only_timeout("send(data, *, timeout=None)", args, nargs, kwnames, 1, &timeout) < 0)
+    if (kw_only_timeout("send(data, *, timeout=None)", args, nargs, kwnames, 1, &timeout) < 0)
         return NULL;
     struct timespec ts, *deadline;
     if (parse_timeout(timeout, &ts, &deadline) < 0)
@@ -1335,11 +1622,10 @@ PyDoc_STRVAR(Ring_qrecv_doc,
 "Queue.recv in one C call: take the oldest message as bytes, waiting until\n"
 "one arrives; raise shmlink.Timeout if none does within timeout seconds.");
 
-static PyObject *Ring_qrecv(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *Ring_qrecv_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames) {
     PyObject *timeout;
-    if (!ring_open_or_raise(self) ||
-        kw_only_timeout("recv(*, timeout=None)", args, nargs, kwnames, 0, &timeout) < 0)
+    if (kw_only_timeout("recv(*, timeout=None)", args, nargs, kwnames, 0, &timeout) < 0)
         return NULL;
     struct timespec ts, *deadline;
     if (parse_timeout(timeout, &ts, &deadline) < 0)
@@ -1353,6 +1639,47 @@ static PyObject *Ring_qrecv(RingObject *self, PyObject *const *args, Py_ssize_t 
         PyErr_Format(Timeout, "queue %R: no message within %R s",
                      self->label ? self->label : Py_None, timeout ? timeout : Py_None);
     return NULL;
+}
+
+/* The methods: each runs its _impl between ring_enter and ring_leave. */
+static PyObject *Ring_send(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    RING_CALL(self, Ring_send_impl(self, args, nargs));
+}
+static PyObject *Ring_try_send(RingObject *self, PyObject *arg) {
+    RING_CALL(self, Ring_try_send_impl(self, arg));
+}
+static PyObject *Ring_send_many(RingObject *self, PyObject *args) {
+    RING_CALL(self, Ring_send_many_impl(self, args));
+}
+static PyObject *Ring_recv(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    RING_CALL(self, Ring_recv_impl(self, args, nargs));
+}
+static PyObject *Ring_try_recv(RingObject *self, PyObject *unused) {
+    RING_CALL(self, Ring_try_recv_impl(self, unused));
+}
+static PyObject *Ring_recv_many(RingObject *self, PyObject *args) {
+    RING_CALL(self, Ring_recv_many_impl(self, args));
+}
+static PyObject *Ring_recv_into(RingObject *self, PyObject *args) {
+    RING_CALL(self, Ring_recv_into_impl(self, args));
+}
+static PyObject *Ring_view_begin(RingObject *self, PyObject *args) {
+    RING_CALL(self, Ring_view_begin_impl(self, args));
+}
+static PyObject *Ring_stats(RingObject *self, PyObject *unused) {
+    RING_CALL(self, Ring_stats_impl(self, unused));
+}
+static PyObject *Ring_qsend(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    RING_CALL(self, Ring_qsend_impl(self, args, nargs, kwnames));
+}
+static PyObject *Ring_qrecv(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    RING_CALL(self, Ring_qrecv_impl(self, args, nargs, kwnames));
+}
+
+static PyObject *Ring_get_closed(RingObject *self, void *c) {
+    return PyBool_FromLong(!self->has_view || self->closing);
 }
 
 static PyObject *Ring_get_capacity(RingObject *self, void *c) {
@@ -1382,8 +1709,12 @@ static PyMethodDef Ring_methods[] = {
      "record (or leave it, consume=False) and release the consumer lock."},
     {"stats", (PyCFunction)Ring_stats, METH_NOARGS,
      "stats()\n--\n\nA dict of capacity, max_message, used bytes, sent and received."},
+    {"view", (PyCFunction)Ring_view, METH_VARARGS, Ring_view_doc},
     {"close", (PyCFunction)Ring_close, METH_NOARGS,
-     "close()\n--\n\nRelease the buffer (ends an open zero-copy receive unconsumed)."},
+     "close()\n--\n\nClose the handle: later calls raise SegmentClosed.  Releases the "
+     "buffer (ending an open zero-copy receive unconsumed) and returns True, or, while "
+     "calls are inside, wakes them (they raise SegmentClosed) and returns False: the last "
+     "to leave releases it."},
     {NULL}};
 
 #include <structmember.h>
@@ -1396,6 +1727,7 @@ static PyMemberDef Ring_members[] = {
 static PyGetSetDef Ring_getset[] = {
     {"capacity", (getter)Ring_get_capacity, NULL, "ring bytes", NULL},
     {"max_message", (getter)Ring_get_max_message, NULL, "largest payload", NULL},
+    {"closed", (getter)Ring_get_closed, NULL, "True once close() was called", NULL},
     {NULL}};
 
 static PyTypeObject RingType = {
@@ -1434,8 +1766,8 @@ typedef struct {
     struct shmlink_topic_handle h;
     PyObject *name;
     long long spin_ns; /* how long a blocked call spins before it sleeps; -1: forever */
-    int users;         /* calls in progress that may release the GIL */
-    int closing;       /* close() was asked while users > 0: their waits end */
+    int calls;         /* calls inside (GIL-protected; see "Handle lifetime") */
+    int closing;       /* close() was called: calls end, new ones are refused */
 } TopicObject;
 
 typedef struct {
@@ -1453,6 +1785,7 @@ typedef struct {
     int cancel;  /* interrupt(): waits end at once, receives return nothing */
     int closing; /* close() from another thread: the waiting call raises */
     int in_view; /* a zero-copy receive is open */
+    int live_views; /* live exporters of the open zero-copy receive */
     uint64_t view_pos, view_next, view_seq;
 } SubscriberObject;
 
@@ -1570,13 +1903,30 @@ static void Topic_dealloc(TopicObject *self) {
 }
 
 static int topic_ready(TopicObject *self) {
-    if (!self->has_view) {
-        PyErr_Format(TopicClosedError, "topic %R is closed; open it again to use it",
-                     self->name ? self->name : Py_None);
+    if (!self->has_view || self->closing) {
+        raise_closed("topic", self->name);
         return 0;
     }
     return 1;
 }
+
+static void topic_finish(TopicObject *self) {
+    if (self->has_view) {
+        PyBuffer_Release(&self->view);
+        self->has_view = 0;
+    }
+}
+
+#define TOPIC_CALL(self, expr)                                                  \
+    do {                                                                       \
+        if (!topic_ready(self))                                                \
+            return NULL;                                                       \
+        self->calls++;                                                         \
+        PyObject *res_ = (expr);                                               \
+        if (--self->calls == 0 && self->closing)                               \
+            topic_finish(self);                                                \
+        return res_;                                                           \
+    } while (0)
 
 static int topic_check_len(TopicObject *self, Py_ssize_t len) {
     if ((uint64_t)len > self->h.max_message) {
@@ -1609,7 +1959,11 @@ static int topic_lock(TopicObject *self, const struct timespec *deadline, int sp
             return -1;
         struct timespec slice;
         shmlink_deadline_min(&slice, deadline, 0.05);
-        int rc = lock_acquire_blocking(l, &slice, spin ? 200000 : 0);
+        int rc = lock_acquire_blocking(l, &slice, spin ? 200000 : 0, &self->closing);
+        if (rc >= 0 && self->closing) {
+            shmlink_lock_release(l); /* taken as the handle closed: give it back */
+            return -ECANCELED;
+        }
         if (rc != -ETIMEDOUT)
             return rc;
         if (self->closing)
@@ -1731,11 +2085,9 @@ PyDoc_STRVAR(Topic_publish_doc,
 "room; latest mode never waits.  Raises Timeout (nothing was published) or\n"
 "MessageTooLarge.");
 
-static PyObject *Topic_publish(TopicObject *self, PyObject *const *args, Py_ssize_t nargs,
+static PyObject *Topic_publish_impl(TopicObject *self, PyObject *const *args, Py_ssize_t nargs,
                                PyObject *kwnames) {
     PyObject *tmo;
-    if (!topic_ready(self))
-        return NULL;
     if (kw_only_timeout("publish(data, *, timeout=None)", args, nargs, kwnames, 1, &tmo) < 0)
         return NULL;
     struct timespec ts, *deadline;
@@ -1747,9 +2099,7 @@ static PyObject *Topic_publish(TopicObject *self, PyObject *const *args, Py_ssiz
     PyObject *res = NULL;
     if (topic_check_len(self, b.len) == 0) {
         int timed_out;
-        self->users++;
         Py_ssize_t k = topic_publish_buffers(self, &b, 1, deadline, &timed_out);
-        self->users--;
         if (k == 1)
             res = Py_NewRef(Py_None);
         else if (k == 0)
@@ -1762,9 +2112,7 @@ static PyObject *Topic_publish(TopicObject *self, PyObject *const *args, Py_ssiz
     return res;
 }
 
-static PyObject *Topic_try_publish(TopicObject *self, PyObject *arg) {
-    if (!topic_ready(self))
-        return NULL;
+static PyObject *Topic_try_publish_impl(TopicObject *self, PyObject *arg) {
     Py_buffer b;
     if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
@@ -1772,9 +2120,7 @@ static PyObject *Topic_try_publish(TopicObject *self, PyObject *arg) {
     PyObject *res = NULL;
     if (topic_check_len(self, b.len) == 0) {
         int timed_out;
-        self->users++;
         Py_ssize_t k = topic_publish_buffers(self, &b, 1, &zero, &timed_out);
-        self->users--;
         if (k >= 0)
             res = PyBool_FromLong(k == 1);
     }
@@ -1788,10 +2134,8 @@ PyDoc_STRVAR(Topic_publish_many_doc,
 "publisher lock as few times as room allows.  Returns how many were\n"
 "published: all, or fewer when the timeout ran out (lossless mode).");
 
-static PyObject *Topic_publish_many(TopicObject *self, PyObject *args) {
+static PyObject *Topic_publish_many_impl(TopicObject *self, PyObject *args) {
     PyObject *seq, *tmo = Py_None;
-    if (!topic_ready(self))
-        return NULL;
     if (!PyArg_ParseTuple(args, "O|O", &seq, &tmo))
         return NULL;
     struct timespec ts, *deadline;
@@ -1802,9 +2146,7 @@ static PyObject *Topic_publish_many(TopicObject *self, PyObject *args) {
     if (batch_gather(&b, seq, "publish_many() takes an iterable of bytes-like objects",
                      topic_len_ok, self) == 0) {
         int timed_out;
-        self->users++;
         sent = topic_publish_buffers(self, b.bufs, b.n, deadline, &timed_out);
-        self->users--;
     }
     batch_release(&b);
     return sent < 0 ? NULL : PyLong_FromSsize_t(sent);
@@ -1816,11 +2158,9 @@ PyDoc_STRVAR(Topic_subscribe_doc,
 "message published (or, oldest=True, from the oldest one still held).\n"
 "None if the publisher lock could not be taken within timeout.");
 
-static PyObject *Topic_subscribe(TopicObject *self, PyObject *args) {
+static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
     int oldest = 0;
     PyObject *tmo = Py_None;
-    if (!topic_ready(self))
-        return NULL;
     if (!PyArg_ParseTuple(args, "|pO", &oldest, &tmo))
         return NULL;
     struct timespec ts, *deadline;
@@ -1843,9 +2183,7 @@ static PyObject *Topic_subscribe(TopicObject *self, PyObject *args) {
     s->h = self->h;
     s->name = Py_NewRef(self->name);
     s->spin_ns = self->spin_ns;
-    self->users++;
     int rc = topic_lock(self, deadline, 1);
-    self->users--;
     if (rc < 0 && rc != -ETIMEDOUT) {
         Py_DECREF(s);
         if (rc == -ECANCELED)
@@ -1882,9 +2220,7 @@ static PyObject *Topic_subscribe(TopicObject *self, PyObject *args) {
     return (PyObject *)s;
 }
 
-static PyObject *Topic_state(TopicObject *self, PyObject *unused) {
-    if (!topic_ready(self))
-        return NULL;
+static PyObject *Topic_state_impl(TopicObject *self, PyObject *unused) {
     const struct shmlink_topic_handle *h = &self->h;
     struct shmlink_topic *t = h->topic;
     uint64_t tail = SHM_LOAD_ACQUIRE(&t->tail), head = SHM_LOAD_ACQUIRE(&t->head);
@@ -1928,19 +2264,36 @@ static PyObject *Topic_state(TopicObject *self, PyObject *unused) {
 }
 
 static PyObject *Topic_close(TopicObject *self, PyObject *unused) {
-    if (self->users > 0) {
-        /* Another thread waits in this handle: tell it to give up, and let
-         * the caller come back once it has. */
-        self->closing = 1;
-        if (self->has_view)
-            shmlink_ec_wake_all(&self->h.topic->space_ec);
-        Py_RETURN_FALSE;
+    if (!self->has_view)
+        Py_RETURN_TRUE;
+    SHM_STORE_RELAXED(&self->closing, 1);
+    if (self->calls > 0) {
+        /* Calls inside (waiting for room or for the publisher lock): wake
+         * them; each raises SegmentClosed, the last one out releases. */
+        wake_word(&self->h.topic->space_ec.seq);
+        wake_word(&self->h.topic->pub_lock.owner);
+        return Py_NewRef(Py_True);
     }
-    if (self->has_view) {
-        PyBuffer_Release(&self->view);
-        self->has_view = 0;
-    }
+    topic_finish(self);
     Py_RETURN_TRUE;
+}
+
+/* The methods: each runs its _impl between the call count's ++ and --. */
+static PyObject *Topic_publish(TopicObject *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    TOPIC_CALL(self, Topic_publish_impl(self, args, nargs, kwnames));
+}
+static PyObject *Topic_try_publish(TopicObject *self, PyObject *arg) {
+    TOPIC_CALL(self, Topic_try_publish_impl(self, arg));
+}
+static PyObject *Topic_publish_many(TopicObject *self, PyObject *args) {
+    TOPIC_CALL(self, Topic_publish_many_impl(self, args));
+}
+static PyObject *Topic_subscribe(TopicObject *self, PyObject *args) {
+    TOPIC_CALL(self, Topic_subscribe_impl(self, args));
+}
+static PyObject *Topic_state(TopicObject *self, PyObject *unused) {
+    TOPIC_CALL(self, Topic_state_impl(self, unused));
 }
 
 static PyObject *Topic_get_published(TopicObject *self, void *c) {
@@ -1961,7 +2314,7 @@ static PyObject *Topic_get_mode(TopicObject *self, void *c) {
     return PyUnicode_FromString(self->h.mode == SHMLINK_TOPIC_LOSSLESS ? "lossless" : "latest");
 }
 static PyObject *Topic_get_closed(TopicObject *self, void *c) {
-    return PyBool_FromLong(!self->has_view);
+    return PyBool_FromLong(!self->has_view || self->closing);
 }
 
 static PyMethodDef Topic_methods[] = {
@@ -1975,8 +2328,9 @@ static PyMethodDef Topic_methods[] = {
      "state()\n--\n\nA dict: mode, capacity, published, held bytes, evictions, and each "
      "active subscriber's slot, pid, liveness, lag, missed and received counts."},
     {"close", (PyCFunction)Topic_close, METH_NOARGS,
-     "close()\n--\n\nRelease the buffer.  False (nothing released) while another thread "
-     "waits in this handle: that call is told to give up; call close() again."},
+     "close()\n--\n\nClose the handle: later calls raise SegmentClosed, calls inside are "
+     "woken and raise SegmentClosed; the buffer is released now, or by the last call to "
+     "leave.  Returns True."},
     {NULL}};
 
 static PyMemberDef Topic_members[] = {
@@ -2025,9 +2379,32 @@ static void Subscriber_dealloc(SubscriberObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* No call is inside a closed subscriber any more: free the slot and give
+ * the mapping back. */
+static void sub_finish(SubscriberObject *self) {
+    if (!self->has_view)
+        return;
+    uint32_t pid;
+    uint64_t start;
+    identity(&pid, &start);
+    if (self->slot >= 0 && pid == self->pid) /* not in a forked child */
+        shmlink_topic_release_slot(&self->h, self->slot, self->pid, self->gen);
+    self->in_view = 0;
+    PyBuffer_Release(&self->view);
+    self->has_view = 0;
+}
+
+/* The end of every call that sub_enter began (`busy` is the call count of
+ * a subscriber: one call at a time). */
+static inline void sub_leave(SubscriberObject *self) {
+    self->busy = 0;
+    if (self->closing)
+        sub_finish(self);
+}
+
 /* Checks at the start of a receive; marks the subscriber busy. */
 static int sub_enter(SubscriberObject *self) {
-    if (!self->has_view) {
+    if (!self->has_view || self->closing) {
         PyErr_Format(TopicClosedError, "this subscriber of topic %R is closed; subscribe again",
                      self->name ? self->name : Py_None);
         return -1;
@@ -2179,7 +2556,7 @@ static PyObject *sub_recv_one(SubscriberObject *self, const struct timespec *dea
         return NULL;
     PyObject *one = NULL;
     Py_ssize_t n = sub_take(self, 1, NULL, &one, deadline);
-    self->busy = 0;
+    sub_leave(self);
     if (n > 0)
         return one;
     Py_XDECREF(one);
@@ -2239,7 +2616,7 @@ static PyObject *Subscriber_recv_many(SubscriberObject *self, PyObject *args) {
         return NULL;
     PyObject *list = PyList_New(0);
     Py_ssize_t n = list ? sub_take(self, max, list, NULL, deadline) : -1;
-    self->busy = 0;
+    sub_leave(self);
     if (n < 0) {
         Py_XDECREF(list);
         return NULL;
@@ -2322,7 +2699,7 @@ static PyObject *Subscriber_view_begin(SubscriberObject *self, PyObject *args) {
             break;
         }
     }
-    self->busy = 0;
+    sub_leave(self);
     return res;
 }
 
@@ -2332,6 +2709,8 @@ static PyObject *Subscriber_view_end(SubscriberObject *self, PyObject *args) {
         return NULL;
     if (!self->in_view || !self->has_view)
         Py_RETURN_TRUE;
+    if (self->live_views > 0)
+        return raise_views_alive("message view", self->live_views), NULL;
     const struct shmlink_topic_handle *h = &self->h;
     self->in_view = 0;
     int intact = !shmlink_topic_overtaken(h, self->view_pos);
@@ -2353,29 +2732,43 @@ static PyObject *Subscriber_interrupt(SubscriberObject *self, PyObject *args) {
     int on = 1;
     if (!PyArg_ParseTuple(args, "|p", &on))
         return NULL;
-    self->cancel = on;
+    self->cancel = on || self->closing;
     if (on && self->has_view)
         shmlink_ec_wake_all(&self->h.topic->data_ec);
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(Subscriber_view_doc,
+"view(offset, length)\n--\n\n"
+"A read-only memoryview of the open zero-copy receive's payload (from\n"
+"view_begin).  view_end() raises BufferError while anything made from it\n"
+"(a numpy array, a slice) is alive.");
+
+static PyObject *Subscriber_view(SubscriberObject *self, PyObject *args) {
+    Py_ssize_t off, len;
+    if (!PyArg_ParseTuple(args, "nn", &off, &len))
+        return NULL;
+    if (!self->has_view || self->closing)
+        return raise_closed("subscriber of topic", self->name), NULL;
+    if (!self->in_view) {
+        PyErr_SetString(PyExc_RuntimeError, "no zero-copy receive is open on this subscriber");
+        return NULL;
+    }
+    return make_view(self->view.obj, off, len, 1, (PyObject *)self, &self->live_views);
+}
+
 static PyObject *Subscriber_close(SubscriberObject *self, PyObject *unused) {
     if (!self->has_view)
         Py_RETURN_TRUE;
+    SHM_STORE_RELAXED(&self->closing, 1);
+    SHM_STORE_RELAXED(&self->cancel, 1);
     if (self->busy) {
-        self->closing = 1;
-        self->cancel = 1;
-        shmlink_ec_wake_all(&self->h.topic->data_ec);
-        Py_RETURN_FALSE;
+        /* A call is inside (another thread's, or the one a signal handler
+         * interrupted): wake it; it raises SegmentClosed and releases. */
+        wake_word(&self->h.topic->data_ec.seq);
+        Py_RETURN_TRUE;
     }
-    uint32_t pid;
-    uint64_t start;
-    identity(&pid, &start);
-    if (self->slot >= 0 && pid == self->pid)
-        shmlink_topic_release_slot(&self->h, self->slot, self->pid, self->gen);
-    self->in_view = 0;
-    PyBuffer_Release(&self->view);
-    self->has_view = 0;
+    sub_finish(self);
     Py_RETURN_TRUE;
 }
 
@@ -2387,7 +2780,7 @@ static PyObject *Subscriber_get_lag(SubscriberObject *self, void *c) {
                                                                   : 0);
 }
 static PyObject *Subscriber_get_closed(SubscriberObject *self, void *c) {
-    return PyBool_FromLong(!self->has_view);
+    return PyBool_FromLong(!self->has_view || self->closing);
 }
 static PyObject *Subscriber_get_busy(SubscriberObject *self, void *c) {
     return PyBool_FromLong(self->busy);
@@ -2407,10 +2800,11 @@ static PyMethodDef Subscriber_methods[] = {
     {"interrupt", (PyCFunction)Subscriber_interrupt, METH_VARARGS,
      "interrupt(on=True)\n--\n\nWhile on, waits end at once and receives return nothing "
      "(a thread blocked in recv returns).  interrupt(False) undoes it."},
+    {"view", (PyCFunction)Subscriber_view, METH_VARARGS, Subscriber_view_doc},
     {"close", (PyCFunction)Subscriber_close, METH_NOARGS,
-     "close()\n--\n\nFree the subscriber slot and release the buffer.  False (nothing "
-     "released) while another thread waits in this subscriber: that call is told to give "
-     "up; call close() again."},
+     "close()\n--\n\nClose the subscriber: later calls raise SegmentClosed; a call "
+     "inside is woken and raises SegmentClosed.  The slot is freed and the buffer "
+     "released now, or when that call leaves.  Returns True."},
     {NULL}};
 
 static PyMemberDef Subscriber_members[] = {
@@ -2568,7 +2962,8 @@ PyMODINIT_FUNC PyInit__core(void) {
     Py_DECREF(errors);
     if (!CorruptSegment || !MessageTooLarge || !IncompatibleSegment || !Timeout || !SegmentClosed)
         return NULL;
-    if (PyType_Ready(&MemoryType) < 0 || PyType_Ready(&RingType) < 0)
+    if (PyType_Ready(&MemoryType) < 0 || PyType_Ready(&RingType) < 0 ||
+        PyType_Ready(&ViewType) < 0)
         return NULL;
     pthread_atfork(NULL, NULL, reset_identity_after_fork);
     PyObject *m = PyModule_Create(&coremodule);

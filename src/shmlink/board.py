@@ -261,7 +261,7 @@ class Board(_Named):
 
     def _attach(self) -> None:
         m = self._mapping()
-        mem = m.memory
+        mem = self._memory
         data_size = m.header.data_size
         shown = f"board {self._name!r}"
         if data_size < _layout_size(1):

@@ -64,7 +64,10 @@ class MessageView:
     consumers wait), so keep it short.  Leaving the ``with`` block normally
     consumes the message; leaving it by an exception leaves the message in
     the queue for the next receive.  :meth:`release` does the same
-    explicitly.
+    explicitly.  Anything made from the view (a numpy array, a slice) must
+    be gone by then: otherwise release raises ``BufferError`` and the
+    message stays, locked, until they are deleted and release() is called
+    again (copy what you need inside the block).
     """
 
     __slots__ = ("_queue", "_view", "_done")
@@ -89,8 +92,8 @@ class MessageView:
         if self._done:
             return
         self._view.release()
+        self._queue._ring.view_end(consume)  # BufferError while copies of the view live
         self._done = True
-        self._queue._ring.view_end(consume)
 
     def __enter__(self) -> memoryview:
         return self.data
@@ -454,8 +457,7 @@ class Queue(_Named):
             raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
         offset, length = got
         try:
-            with memoryview(self._mm) as whole:
-                view = whole.toreadonly()[offset:offset + length]
+            view = ring.view(offset, length)
         except BaseException:
             ring.view_end(False)
             raise

@@ -306,6 +306,7 @@ class _Named:
 
     # class-level defaults so close() works on a half-built object
     _map: _Mapping | None = None
+    _hmem: Any = None  # this handle's own _core.Memory (see "Handle lifetime" in docs/design.md)
     _closed = True
     _name = "?"
     _readonly = False
@@ -512,10 +513,14 @@ class _Named:
         obj.created = created
         mapping.refs += 1
         try:
+            obj._hmem = _core.Memory(mapping.mm)
+            obj._hmem.label = shown
             obj._attach()
         except BaseException:
             mapping.refs -= 1
             obj._closed = True
+            if obj._hmem is not None:
+                obj._hmem.release()
             raise
         _live.add(obj)
         return obj
@@ -587,15 +592,19 @@ class _Named:
     def close(self) -> None:
         """Detach this handle (idempotent).
 
-        The mapping goes away when the last handle of this process closes.
-        The segment itself stays unless its lifetime is ``"auto"`` and this
-        was the last participant.
+        Calls of this handle waiting in other threads (or in the call a
+        signal handler interrupted) are woken and raise
+        :class:`SegmentClosed`; close() does not wait for them.  The mapping
+        goes away when the last handle of this process closes and the last
+        call inside has left.  The segment itself stays unless its lifetime
+        is ``"auto"`` and this was the last participant.
 
         Raises
         ------
         SegmentBusy
-            If views of the data are still alive; release them and call
-            close() again (the handle stays open).
+            If views of the data (memoryviews from :attr:`Segment.buf` /
+            :meth:`Segment.view`, numpy arrays made from them) are still
+            alive; release them and call close() again (the handle stays open).
         """
         if self._closed or self._map is None:
             self._closed = True
@@ -603,16 +612,14 @@ class _Named:
         m = self._map
         with _registry_lock:
             if m.refs == 1:
-                self._detach_kind()
-                try:
-                    _detach(m, auto_ok=True)
-                except SegmentBusy:
-                    self._attach()
-                    raise
+                _check_no_views(m)
+            self._detach_kind()
+            if self._hmem is not None:
+                self._hmem.release()  # wakes this handle's waiters; never waits
+            if m.refs == 1:
+                _detach(m, auto_ok=True)
                 if _registry.get(m.key) is m:
                     _registry.pop(m.key)
-            else:
-                self._detach_kind()
             m.refs -= 1
             self._closed = True
 
@@ -670,7 +677,9 @@ class _Named:
 
     @property
     def _memory(self) -> Any:
-        return self._mapping().memory
+        """This handle's :class:`_core.Memory`: its waits end with SegmentClosed on close()."""
+        self._mapping()
+        return self._hmem
 
     @property
     def _mm(self) -> mmap.mmap:
@@ -793,12 +802,17 @@ class Segment(_Named):
         """A zero-copy view of the whole data area.
 
         Release it (``with seg.buf as b:`` or ``b.release()``) before
-        :meth:`close`; closing with live views raises :class:`SegmentBusy`.
+        :meth:`close`; closing with live views, or numpy arrays made from
+        them, raises :class:`SegmentBusy`.  The mapping stays valid as long
+        as any of them lives.
         """
         return self.view()
 
     def view(self, offset: int = 0, length: int | None = None) -> memoryview:
         """A zero-copy memoryview of ``length`` bytes at ``offset`` of the data area.
+
+        The view (and anything made from it: slices, numpy arrays) keeps the
+        mapping valid; :meth:`close` raises :class:`SegmentBusy` while one lives.
 
         Raises
         ------
@@ -807,11 +821,7 @@ class Segment(_Named):
         """
         m = self._mapping()
         offset, length = self._range(offset, length)
-        with memoryview(m.mm) as whole:
-            if self._readonly:
-                with whole.toreadonly() as ro:
-                    return ro[DATA_OFFSET + offset:DATA_OFFSET + offset + length]
-            return whole[DATA_OFFSET + offset:DATA_OFFSET + offset + length]
+        return m.memory.view(DATA_OFFSET + offset, length, self._readonly)
 
     def _range(self, offset: int, length: int | None) -> tuple[int, int]:
         size = self.size
@@ -1052,19 +1062,35 @@ def _wait_ready(m: _Mapping, shown: str, deadline: float | None) -> None:
         mem.wait32(_OFF_READY, 0, slice_end if deadline is None else min(slice_end, deadline))
 
 
+#: Stands in for the mmap of a detached mapping whose unmapping was deferred.
+_UNMAPPED = mmap.mmap(-1, 1)
+_UNMAPPED.close()
+
+
+def _check_no_views(m: _Mapping) -> None:
+    if m.memory.views:
+        raise SegmentBusy(
+            f"segment at {m.path} still has {m.memory.views} live view(s) (memoryviews, or "
+            "numpy arrays made from them); release or delete them, then close() again"
+        )
+
+
 def _detach(m: _Mapping, *, auto_ok: bool) -> None:
-    """Unmap and close one mapping; remove an "auto" segment if we were last."""
+    """Unmap and close one mapping; remove an "auto" segment if we were last.
+
+    A handle whose calls are still inside C (closing: they were woken and
+    are on their way out) holds an export of the mmap, so ``mm.close()``
+    fails: then the mmap is only dropped here, and unmapped when the last
+    such call releases its export and with it the last reference.
+    """
     if m.pid != os.getpid():
         return  # inherited through fork: the parent owns it
+    _check_no_views(m)
+    m.memory.release()
     try:
-        m.memory.release()
         m.mm.close()
     except BufferError:
-        m.memory = _core.Memory(m.mm)
-        raise SegmentBusy(
-            f"segment at {m.path} still has live views (memoryviews or numpy arrays); "
-            "release them, then close() again"
-        ) from None
+        m.mm = _UNMAPPED  # unmapped by refcount once the last call has left
     # Participant slot: cleared through a short-lived mapping of the header.
     if m.slot >= 0 and not m.readonly:
         try:

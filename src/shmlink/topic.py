@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Literal
 
@@ -54,9 +53,7 @@ from .errors import (
     InvalidArgument,
     InvalidSize,
     InvalidState,
-    SegmentBusy,
     SegmentClosed,
-    ShmlinkError,
     Timeout,
 )
 from .queue import DEFAULT_CAPACITY, WAIT_STRATEGIES, WaitMode, _ring_capacity, _spin_of
@@ -78,18 +75,10 @@ from .errors import MessageOverwritten  # noqa: E402  (re-exported)
 
 _log = logging.getLogger("shmlink.topic")
 
-#: How long close() waits for another thread's call in the same handle to give up.
-_CLOSE_WAIT = 5.0
-
-
 def _close_core(core: Any, what: str) -> None:
-    """Close a C handle, waiting (bounded) for another thread's call in it to give up."""
-    deadline = time.monotonic() + _CLOSE_WAIT
-    while not core.close():
-        if time.monotonic() > deadline:
-            raise SegmentBusy(f"{what} is still in use by another thread; close() it again "
-                              "once that call has returned")
-        time.sleep(0.001)
+    """Close a C handle without waiting: a call of another thread inside it is
+    woken and raises SegmentClosed; the memory is released when it has left."""
+    core.close()
 
 
 _CLOSED_TOPIC = _core.Topic.__new__(_core.Topic)  # answers every call with SegmentClosed
@@ -254,11 +243,6 @@ class Topic(_Named):
         c = self._c = _core.Topic(m.mm, DATA_OFFSET, m.header.data_size, self._name)
         c.spin_ns = self._spin
         self._subs = weakref.WeakSet()
-        # The hot paths, bound straight to C: no Python frame per message.
-        # They behave exactly as the methods documented below (and raise
-        # SegmentClosed once the handle is closed).
-        self.publish = c.publish
-        self.try_publish = c.try_publish
 
     def _detach_kind(self) -> None:
         if not self._c.closed:
@@ -466,6 +450,10 @@ class Topic(_Named):
 class TopicMessageView:
     """A zero-copy received message: a read-only memoryview into the ring.
 
+    Anything made from the view (a numpy array, a slice) must be gone when
+    it is released: otherwise release raises ``BufferError`` and the
+    message stays where it is (copy what you need inside the block).
+
     Use it as ``with sub.recv_view() as mv: ...``.  In lossless mode the
     message stays in place while the view is open (publishers wait for it,
     so keep it short).  In latest mode a publisher may overwrite it: leaving
@@ -502,8 +490,8 @@ class TopicMessageView:
         if self._done:
             return
         self._view.release()
+        intact = self._sub._c.view_end(consume)  # BufferError while copies of the view live
         self._done = True
-        intact = self._sub._c.view_end(consume)
         if consume and not intact:
             raise MessageOverwritten(
                 f"topic {self._sub.name!r}: a publisher overwrote the message while it was "
@@ -640,9 +628,6 @@ class Subscriber:
         obj._name = topic.name
         obj._handler = None
         obj._wait = topic.wait
-        # The hot paths, bound straight to C (see Topic._attach).
-        obj.recv = core.recv
-        obj.try_recv = core.try_recv
         return obj
 
     # -- receiving --
@@ -664,6 +649,9 @@ class Subscriber:
         Timeout
             If none arrived within ``timeout`` seconds.
         """
+        # A method (not the C function bound to the instance) so that the
+        # call keeps the subscriber alive: ``topic.subscribe().recv()`` must
+        # not close it half-way.
         return self._c.recv(timeout=timeout)
 
     def try_recv(self) -> bytes | None:
@@ -711,8 +699,7 @@ class Subscriber:
             raise Timeout(f"topic {self._name!r}: no message within {timeout} s")
         offset, length = got
         try:
-            with memoryview(self._topic._mm) as whole:
-                view = whole.toreadonly()[offset:offset + length]
+            view = self._c.view(offset, length)
         except BaseException:
             self._c.view_end(False)
             raise

@@ -209,7 +209,7 @@ class Connection(_ReaderRole, _Named):
 
     def _attach(self) -> None:
         m = self._mapping()
-        mem = m.memory
+        mem = self._memory
         shown = f"connection {self._name!r}"
         if m.header.kind_version != _C_VERSION or mem.load32(_C_MAGIC) != _C_MAGIC_VALUE \
                 or mem.load32(_C_VERSION_OFF) != _C_VERSION:
@@ -325,7 +325,7 @@ class Connection(_ReaderRole, _Named):
             Client and server PIDs (with liveness), the accept state, closed
             flags and, per direction, messages sent, received and queued.
         """
-        mem = self._mapping().memory
+        mem = self._memory
         c2s, s2c = self._rings  # type: ignore[misc]
         return _conn_state(
             (mem.load32(_C_CLIENT_PID), mem.load32(_C_CLIENT_CLOSED), mem.load64(_C_CLIENT_START)),

@@ -194,7 +194,7 @@ class Listener(_Named):
 
     def _attach(self) -> None:
         m = self._mapping()
-        mem = m.memory
+        mem = self._memory
         if m.header.kind_version != _L_VERSION or mem.load32(_L_MAGIC) != _L_MAGIC_VALUE \
                 or mem.load32(_L_VERSION_OFF) != _L_VERSION:
             raise IncompatibleSegment(
