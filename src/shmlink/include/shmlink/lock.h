@@ -128,25 +128,28 @@ static inline int shmlink_lock_wait_once(struct shmlink_lock *l,
 }
 
 /* Take the lock, waiting until the absolute deadline (NULL = forever):
- * spin briefly, then sleep in liveness slices.  0, 1 (taken over from a
- * holder that died), -ETIMEDOUT or -EINTR. */
+ * spin briefly, sleep one liveness slice (or until the holder releases),
+ * spin again, ...  Spinning after each wake matters: a holder that
+ * releases and retakes the lock in a loop would otherwise win every time
+ * against a waiter that needs a futex wake-up to run.  0, 1 (taken over
+ * from a holder that died), -ETIMEDOUT or -EINTR. */
 static inline int shmlink_lock_acquire(struct shmlink_lock *l, uint32_t pid,
                                        uint64_t start, const struct timespec *deadline) {
     if (shmlink_lock_try(l, pid, start) == 0)
         return 0;
-    uint64_t until = shmlink_now_ns() + SHMLINK_LOCK_SPIN_NS;
-    for (unsigned round = 0;; round++) {
-        shmlink_spin_pause(round);
-        if (SHMLINK_LOAD_RELAXED(&l->owner) == 0 && shmlink_lock_try(l, pid, start) == 0)
-            return 0;
-        if ((round & 15u) == 15u && shmlink_now_ns() >= until)
-            break;
-    }
     int rc = shmlink_lock_try_or_steal(l, pid, start); /* a holder dead already */
     while (rc == -EBUSY) {
+        uint64_t until = shmlink_now_ns() + SHMLINK_LOCK_SPIN_NS;
+        for (unsigned round = 0;; round++) {
+            if (SHMLINK_LOAD_RELAXED(&l->owner) == 0 && shmlink_lock_try(l, pid, start) == 0)
+                return 0;
+            if ((round & 15u) == 15u && shmlink_now_ns() >= until)
+                break;
+            shmlink_spin_pause(round);
+        }
         rc = shmlink_lock_wait_once(l, pid, start, deadline);
         if (rc == 0)
-            rc = shmlink_lock_try(l, pid, start);
+            rc = -EBUSY;
     }
     return rc;
 }

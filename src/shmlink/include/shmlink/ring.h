@@ -337,10 +337,11 @@ static inline int64_t shmlink_ring_recv_unlock(const struct shmlink_ring_handle 
          * lagging; len() never reports a message that is not there. */
         SHMLINK_STORE_RELAXED(&r->received, SHMLINK_LOAD_RELAXED(&r->received) + 1);
     }
-    if (len != -EBADMSG && head != head0)
+    if (len != -EBADMSG && head != head0) {
         /* SYNC: pairs with the producers' acquire of head in
          * shmlink_ring_push_locked: our copy is done before they overwrite. */
         SHMLINK_STORE_RELEASE(&r->head, head);
+    }
     shmlink_lock_release(&r->cons_lock);
     if (head != head0)
         shmlink_ec_notify(&r->space_ec);

@@ -349,6 +349,7 @@ static inline int shmlink_topic_put(const struct shmlink_topic_handle *h, uint64
          * subscriber issues after its copy, before it loads head: a copy that
          * saw any byte written below also sees head past its cursor. */
         SHMLINK_STORE_RELEASE(&t->head, head);
+        /* SYNC: pairs with the acquire fence in shmlink_topic_overtaken. */
         SHMLINK_FENCE_RELEASE();
         *head_io = head;
     }
