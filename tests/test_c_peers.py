@@ -18,7 +18,7 @@ from contextlib import closing
 import pytest
 
 import shmlink
-from conftest import wait_for
+from support import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INCLUDE = os.path.join(os.path.dirname(shmlink.__file__), "include")
