@@ -133,7 +133,7 @@ def test_c_and_python_exclude_each_other_on_one_mutex(mutex_peer, name):
         assert out == f"counted {n}"
         # every increment was a read-modify-write under the lock: none lost
         assert int.from_bytes(counter.read(0, 8), "little") == 2 * n
-        assert m.state()["acquisitions"] == 2 * n
+        assert m.stats()["acquisitions"] == 2 * n
         assert m.consistent and not m.locked()
         m.unlink()
         counter.unlink()
