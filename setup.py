@@ -9,6 +9,7 @@ SHMLINK_DEBUG=1  no optimisation, debug symbols
 setuptools reuses object files in build/ whatever flags made them: remove
 build/ when switching between these builds.
 """
+import glob
 import os
 
 from setuptools import Extension, setup
@@ -29,7 +30,8 @@ setup(
         Extension(
             "shmlink._core",
             sources=["src/shmlink/_core.c"],
-            depends=["src/shmlink/include/shmlink.h"],
+            depends=["src/shmlink/include/shmlink.h",
+                     *sorted(glob.glob("src/shmlink/include/shmlink/*.h"))],
             extra_compile_args=cflags,
             extra_link_args=ldflags,
         )

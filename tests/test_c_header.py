@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,3 +120,70 @@ def test_c_program_reports_missing_and_wrong_kind(echo_upper, name):
         r = subprocess.run([echo_upper, m.name, m.name], capture_output=True, text=True, timeout=20)
         m.unlink()
     assert r.returncode == 1 and "not a queue" in r.stderr
+
+
+HEADERS = sorted(os.listdir(os.path.join(INCLUDE, "shmlink")))
+
+
+def test_the_umbrella_includes_every_protocol_header():
+    umbrella = open(os.path.join(INCLUDE, "shmlink.h")).read()
+    assert HEADERS, "no headers under include/shmlink/"
+    for h in HEADERS:
+        assert f'#include "shmlink/{h}"' in umbrella, h
+
+
+@needs_cc
+@pytest.mark.parametrize("lang", ["c11", "c++17"])
+@pytest.mark.parametrize("header", ["shmlink.h", *(f"shmlink/{h}" for h in HEADERS)])
+def test_each_header_compiles_alone(tmp_path, header, lang):
+    """A translation unit that includes only this header builds warning-free,
+    without the SHM_* compatibility names."""
+    cxx = lang.startswith("c++")
+    compiler = "c++" if cxx else "cc"
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no {compiler}")
+    src = tmp_path / ("t.cpp" if cxx else "t.c")
+    src.write_text(f'#include "{header}"\nint main(void) {{ return 0; }}\n')
+    subprocess.run([compiler, f"-std={lang}", "-DSHMLINK_NO_COMPAT", *FLAGS, "-c", str(src),
+                    "-o", str(tmp_path / "t.o")], check=True, timeout=120)
+
+
+def _comment_above(lines: list[str], i: int) -> str:
+    """The statement's own line plus the comment lines directly above it."""
+    out = [lines[i]]
+    j = i - 1
+    while j >= 0:
+        s = lines[j].strip()
+        if s.startswith(("/*", "*")) or s.endswith("*/"):
+            out.append(s)
+            j -= 1
+        else:
+            break
+    return "\n".join(out)
+
+
+def test_every_release_store_names_its_acquire_partner():
+    release = re.compile(r"SHMLINK_(STORE_RELEASE|STORE_SEQ_CST|FENCE_RELEASE)\(")
+    missing = []
+    for h in HEADERS:
+        lines = open(os.path.join(INCLUDE, "shmlink", h)).read().splitlines()
+        for i, line in enumerate(lines):
+            if line.lstrip().startswith("#define") or not release.search(line):
+                continue
+            if "SYNC:" not in _comment_above(lines, i):
+                missing.append(f"{h}:{i + 1}: {line.strip()}")
+    assert not missing, "release stores without a SYNC: label:\n" + "\n".join(missing)
+
+
+def test_only_the_platform_file_calls_the_os():
+    calls = re.compile(r"\b(syscall|open|close|mmap|munmap|flock|fstat|kill|getpid|getenv|"
+                       r"clock_gettime|sched_yield|fopen)\s*\(")
+    offenders = []
+    for h in HEADERS:
+        if h == "platform.h":
+            continue
+        for i, line in enumerate(open(os.path.join(INCLUDE, "shmlink", h)), 1):
+            code = line.split("/*")[0]
+            if calls.search(code):
+                offenders.append(f"{h}:{i}: {line.strip()}")
+    assert not offenders, "OS calls outside shmlink/platform.h:\n" + "\n".join(offenders)

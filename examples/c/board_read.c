@@ -29,7 +29,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     const struct shmlink_board *b = (const struct shmlink_board *)seg.data;
-    uint64_t cap = b->capacity;
+    uint64_t cap = SHMLINK_LOAD_RELAXED(&b->capacity);
+    if (cap > seg.size) /* untrusted: shmlink_board_read reports -EBADMSG then */
+        cap = seg.size;
     char *buf = malloc(cap ? cap : 1);
     long reads = argc == 4 ? atol(argv[3]) : 1, whole = 0;
     for (long i = 0; i < reads; i++) {

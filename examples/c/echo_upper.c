@@ -41,8 +41,9 @@ int main(int argc, char **argv) {
     struct shmlink_ring_handle in, out;
     if (open_queue(&in_seg, &in, argv[1]) != 0 || open_queue(&out_seg, &out, argv[2]) != 0)
         return 1;
-    uint32_t pid = (uint32_t)getpid();
-    uint64_t start = shmlink_process_start_time(pid);
+    uint32_t pid;
+    uint64_t start;
+    shmlink_self(&pid, &start); /* who we are, for the robust locks */
     char *buf = malloc(in.max_message ? in.max_message : 1);
     long count = 0;
     for (;;) {

@@ -1,0 +1,202 @@
+/*
+ * shmlink/platform.h -- every operating-system call shmlink makes, and
+ * nothing else.
+ *
+ * The protocol headers never call the OS themselves: they sleep and wake
+ * through the futex pair here, read the clock here, find and map segment
+ * files here and ask here whether a process lives.  A port to another
+ * system (macOS: __ulock_wait/__ulock_wake or os_sync_wait_on_address,
+ * Windows: WaitOnAddress and named file mappings) replaces this one file
+ * and keeps every function's contract:
+ *
+ *   shmlink_futex_wait / shmlink_futex_wake   sleep on / wake a 32-bit word
+ *                                             shared between processes
+ *   shmlink_os_now                            the monotonic clock
+ *   shmlink_os_getpid, shmlink_os_pid_exists  process identity
+ *   shmlink_process_start_time                when a process started (so a
+ *                                             reused PID is told apart)
+ *   shmlink_os_yield                          give the CPU away once
+ *   shmlink_os_shm_dir, shmlink_os_segment_path   where named segments live
+ *                                             ($SHMLINK_DIR, as Python's
+ *                                             shmlink.segment.shm_dir())
+ *   shmlink_os_open_shared, shmlink_os_map, shmlink_os_unmap,
+ *   shmlink_os_close                          open a segment file holding a
+ *                                             shared file lock, map it
+ *
+ * All return 0 (or a value) on success and a negative errno value on
+ * failure, like the rest of shmlink.  Linux implementation.
+ */
+#ifndef SHMLINK_PLATFORM_H
+#define SHMLINK_PLATFORM_H
+
+#include "atomic.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+SHMLINK_BEGIN_DECLS
+
+/* ---- futex: the only place a thread sleeps ----------------------------- */
+
+/* Sleep while *addr == expected, until woken or until the absolute
+ * monotonic deadline (NULL = forever).  The deadline is absolute so that
+ * retrying after EINTR never extends it.  Returns 0 when woken (maybe
+ * spuriously), -EAGAIN when *addr != expected already, -ETIMEDOUT, or -EINTR
+ * when a signal arrived (the caller handles the signal, then decides). */
+static inline int shmlink_futex_wait(uint32_t *addr, uint32_t expected,
+                                     const struct timespec *deadline) {
+    /* Not FUTEX_PRIVATE_FLAG: waiters and wakers are different processes.
+     * FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline. */
+    long rc = syscall(SYS_futex, addr, FUTEX_WAIT_BITSET, expected, deadline,
+                      NULL, FUTEX_BITSET_MATCH_ANY);
+    if (rc == 0)
+        return 0;
+    return -errno;
+}
+
+/* Wake up to n sleepers of addr.  Returns how many were woken, or -errno. */
+static inline int shmlink_futex_wake(uint32_t *addr, int n) {
+    long rc = syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
+    return rc < 0 ? -errno : (int)rc;
+}
+
+/* ---- time and scheduling ------------------------------------------------ */
+
+/* The monotonic clock, the one every shmlink deadline is measured on. */
+static inline void shmlink_os_now(struct timespec *ts) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+}
+
+/* Let another runnable thread have this CPU (the holder of a lock we want
+ * may be waiting for it). */
+static inline void shmlink_os_yield(void) {
+    sched_yield();
+}
+
+/* ---- processes ---------------------------------------------------------- */
+
+static inline uint32_t shmlink_os_getpid(void) {
+    return (uint32_t)getpid();
+}
+
+/* 0 if no process has this PID, 1 if one may (it exists, or we may not
+ * signal it). */
+static inline int shmlink_os_pid_exists(uint32_t pid) {
+    if (pid == 0 || pid > (uint32_t)INT_MAX)
+        return 0;
+    return !(kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+}
+
+/* Start time of pid in clock ticks since boot (/proc/PID/stat field 22), or
+ * 0 if the process does not exist, is a zombie, or /proc is unreadable. */
+static inline uint64_t shmlink_process_start_time(uint32_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* The command name (field 2) may hold spaces and ')': skip to the last
+     * ')', then count fields 3..22. */
+    char *state = strrchr(buf, ')');
+    if (!state)
+        return 0;
+    /* a zombie has exited: it will never release anything */
+    if (state[1] == ' ' && (state[2] == 'Z' || state[2] == 'X'))
+        return 0;
+    char *p = state + 1;
+    int field = 2;
+    while (*p && field < 22) {
+        if (*p == ' ') {
+            field++;
+            while (*p == ' ')
+                p++;
+            continue;
+        }
+        p++;
+    }
+    if (field != 22)
+        return 0;
+    unsigned long long st = 0;
+    if (sscanf(p, "%llu", &st) != 1)
+        return 0;
+    return (uint64_t)st;
+}
+
+/* ---- where named segments live ------------------------------------------ */
+
+/* $SHMLINK_DIR, or /dev/shm: the same rule as shmlink.segment.shm_dir(). */
+static inline const char *shmlink_os_shm_dir(void) {
+    const char *d = getenv("SHMLINK_DIR");
+    return d ? d : "/dev/shm";
+}
+
+/* The file of the segment called `prefixed` (already "shmlink.<name>"),
+ * joined like Python's os.path.join(shm_dir(), prefixed).  0 or
+ * -ENAMETOOLONG. */
+static inline int shmlink_os_segment_path(char *buf, size_t cap, const char *prefixed) {
+    const char *dir = shmlink_os_shm_dir();
+    size_t n = strlen(dir);
+    const char *sep = (n == 0 || dir[n - 1] == '/') ? "" : "/";
+    int w = snprintf(buf, cap, "%s%s%s", dir, sep, prefixed);
+    return (w < 0 || (size_t)w >= cap) ? -ENAMETOOLONG : 0;
+}
+
+/* ---- segment files ------------------------------------------------------- */
+
+/* Open an existing segment file read-write and take a shared flock on it
+ * (held until shmlink_os_close: that is how shmlink knows a process uses
+ * the segment).  *size_out is the file's size.  0 or -errno. */
+static inline int shmlink_os_open_shared(const char *path, int *fd_out, uint64_t *size_out) {
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (flock(fd, LOCK_SH) != 0 || fstat(fd, &st) != 0) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    *size_out = (uint64_t)st.st_size;
+    return 0;
+}
+
+/* Map size bytes of fd shared, read-write.  0 or -errno. */
+static inline int shmlink_os_map(int fd, uint64_t size, void **base_out) {
+    if (size > (uint64_t)SIZE_MAX)
+        return -EFBIG;
+    void *base = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED)
+        return -errno;
+    *base_out = base;
+    return 0;
+}
+
+static inline void shmlink_os_unmap(void *base, uint64_t size) {
+    munmap(base, (size_t)size);
+}
+
+/* Close a segment file (which drops its flock). */
+static inline void shmlink_os_close(int fd) {
+    close(fd);
+}
+
+SHMLINK_END_DECLS
+
+#endif /* SHMLINK_PLATFORM_H */
