@@ -21,12 +21,12 @@
  *   shmlink/topic.h       the broadcast ring of shmlink.Topic
  *   shmlink/board.h       the double-buffered value of shmlink.Board
  *   shmlink/mutex.h       shmlink.Mutex: the robust lock + "inconsistent"
+ *   shmlink/connection.h  shmlink.Connection/Listener: the two segments,
+ *                         the frames, connect/accept, request, close
  *
- * Still to come (issue 7, later phases), each in a header of its own:
+ * Still to come (issue 7, later phases), in a header of its own:
  *   shmlink/event.h       shmlink.Event on the armed event count (its layout
  *                         changes then; today sync.py holds it)
- *   shmlink/connection.h  the Connection/Listener segments and frames
- *                         (today connection.py holds them)
  *
  * Conventions (see DESIGN.md and docs/design.md):
  *   - shared memory holds fixed-width integers and offsets, never pointers;
@@ -71,5 +71,6 @@
 #include "shmlink/topic.h"
 #include "shmlink/board.h"
 #include "shmlink/mutex.h"
+#include "shmlink/connection.h"
 
 #endif /* SHMLINK_H */

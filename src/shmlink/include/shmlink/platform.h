@@ -22,6 +22,10 @@
  *   shmlink_os_open_shared, shmlink_os_map, shmlink_os_unmap,
  *   shmlink_os_close                          open a segment file holding a
  *                                             shared file lock, map it
+ *   shmlink_os_create_excl, shmlink_os_link, shmlink_os_unlink(_if_same),
+ *   shmlink_os_try_lock_exclusive             create a segment file, name
+ *                                             it, remove it when last
+ *   shmlink_os_realtime_ns, shmlink_os_random32   creation time, fresh names
  *
  * All return 0 (or a value) on success and a negative errno value on
  * failure, like the rest of shmlink.  Linux implementation.
@@ -195,6 +199,89 @@ static inline void shmlink_os_unmap(void *base, uint64_t size) {
 /* Close a segment file (which drops its flock). */
 static inline void shmlink_os_close(int fd) {
     close(fd);
+}
+
+/* ---- creating and removing segment files (shmlink/segment.h) ------------ */
+
+/* Create a new file at path (fails with -EEXIST if the name is taken) with
+ * exactly these permission bits (the umask neither narrows nor widens
+ * them), reserve size bytes (posix_fallocate: a full /dev/shm is an error
+ * here, not a SIGBUS on first touch) and take a shared flock on it.
+ * 0 or -errno; on failure nothing is left at path. */
+static inline int shmlink_os_create_excl(const char *path, uint32_t mode, uint64_t size,
+                                         int *fd_out) {
+    if (size > (uint64_t)INT64_MAX)
+        return -EFBIG;
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, (mode_t)(mode & 0777u));
+    if (fd < 0)
+        return -errno;
+    int rc = fchmod(fd, (mode_t)(mode & 0777u)) != 0 ? -errno : 0;
+    if (rc == 0) {
+        int e = posix_fallocate(fd, 0, (off_t)size);
+        if (e == EOPNOTSUPP || e == EINVAL)
+            e = ftruncate(fd, (off_t)size) != 0 ? errno : 0;
+        rc = -e;
+    }
+    if (rc == 0 && flock(fd, LOCK_SH) != 0)
+        rc = -errno;
+    if (rc != 0) {
+        unlink(path);
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+/* Give the file at `from` a second name `to` (fails with -EEXIST if taken:
+ * this is what makes creation exclusive).  0 or -errno. */
+static inline int shmlink_os_link(const char *from, const char *to) {
+    return link(from, to) == 0 ? 0 : -errno;
+}
+
+/* Remove the name path.  0 or -errno. */
+static inline int shmlink_os_unlink(const char *path) {
+    return unlink(path) == 0 ? 0 : -errno;
+}
+
+/* Remove the name path only if it still names the file open as fd (not a
+ * newer segment created under the same name since).  0, or -errno. */
+static inline int shmlink_os_unlink_if_same(const char *path, int fd) {
+    struct stat a, b;
+    if (stat(path, &a) != 0)
+        return -errno;
+    if (fstat(fd, &b) != 0)
+        return -errno;
+    if (a.st_dev != b.st_dev || a.st_ino != b.st_ino)
+        return -ESTALE;
+    return shmlink_os_unlink(path);
+}
+
+/* Try to turn our shared flock into an exclusive one without waiting:
+ * 0 when nobody else holds the file open (we are its last user),
+ * -EWOULDBLOCK when someone does. */
+static inline int shmlink_os_try_lock_exclusive(int fd) {
+    return flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : -errno;
+}
+
+/* Wall-clock time in nanoseconds (the header's created_ns). */
+static inline uint64_t shmlink_os_realtime_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* 32 unpredictable bits (names of temporary and connection segments). */
+static inline uint32_t shmlink_os_random32(void) {
+    uint32_t v = 0;
+#ifdef SYS_getrandom
+    if (syscall(SYS_getrandom, &v, sizeof v, 0) == (long)sizeof v)
+        return v;
+#endif
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    v = (uint32_t)ts.tv_nsec ^ ((uint32_t)getpid() << 16) ^ (uint32_t)(uintptr_t)&v;
+    return v * 2654435761u;
 }
 
 SHMLINK_END_DECLS

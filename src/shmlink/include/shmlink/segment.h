@@ -11,6 +11,7 @@
 #define SHMLINK_SEGMENT_H
 
 #include "atomic.h"
+#include "liveness.h"
 #include "platform.h"
 
 SHMLINK_BEGIN_DECLS
@@ -179,6 +180,123 @@ static inline void shmlink_segment_close(struct shmlink_segment *seg) {
     seg->base = NULL;
     seg->data = NULL;
     seg->fd = -1;
+}
+
+/* ---- creating a segment, and removing its name ------------------------------ */
+
+/* Lays out the kind's control block in a segment being created (data is
+ * the data area, zero-filled, size bytes).  0 or -errno (creation fails). */
+typedef int (*shmlink_segment_init_fn)(void *arg, uint8_t *data, uint64_t size);
+
+/* The file the segment `name` lives in ($SHMLINK_DIR or /dev/shm).  0,
+ * -EINVAL (not a valid name) or -ENAMETOOLONG. */
+static inline int shmlink_segment_path(char *buf, size_t cap, const char *name) {
+    char prefixed[SHMLINK_NAME_MAX + sizeof SHMLINK_NAME_PREFIX];
+    int rc = shmlink_name_check(name);
+    if (rc != 0)
+        return rc;
+    snprintf(prefixed, sizeof prefixed, "%s%s", SHMLINK_NAME_PREFIX, name);
+    return shmlink_os_segment_path(buf, cap, prefixed);
+}
+
+/* Create the segment `name` with `size` data bytes, as Python's
+ * Segment._create_kind does: the whole file (header, then the kind's block
+ * through init) is written under a temporary name
+ * "shmlink..new.<pid>.<hex>.<name>", marked ready, then link()ed to its
+ * real name, so no opener ever sees it half-made; a creator killed half-way
+ * leaves only the temporary file, which `shmlink gc` removes.  flags:
+ * SHMLINK_FLAG_UNLINK_ON_LAST_CLOSE for lifetime "auto".  The segment stays
+ * open, its shared flock held.  Takes no participant slot.  0, -EEXIST (the
+ * name is taken), -EINVAL, -ENAMETOOLONG, what init returned, or -errno
+ * from the system (-ENOSPC: no room in the directory). */
+static inline int shmlink_segment_create(struct shmlink_segment *seg, const char *name,
+                                         uint32_t kind, uint32_t kind_version, uint64_t size,
+                                         uint32_t mode, uint32_t flags,
+                                         shmlink_segment_init_fn init, void *arg) {
+    char final[4096], tmp[4096], tmpname[SHMLINK_NAME_MAX + 64];
+    seg->fd = -1;
+    seg->base = NULL;
+    seg->data = NULL;
+    if (size == 0 || size > ((uint64_t)1 << 46) || kind == 0 || kind > SHMLINK_KIND_MAX)
+        return -EINVAL;
+    int rc = shmlink_segment_path(final, sizeof final, name);
+    if (rc != 0)
+        return rc;
+    uint32_t pid;
+    uint64_t start;
+    shmlink_self(&pid, &start);
+    snprintf(tmpname, sizeof tmpname, "%s.new.%u.%08x.%s", SHMLINK_NAME_PREFIX, pid,
+             shmlink_os_random32(), name);
+    rc = shmlink_os_segment_path(tmp, sizeof tmp, tmpname);
+    if (rc != 0)
+        return rc;
+    uint64_t total = SHMLINK_DATA_OFFSET + size;
+    int fd = -1;
+    void *mem = NULL;
+    rc = shmlink_os_create_excl(tmp, mode, total, &fd);
+    if (rc != 0)
+        return rc;
+    rc = shmlink_os_map(fd, total, &mem);
+    if (rc == 0) {
+        /* nobody else can see the file yet: plain stores, published below */
+        struct shmlink_header *h = (struct shmlink_header *)mem;
+        h->magic = SHMLINK_MAGIC;
+        h->layout_version = SHMLINK_LAYOUT_VERSION;
+        h->kind = kind;
+        h->data_offset = SHMLINK_DATA_OFFSET;
+        h->data_size = size;
+        h->total_size = total;
+        h->creator_pid = pid;
+        h->flags = flags;
+        h->creator_start = start;
+        h->created_ns = shmlink_os_realtime_ns();
+        h->max_participants = SHMLINK_MAX_PARTICIPANTS;
+        h->kind_version = kind_version;
+        if (init)
+            rc = init(arg, (uint8_t *)mem + SHMLINK_DATA_OFFSET, size);
+    }
+    if (rc == 0) {
+        /* SYNC: pairs with the acquire load of ready in shmlink_segment_open
+         * (and Python's _wait_ready): the header and block are visible to
+         * whoever sees ready == 1. */
+        SHMLINK_STORE_SEQ_CST(&((struct shmlink_header *)mem)->ready, SHMLINK_READY);
+        rc = shmlink_os_link(tmp, final);
+    }
+    shmlink_os_unlink(tmp);
+    if (rc != 0) {
+        if (mem)
+            shmlink_os_unmap(mem, total);
+        shmlink_os_close(fd);
+        return rc;
+    }
+    seg->fd = fd;
+    seg->base = (uint8_t *)mem;
+    seg->total = total;
+    seg->size = size;
+    seg->kind = kind;
+    seg->data = seg->base + SHMLINK_DATA_OFFSET;
+    return 0;
+}
+
+/* Remove the name `name` if it still names this open segment (not a newer
+ * one made under the same name).  0, -ENOENT (already gone), -ESTALE (the
+ * name now names another segment) or -errno. */
+static inline int shmlink_segment_unlink(const struct shmlink_segment *seg, const char *name) {
+    char path[4096];
+    int rc = shmlink_segment_path(path, sizeof path, name);
+    return rc != 0 ? rc : shmlink_os_unlink_if_same(path, seg->fd);
+}
+
+/* Close, and for lifetime "auto" (SHMLINK_FLAG_UNLINK_ON_LAST_CLOSE) remove
+ * the name when no other process holds the segment open: the rule of
+ * Python's Segment.close.  Idempotent. */
+static inline void shmlink_segment_close_auto(struct shmlink_segment *seg, const char *name) {
+    if (seg->base && seg->fd >= 0 &&
+        (SHMLINK_LOAD_RELAXED(&((struct shmlink_header *)seg->base)->flags) &
+         SHMLINK_FLAG_UNLINK_ON_LAST_CLOSE) &&
+        shmlink_os_try_lock_exclusive(seg->fd) == 0)
+        shmlink_segment_unlink(seg, name);
+    shmlink_segment_close(seg);
 }
 
 SHMLINK_END_DECLS
