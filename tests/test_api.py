@@ -340,3 +340,49 @@ def test_exit_hook_of_a_kind_runs_once_and_never_raises(name, tmp_path):
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert marker.read_text() == name + "\n"
     assert not os.path.exists(_path(name))
+
+
+def test_listener_and_connections_are_removed_at_a_clean_exit(name):
+    """A server that exits without close() leaves nothing, and its client hears at once."""
+    client = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys, time, shmlink
+            name = sys.argv[1]
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    conn = shmlink.connect(name, timeout=30)
+                    break
+                except shmlink.SegmentNotFound:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            conn.send(b"hello")
+            t0 = time.monotonic()
+            try:
+                conn.recv(timeout=30)
+            except shmlink.PeerDisconnected:
+                print(f"disconnected {time.monotonic() - t0:.3f}")
+            conn.close()
+            """), name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        r = _run("""
+            import sys, threading, time, shmlink
+            lst = shmlink.listen(sys.argv[1])
+            conn = lst.accept(timeout=30)
+            assert conn.recv(timeout=30) == b"hello"
+            # held by a daemon thread, so no __del__ runs at exit: no close()
+            threading.Thread(target=lambda o=(lst, conn): time.sleep(60), daemon=True).start()
+            del lst, conn
+            print("served")
+            """, name)
+        out, err = client.communicate(timeout=60)
+    finally:
+        client.kill()
+    assert r.returncode == 0 and r.stdout == "served\n" and r.stderr == "", r.stderr
+    assert client.returncode == 0, err
+    assert out.startswith("disconnected "), (out, err)
+    # told by the exit hook, not by the liveness check of a later slice
+    assert float(out.split()[1]) < 5.0
+    left = [e for e in os.listdir(shm_dir()) if name in e]
+    assert left == [], left
