@@ -303,6 +303,15 @@ def test_hostile_frames_raise_corrupt_segment(name):
         c._out.try_send(struct.pack("<Q", 99))  # unknown frame kind
         with pytest.raises(CorruptSegment):
             s.recv(timeout=WAIT)
+        c._out.try_send(struct.pack("<Q", 7 << 8) + b"x")  # a message with a request id
+        with pytest.raises(CorruptSegment):
+            s.recv(timeout=WAIT)
+        c._out.try_send(struct.pack("<Q", 1) + b"x")  # a request without one
+        with pytest.raises(CorruptSegment):
+            s.recv(timeout=WAIT)
+        c._out.try_send(struct.pack("<Q", 2) + b"x")  # a response without one
+        with pytest.raises(CorruptSegment):
+            s.recv(timeout=WAIT)
         c.send(b"fine")
         assert s.recv(timeout=WAIT) == b"fine"
     finally:

@@ -755,8 +755,8 @@ class Connection(_ReaderRole, _Named):
                         h = _unpack(f)[0]
                     except struct.error:
                         raise self._corrupt(f) from None
-                    if h & 255 != _REQ:
-                        self._route(f)
+                    if h & 255 != _REQ or h >> 8 == 0:
+                        self._route(f)  # raises CorruptSegment for a request without an id
                         continue
                     # the hot path: handler, then one send
                     try:

@@ -151,6 +151,10 @@ class _ReaderRole:
         except struct.error:
             raise self._corrupt(f) from None
         k = h & 255
+        # Requests, responses and errors carry a request id, nothing else does
+        # (the rule of shmlink_frame_decode in connection.h).
+        if (k == _REQ or k == _RESP or k == _ERR) == (h >> 8 == 0):
+            raise self._corrupt(f)
         if k == _RESP or k == _ERR:
             fut = self._pending.pop(h >> 8, None)
             if fut is None:
