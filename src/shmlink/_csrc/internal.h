@@ -125,6 +125,8 @@ int topic_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_
 extern PyTypeObject ViewType, MemoryType;
 PyObject *make_view(PyObject *mapped, Py_ssize_t off, Py_ssize_t len, int readonly,
                     PyObject *owner, int *live);
+/* _core.EVENT_LAYOUT and _core.BOARD_LAYOUT (event.h, board.h offsets). */
+int memory_register_layouts(PyObject *m);
 
 /* ---- ring.c / topic.c ---------------------------------------------------- */
 int ring_register(PyObject *m);

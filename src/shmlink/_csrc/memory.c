@@ -442,6 +442,368 @@ static PyObject *Memory_get_closed(MemoryObject *self, void *closure) {
     return PyBool_FromLong(!self->has_view || self->closing);
 }
 
+/* ======================================================================== */
+/* Event and Board: the header's sequences (shmlink/event.h, board.h).      */
+/* Each call attaches to the block at `off` (every constant loaded once and */
+/* checked against this mapping), calls the header, and maps its return     */
+/* code through sl_raise.  Waits go through sl_ec_wait, registered so that  */
+/* release() wakes them.                                                    */
+/* ======================================================================== */
+
+/* The event block at off, or NULL with an exception. */
+static int event_at(MemoryObject *self, Py_ssize_t off, struct shmlink_event_handle *h) {
+    void *p = word_at(self, off, 8, 1);
+    if (!p)
+        return -1;
+    int rc = shmlink_event_attach(h, p, (uint64_t)(self->view.len - off), SHMLINK_EVENT_VERSION);
+    return rc == 0 ? 0 : sl_raise(rc, "event", self->label);
+}
+
+static int event_cond(void *obj, uint64_t unused) {
+    (void)unused;
+    return shmlink_event_is_set((const struct shmlink_event_handle *)obj);
+}
+
+static PyObject *Memory_event_set(MemoryObject *self, PyObject *arg) {
+    struct shmlink_event_handle h;
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if ((off == -1 && PyErr_Occurred()) || event_at(self, off, &h) < 0)
+        return NULL;
+    return PyBool_FromLong(shmlink_event_set(&h));
+}
+
+static PyObject *Memory_event_clear(MemoryObject *self, PyObject *arg) {
+    struct shmlink_event_handle h;
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if ((off == -1 && PyErr_Occurred()) || event_at(self, off, &h) < 0)
+        return NULL;
+    shmlink_event_clear(&h);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Memory_event_is_set(MemoryObject *self, PyObject *arg) {
+    struct shmlink_event_handle h;
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if ((off == -1 && PyErr_Occurred()) || event_at(self, off, &h) < 0)
+        return NULL;
+    return PyBool_FromLong(shmlink_event_is_set(&h));
+}
+
+static PyObject *Memory_event_stats(MemoryObject *self, PyObject *arg) {
+    struct shmlink_event_handle h;
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if ((off == -1 && PyErr_Occurred()) || event_at(self, off, &h) < 0)
+        return NULL;
+    return Py_BuildValue("{sisisKsKsi}", "set", shmlink_event_is_set(&h), "auto_reset",
+                         (int)h.auto_reset, "sets",
+                         (unsigned long long)shmlink_event_sets(&h), "wakes",
+                         (unsigned long long)shmlink_event_wakes(&h), "armed",
+                         shmlink_event_armed(&h));
+}
+
+PyDoc_STRVAR(Memory_event_wait_doc,
+"event_wait(offset, deadline=None, spin_ns=0)\n--\n\n"
+"Wait until the event at offset is set (consuming it, for auto-reset), until\n"
+"the absolute time.monotonic() deadline (None = forever).  True, or False on\n"
+"timeout.  Raises SegmentClosed if release() closes this handle meanwhile.");
+
+static PyObject *Memory_event_wait(MemoryObject *self, PyObject *args) {
+    Py_ssize_t off;
+    PyObject *dl = Py_None;
+    long long spin_ns = 0;
+    struct shmlink_event_handle h;
+    if (!PyArg_ParseTuple(args, "n|OL", &off, &dl, &spin_ns) || event_at(self, off, &h) < 0)
+        return NULL;
+    struct timespec ts;
+    int err;
+    struct timespec *deadline = parse_deadline(dl, &ts, &err);
+    if (err)
+        return NULL;
+    if (shmlink_event_try_wait(&h) == 0)
+        Py_RETURN_TRUE;
+    if (deadline && shmlink_deadline_passed(deadline))
+        Py_RETURN_FALSE; /* a poll: nothing armed */
+    PyObject *res = NULL;
+    memory_enter(self);
+    int reg = memory_register(self, &h.e->ec.seq);
+    for (;;) {
+        int rc = sl_ec_wait(&h.e->ec, event_cond, &h, 0, deadline, spin_ns, &self->closing);
+        spin_ns = 0; /* spin once per call, not after each lost race */
+        if (rc < 0 && rc != -ETIMEDOUT) {
+            sl_raise(rc, "event", self->label);
+            break;
+        }
+        if (shmlink_event_try_wait(&h) == 0) { /* consumes, for auto-reset */
+            res = Py_NewRef(Py_True);
+            break;
+        }
+        if (rc == -ETIMEDOUT) {
+            res = Py_NewRef(Py_False);
+            break;
+        }
+        /* woken, but another waiter consumed the set: wait again */
+    }
+    memory_unregister(self, reg);
+    memory_leave(self);
+    return res;
+}
+
+/* The board block at off, attached, with the capacity the caller recorded
+ * at open; -1 with an exception otherwise. */
+static int board_at(MemoryObject *self, Py_ssize_t off, unsigned long long capacity,
+                    struct shmlink_board_handle *h) {
+    void *p = word_at(self, off, 8, 1);
+    if (!p)
+        return -1;
+    int rc = shmlink_board_attach(h, p, (uint64_t)(self->view.len - off));
+    if (rc != 0)
+        return sl_raise(rc, "board", self->label);
+    if (h->capacity != capacity)
+        return sl_raisef(-EBADMSG, "board %R: its capacity changed from %llu to %llu bytes "
+                         "after it was opened; the control block was overwritten: remove "
+                         "the board and create it again", self->label ? self->label : Py_None,
+                         capacity, (unsigned long long)h->capacity);
+    return 0;
+}
+
+static int board_corrupt(MemoryObject *self, const struct shmlink_board_handle *h) {
+    return sl_raisef(-EBADMSG, "board %R: the published value's slot has an impossible "
+                     "sequence or length (the board holds at most %llu bytes); the control "
+                     "block was overwritten: remove the board and create it again",
+                     self->label ? self->label : Py_None, (unsigned long long)h->capacity);
+}
+
+/* Take the writers' lock for a locked read or a write: 0 or 1 (taken over
+ * from a dead writer), -ETIMEDOUT, or -1 with an exception.  Between
+ * memory_enter and memory_leave (called by the caller). */
+static int board_lock(MemoryObject *self, const struct shmlink_board_handle *h,
+                      const struct timespec *deadline, long long spin_ns) {
+    int reg = memory_register(self, &h->b->lock.owner);
+    int rc = lock_acquire_blocking(&h->b->lock, deadline, spin_ns, &self->closing);
+    memory_unregister(self, reg);
+    if (rc >= 0 && self->closing) {
+        shmlink_lock_release(&h->b->lock); /* taken as the handle closed: give it back */
+        rc = -ECANCELED;
+    }
+    if (rc == -ECANCELED)
+        return sl_raise(rc, "board", self->label);
+    return rc;
+}
+
+PyDoc_STRVAR(Memory_board_read_doc,
+"board_read(offset, capacity, copy=True, tries=BOARD_LAYOUT['read_tries'])\n--\n\n"
+"(version, value) of the board at offset -- or (version, length) with\n"
+"copy=False -- read whole: lock-free, or under the writers' lock when\n"
+"writers overtook the reader `tries` times.  capacity: as recorded at open.");
+
+static PyObject *Memory_board_read(MemoryObject *self, PyObject *args) {
+    Py_ssize_t off;
+    unsigned long long capacity;
+    int copy = 1, tries = SHMLINK_BOARD_READ_TRIES;
+    struct shmlink_board_handle h;
+    if (!PyArg_ParseTuple(args, "nK|pi", &off, &capacity, &copy, &tries) ||
+        board_at(self, off, capacity, &h) < 0)
+        return NULL;
+    char small[512];
+    PyObject *bytes = NULL;
+    uint64_t cap = sizeof small, version = 0, need = 0;
+    int64_t n;
+    for (;;) {
+        char *dst = !copy ? NULL : bytes ? PyBytes_AS_STRING(bytes) : small;
+        n = shmlink_board_try_read(&h, dst, cap, &version, &need, tries);
+        if (n == -EAGAIN) {
+            /* Writers kept overtaking this reader: read with them held off. */
+            memory_enter(self);
+            int lk = board_lock(self, &h, NULL, 20000);
+            if (lk >= 0)
+                n = shmlink_board_read_unlock(&h, dst, cap, &version, &need, lk == 1);
+            memory_leave(self);
+            if (lk < 0) {
+                Py_XDECREF(bytes);
+                return NULL;
+            }
+        }
+        if (n != -EMSGSIZE)
+            break;
+        Py_XDECREF(bytes); /* a larger value than the buffer: read again into one */
+        bytes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)need);
+        if (!bytes)
+            return NULL;
+        cap = need;
+    }
+    if (n < 0) {
+        Py_XDECREF(bytes);
+        return n == -EBADMSG ? (board_corrupt(self, &h), NULL)
+                             : sl_raise_null((int)n, "board", self->label);
+    }
+    if (!copy)
+        return Py_BuildValue("KL", (unsigned long long)version, (long long)n);
+    if (!bytes)
+        bytes = PyBytes_FromStringAndSize(small, (Py_ssize_t)n);
+    else if ((uint64_t)n < cap && _PyBytes_Resize(&bytes, (Py_ssize_t)n) < 0)
+        return NULL;
+    if (!bytes)
+        return NULL;
+    PyObject *res = Py_BuildValue("KN", (unsigned long long)version, bytes);
+    return res;
+}
+
+PyDoc_STRVAR(Memory_board_write_doc,
+"board_write(offset, capacity, data, deadline=None, spin_ns=0)\n--\n\n"
+"Write data as the board's new value under the writers' lock (waiting for it\n"
+"until the absolute deadline; taking it over from a writer that died), publish\n"
+"it and wake the armed waiters.  The new version, or None on timeout.");
+
+static PyObject *Memory_board_write(MemoryObject *self, PyObject *args) {
+    Py_ssize_t off;
+    unsigned long long capacity;
+    Py_buffer data;
+    PyObject *dl = Py_None;
+    long long spin_ns = 0;
+    struct shmlink_board_handle h;
+    if (!PyArg_ParseTuple(args, "nKy*|OL", &off, &capacity, &data, &dl, &spin_ns))
+        return NULL;
+    PyObject *res = NULL;
+    struct timespec ts;
+    int err;
+    struct timespec *deadline = parse_deadline(dl, &ts, &err);
+    if (err || board_at(self, off, capacity, &h) < 0)
+        goto done;
+    if ((uint64_t)data.len > h.capacity) {
+        sl_raisef(-EMSGSIZE, "board %R: a %zd-byte value does not fit; it holds at most %llu "
+                  "bytes", self->label ? self->label : Py_None, data.len,
+                  (unsigned long long)h.capacity);
+        goto done;
+    }
+    uint32_t pid;
+    uint64_t start;
+    identity(&pid, &start);
+    memory_enter(self);
+    int lk = board_lock(self, &h, deadline, spin_ns);
+    if (lk >= 0) {
+        uint64_t version = 0;
+        int rc = shmlink_board_write_unlock(&h, data.buf, (uint64_t)data.len, pid, lk == 1,
+                                            &version);
+        res = rc == 0 ? PyLong_FromUnsignedLongLong(version)
+                      : sl_raise_null(rc, "board", self->label);
+    } else if (lk == -ETIMEDOUT) {
+        res = Py_NewRef(Py_None);
+    }
+    memory_leave(self);
+done:
+    PyBuffer_Release(&data);
+    return res;
+}
+
+struct board_since {
+    const struct shmlink_board_handle *h;
+    uint64_t since;
+};
+
+static int board_changed(void *obj, uint64_t unused) {
+    const struct board_since *w = (const struct board_since *)obj;
+    (void)unused;
+    return shmlink_board_version(w->h) != w->since;
+}
+
+PyDoc_STRVAR(Memory_board_wait_doc,
+"board_wait(offset, capacity, since, deadline=None, spin_ns=0)\n--\n\n"
+"Wait until the board's version differs from since; return it, or None at\n"
+"the absolute deadline.  Raises SegmentClosed if release() closes this\n"
+"handle meanwhile.");
+
+static PyObject *Memory_board_wait(MemoryObject *self, PyObject *args) {
+    Py_ssize_t off;
+    unsigned long long capacity, since;
+    PyObject *dl = Py_None;
+    long long spin_ns = 0;
+    struct shmlink_board_handle h;
+    if (!PyArg_ParseTuple(args, "nKK|OL", &off, &capacity, &since, &dl, &spin_ns) ||
+        board_at(self, off, capacity, &h) < 0)
+        return NULL;
+    struct timespec ts;
+    int err;
+    struct timespec *deadline = parse_deadline(dl, &ts, &err);
+    if (err)
+        return NULL;
+    struct board_since w = {&h, since};
+    uint64_t v = shmlink_board_version(&h);
+    if (v != since)
+        return PyLong_FromUnsignedLongLong(v);
+    if (deadline && shmlink_deadline_passed(deadline))
+        Py_RETURN_NONE; /* a poll: nothing armed */
+    memory_enter(self);
+    int reg = memory_register(self, &h.b->changed.seq);
+    int rc;
+    do
+        rc = sl_ec_wait(&h.b->changed, board_changed, &w, 0, deadline, spin_ns,
+                        &self->closing);
+    while (rc == 0 && !board_changed(&w, 0)); /* a spurious wake */
+    memory_unregister(self, reg);
+    PyObject *res;
+    if (rc == 0)
+        res = PyLong_FromUnsignedLongLong(shmlink_board_version(&h));
+    else if (rc == -ETIMEDOUT)
+        res = board_changed(&w, 0) ? PyLong_FromUnsignedLongLong(shmlink_board_version(&h))
+                                   : Py_NewRef(Py_None);
+    else
+        res = sl_raise_null(rc, "board", self->label);
+    memory_leave(self);
+    return res;
+}
+
+PyDoc_STRVAR(Memory_ec_notify_doc,
+"ec_notify(offset, everyone=False)\n--\n\n"
+"Notify the event count (struct shmlink_eventcount) at offset after making a\n"
+"condition true: wake its sleepers if one is armed (True if a futex wake was\n"
+"made).  everyone=True: wake every sleeper, armed or not (a peer's handle is\n"
+"going away), and advance the count.");
+
+static PyObject *Memory_ec_notify(MemoryObject *self, PyObject *args) {
+    Py_ssize_t off;
+    int everyone = 0;
+    if (!PyArg_ParseTuple(args, "n|p", &off, &everyone))
+        return NULL;
+    struct shmlink_eventcount *ec = word_at(self, off, 8, 1);
+    if (!ec)
+        return NULL;
+    if (everyone) {
+        shmlink_ec_wake_all(ec);
+        Py_RETURN_TRUE;
+    }
+    return PyBool_FromLong(shmlink_ec_notify(ec));
+}
+
+/* The layouts of event.h and board.h, for sync.py and board.py. */
+int memory_register_layouts(PyObject *m) {
+    PyObject *ev = Py_BuildValue(
+        "{sisisisisisisi}", "version", (int)SHMLINK_EVENT_VERSION, "size",
+        (int)SHMLINK_EVENT_SIZE, "state", (int)offsetof(struct shmlink_event, state),
+        "auto_reset", (int)offsetof(struct shmlink_event, auto_reset), "ec",
+        (int)offsetof(struct shmlink_event, ec), "sets",
+        (int)offsetof(struct shmlink_event, sets), "wakes",
+        (int)offsetof(struct shmlink_event, wakes));
+    PyObject *bd = Py_BuildValue(
+        "{sisisIsKsKsKsisisisisisisisi}", "version", (int)SHMLINK_BOARD_VERSION,
+        "read_tries", (int)SHMLINK_BOARD_READ_TRIES, "magic",
+        (unsigned int)SHMLINK_BOARD_MAGIC, "slot0", (unsigned long long)SHMLINK_BOARD_SLOT0,
+        "slot_header", (unsigned long long)SHMLINK_BOARD_SLOT_HEADER, "max_capacity",
+        (unsigned long long)SHMLINK_BOARD_MAX_CAPACITY, "layout_version",
+        (int)offsetof(struct shmlink_board, layout_version), "capacity",
+        (int)offsetof(struct shmlink_board, capacity), "lock",
+        (int)offsetof(struct shmlink_board, lock), "takeovers",
+        (int)offsetof(struct shmlink_board, takeovers), "last_writer_pid",
+        (int)offsetof(struct shmlink_board, last_writer_pid), "published",
+        (int)offsetof(struct shmlink_board, version), "changed",
+        (int)offsetof(struct shmlink_board, changed), "wakes",
+        (int)offsetof(struct shmlink_board, wakes));
+    int rc = (ev && bd && PyModule_AddObjectRef(m, "EVENT_LAYOUT", ev) == 0 &&
+              PyModule_AddObjectRef(m, "BOARD_LAYOUT", bd) == 0) ? 0 : -1;
+    Py_XDECREF(ev);
+    Py_XDECREF(bd);
+    return rc;
+}
+
 static PyMethodDef Memory_methods[] = {
     {"load32", (PyCFunction)Memory_load32, METH_O,
      "load32(offset)\n--\n\nAcquire-load the aligned 32-bit word at offset."},
@@ -475,6 +837,19 @@ static PyMethodDef Memory_methods[] = {
      "buffer (True) at once, or, while wait32/lock_acquire calls are inside, wakes them "
      "(they raise SegmentClosed) and returns False: the last to leave releases it."},
     {"view", (PyCFunction)Memory_view, METH_VARARGS, Memory_view_doc},
+    {"event_set", (PyCFunction)Memory_event_set, METH_O,
+     "event_set(offset)\n--\n\nSet the event at offset (event.h); True if it made a futex wake."},
+    {"event_clear", (PyCFunction)Memory_event_clear, METH_O,
+     "event_clear(offset)\n--\n\nClear the event at offset."},
+    {"event_is_set", (PyCFunction)Memory_event_is_set, METH_O,
+     "event_is_set(offset)\n--\n\nWhether the event at offset is set (consumes nothing)."},
+    {"event_wait", (PyCFunction)Memory_event_wait, METH_VARARGS, Memory_event_wait_doc},
+    {"event_stats", (PyCFunction)Memory_event_stats, METH_O,
+     "event_stats(offset)\n--\n\n{set, auto_reset, sets, wakes, armed} of the event at offset."},
+    {"board_read", (PyCFunction)Memory_board_read, METH_VARARGS, Memory_board_read_doc},
+    {"board_write", (PyCFunction)Memory_board_write, METH_VARARGS, Memory_board_write_doc},
+    {"board_wait", (PyCFunction)Memory_board_wait, METH_VARARGS, Memory_board_wait_doc},
+    {"ec_notify", (PyCFunction)Memory_ec_notify, METH_VARARGS, Memory_ec_notify_doc},
     {NULL}};
 
 static PyMemberDef Memory_members[] = {

@@ -333,7 +333,7 @@ PyMODINIT_FUNC PyInit__core(void) {
         Py_DECREF(m);
         return NULL;
     }
-    if (ring_register(m) < 0 || topic_register(m) < 0) {
+    if (ring_register(m) < 0 || topic_register(m) < 0 || memory_register_layouts(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
