@@ -16,6 +16,9 @@
  *   board_peer wait NAME SINCE SECS   print "waiting"; wait for a version
  *                                     other than SINCE: "version V" or
  *                                     "timeout"
+ *   board_peer pong NAME OTHER ROUNDS ROUNDS times: wait for a change of
+ *                                     NAME, copy its value to OTHER; print
+ *                                     "ponged ROUNDS"
  *   board_peer stats NAME             print "version V wakes W armed A"
  */
 #include "shmlink.h"
@@ -117,6 +120,35 @@ int main(int argc, char **argv) {
             printf("version %llu\n", (unsigned long long)v);
         else
             printf("%s\n", rc == -ETIMEDOUT ? "timeout" : "error");
+    } else if (strcmp(cmd, "pong") == 0 && argc == 5) {
+        struct shmlink_segment oseg;
+        struct shmlink_board_handle other;
+        rc = shmlink_board_open(&oseg, &other, argv[3]);
+        if (rc != 0 || other.capacity < h.capacity) {
+            printf("open other: %d\n", rc);
+            return 1;
+        }
+        long rounds = atol(argv[4]);
+        uint64_t seen = 0;
+        for (long i = 0; i < rounds; i++) {
+            struct timespec deadline;
+            shmlink_deadline_after(&deadline, 20.0);
+            do
+                rc = shmlink_board_wait_change(&h, seen, &seen, &deadline);
+            while (rc == -EINTR);
+            if (rc != 0) {
+                printf("round %ld: wait %d\n", i, rc);
+                return 1;
+            }
+            uint64_t v = 0, need = 0;
+            int64_t n = shmlink_board_read(&h, buf, h.capacity, &v, &need, pid, start, NULL);
+            if (n < 0 || shmlink_board_write(&other, buf, (uint64_t)n, pid, start, NULL, NULL) != 0) {
+                printf("round %ld: copy failed\n", i);
+                return 1;
+            }
+        }
+        printf("ponged %ld\n", rounds);
+        shmlink_segment_close(&oseg);
     } else if (strcmp(cmd, "stats") == 0 && argc == 3) {
         printf("version %llu wakes %llu armed %u\n",
                (unsigned long long)shmlink_board_version(&h),
