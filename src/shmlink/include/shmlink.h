@@ -43,7 +43,7 @@
  *       -ETIMEDOUT  the deadline passed
  *       -EINTR      a signal interrupted a sleep: handle it, call again
  *                   with the same (absolute) deadline
- *       -ECANCELED  the caller's cancel word was set (a binding's close())
+ *       -ECANCELED  the caller's cancel word was set (when a binding closes its handle)
  *       -EMSGSIZE   a message larger than the ring or the buffer allows
  *       -EOWNERDEAD a lock taken over from a holder that died (mutex)
  *       -EPROTO     not this kind of object, or another layout version

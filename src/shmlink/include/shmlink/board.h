@@ -359,7 +359,7 @@ static inline uint64_t shmlink_board_version(const struct shmlink_board_handle *
 
 /* The attempt a wait for change hands to shmlink_wait_until.  `cancel`, when
  * not NULL, is a word another thread sets (then futex-wakes changed.seq) to
- * make the wait return -ECANCELED: a binding's close(). */
+ * make the wait return -ECANCELED: when a binding closes its handle. */
 struct shmlink_board_wait_op {
     const struct shmlink_board_handle *h;
     uint64_t since;

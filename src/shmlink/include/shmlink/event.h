@@ -172,7 +172,7 @@ static inline int shmlink_event_try_wait(const struct shmlink_event_handle *h) {
 
 /* The attempt a blocking wait hands to shmlink_wait_until.  `cancel`, when
  * not NULL, is a word another thread sets (then futex-wakes ec.seq) to make
- * the wait return -ECANCELED: a binding's close(). */
+ * the wait return -ECANCELED: when a binding closes its handle. */
 struct shmlink_event_op {
     const struct shmlink_event_handle *h;
     const int *cancel;
