@@ -278,7 +278,7 @@ print(b.wait_for_change(int(sys.argv[2]), timeout=60), flush=True)
 def test_c_writer_python_reader_never_torn(board_peer, name):
     cap = 3000
     with Board.create(name, cap) as b:
-        writer = subprocess.Popen([board_peer, "write", name, "30000"], stdout=subprocess.PIPE,
+        writer = subprocess.Popen([board_peer, "write", name, "1000000"], stdout=subprocess.PIPE,
                                   text=True)
         try:
             reads, versions, last = 0, set(), 0
@@ -294,8 +294,8 @@ def test_c_writer_python_reader_never_torn(board_peer, name):
             if writer.poll() is None:
                 writer.kill()
                 writer.wait(10)
-        assert writer.returncode == 0 and out.strip() == "wrote 30000"
-        assert b.read_versioned() == (30000, value(30000, cap))
+        assert writer.returncode == 0 and out.strip() == "wrote 1000000"
+        assert b.read_versioned() == (1000000, value(1000000, cap))
         assert len(versions) > 10, "the reader hardly saw the writer write"
         b.unlink()
 

@@ -46,7 +46,8 @@ SHMLINK_BEGIN_DECLS
 /* The data area of an event segment. */
 struct shmlink_event {
     uint32_t state;                /*  0 0 clear, 1 set. SYNC: see set/try_wait */
-    uint32_t auto_reset;           /*  4 1: a returning wait consumes the set (constant) */
+    uint32_t auto_reset;           /*  4 1: a returning wait consumes the set (constant;
+                                          any other value: manual reset) */
     struct shmlink_eventcount ec;  /*  8 armed by waiters, notified by set() */
     uint64_t sets;                 /* 16 set() calls, by anyone */
     uint64_t wakes;                /* 24 set() calls that made a futex wake system call */
@@ -87,11 +88,9 @@ static inline int shmlink_event_attach(struct shmlink_event_handle *h, void *dat
     if (size < SHMLINK_EVENT_SIZE)
         return -EBADMSG;
     struct shmlink_event *e = (struct shmlink_event *)data;
-    uint32_t auto_reset = SHMLINK_LOAD_RELAXED(&e->auto_reset); /* loaded once */
-    if (auto_reset > 1u)
-        return -EBADMSG;
     h->e = e;
-    h->auto_reset = auto_reset;
+    /* loaded once; any value but 1 means manual reset */
+    h->auto_reset = SHMLINK_LOAD_RELAXED(&e->auto_reset) == 1u;
     return 0;
 }
 
