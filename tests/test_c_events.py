@@ -423,3 +423,54 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stdout, r.stderr)
+
+
+SANITIZE = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=undefined", "-g"]
+
+
+def test_both_peers_under_address_and_undefined_sanitizers(tmp_path_factory, names):
+    """The headers' event and board code, built with ASan + UBSan, against Python."""
+    tmp = tmp_path_factory.mktemp("sanitized")
+    probe = tmp / "probe.c"
+    probe.write_text("int main(void) { return 0; }\n")
+    r = subprocess.run(["cc", *SANITIZE, str(probe), "-o", str(tmp / "probe")],
+                       capture_output=True, timeout=60)
+    if r.returncode != 0 or subprocess.run([str(tmp / "probe")], timeout=30).returncode != 0:
+        pytest.skip("cc cannot build with -fsanitize=address,undefined here")
+    ev_peer = _build(tmp_path_factory, "event_peer.c", *SANITIZE)
+    bd_peer = _build(tmp_path_factory, "board_peer.c", *SANITIZE)
+    ev_name, ping_name, pong_name = names("ev"), names("ping"), names("pong")
+    try:
+        assert run(ev_peer, "create", ev_name, "auto") == "created"
+        with closing(Event.open(ev_name)) as ev:
+            with Child([ev_peer, "consume", ev_name, "2"]) as c:
+                wait_for(lambda: c.asleep(ev), timeout=30, what="the C consumer to sleep")
+                for i in range(50):
+                    ev.set()
+                    wait_for(lambda: not ev.is_set(), timeout=10, what=f"set {i} consumed")
+                assert c.finish(timeout=30) == "consumed 50"
+        assert run(bd_peer, "create", ping_name, "64") == "created"
+        with Board.open(ping_name) as ping, Board.create(pong_name, 64) as pong:
+            c = subprocess.Popen([bd_peer, "pong", ping_name, pong_name, "200"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                last = 0
+                for i in range(200):
+                    ping.write(str(i).encode() * 3)
+                    last = pong.wait_for_change(last, timeout=20)
+                    assert pong.read() == str(i).encode() * 3
+                out, err = c.communicate(timeout=30)
+            finally:
+                if c.poll() is None:
+                    c.kill()
+                    c.wait(10)
+            assert c.returncode == 0 and out.strip() == "ponged 200", err
+            assert run(bd_peer, "write", ping_name, "2000") == "wrote 2000"
+            assert run(bd_peer, "check", ping_name, "1000") == "1000 whole reads, 1 versions"
+    finally:
+        for n in (ev_name, ping_name, pong_name):
+            try:
+                shmlink.remove(n)
+            except shmlink.SegmentNotFound:
+                pass
