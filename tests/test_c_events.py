@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import pytest
 
@@ -252,6 +252,14 @@ def test_old_event_layout_is_refused_by_c_and_python(event_peer, name):
 # --- Board ------------------------------------------------------------------------
 
 
+@contextmanager
+def _unlinking(obj):
+    try:
+        yield obj
+    finally:
+        obj.unlink()
+
+
 def value(v: int, capacity: int) -> bytes:
     """board_peer.c's rule: version v holds 1 + 37v % capacity bytes of v % 251 + 1."""
     return b"" if v == 0 else bytes([v % 251 + 1]) * (1 + (v * 37) % capacity)
@@ -261,10 +269,9 @@ PY_BOARD_WRITER = """
 import sys, shmlink
 b = shmlink.Board.open(sys.argv[1])
 cap = b.capacity
-for _ in range(int(sys.argv[2])):
+while True:  # until killed
     v = b.version + 1
     assert b.write(b"" if v == 0 else bytes([v % 251 + 1]) * (1 + (v * 37) % cap)) == v
-print("wrote", flush=True)
 """
 
 PY_BOARD_WAIT = """
@@ -277,7 +284,7 @@ print(b.wait_for_change(int(sys.argv[2]), timeout=60), flush=True)
 
 def test_c_writer_python_reader_never_torn(board_peer, name):
     cap = 3000
-    with Board.create(name, cap) as b:
+    with Board.create(name, cap) as b, _unlinking(b):
         writer = subprocess.Popen([board_peer, "write", name, "1000000"], stdout=subprocess.PIPE,
                                   text=True)
         try:
@@ -297,26 +304,28 @@ def test_c_writer_python_reader_never_torn(board_peer, name):
         assert writer.returncode == 0 and out.strip() == "wrote 1000000"
         assert b.read_versioned() == (1000000, value(1000000, cap))
         assert len(versions) > 10, "the reader hardly saw the writer write"
-        b.unlink()
 
 
 def test_python_writer_c_reader_never_torn(board_peer, name):
     cap = 3000
     with Board.create(name, cap) as b:
-        writer = subprocess.Popen([sys.executable, "-c", PY_BOARD_WRITER, name, "20000"],
-                                  stdout=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: b.version > 100, timeout=30, what="the writer to start")
-            out = run(board_peer, "check", name, "300000", timeout=120)
-            assert writer.communicate(timeout=60)[0].strip() == "wrote"
-        finally:
-            if writer.poll() is None:
+            writer = subprocess.Popen([sys.executable, "-c", PY_BOARD_WRITER, name])
+            try:
+                wait_for(lambda: b.version > 100, timeout=30, what="the writer to start")
+                v0 = b.version
+                out = run(board_peer, "check", name, "300000", timeout=120)
+                v1 = b.version
+                assert writer.poll() is None, "the writer died"
+            finally:
                 writer.kill()
                 writer.wait(10)
-        reads, versions = int(out.split()[0]), int(out.split()[3])
-        assert reads == 300000 and versions > 10, out
-        assert run(board_peer, "check", name, "1") == "1 whole reads, 1 versions"
-        b.unlink()
+            reads, versions = int(out.split()[0]), int(out.split()[3])
+            assert reads == 300000 and versions > 1, out
+            assert v1 - v0 > 100, "the writer did not run during the check"
+            assert run(board_peer, "check", name, "1") == "1 whole reads, 1 versions"
+        finally:
+            b.unlink()
 
 
 def test_c_creates_python_reads_and_writes(board_peer, name):
