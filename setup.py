@@ -29,9 +29,12 @@ setup(
     ext_modules=[
         Extension(
             "shmlink._core",
-            sources=["src/shmlink/_core.c"],
+            # the binding, one file per concern (map in _csrc/module.c)
+            sources=sorted(glob.glob("src/shmlink/_csrc/*.c")),
+            include_dirs=["src/shmlink/include"],
             depends=["src/shmlink/include/shmlink.h",
-                     *sorted(glob.glob("src/shmlink/include/shmlink/*.h"))],
+                     *sorted(glob.glob("src/shmlink/include/shmlink/*.h")),
+                     *sorted(glob.glob("src/shmlink/_csrc/*.h"))],
             extra_compile_args=cflags,
             extra_link_args=ldflags,
         )

@@ -70,3 +70,20 @@ def kill(proc, sig=signal.SIGKILL) -> None:
         proc.join(10)
     else:
         proc.wait(10)
+
+
+def asleep_in_futex(*pids: int) -> bool:
+    """Whether each of these processes' main thread sleeps in a futex wait now.
+
+    How a test knows that a waiter has gone to sleep when nothing in shared
+    memory counts sleepers (Event, Board): Linux's /proc/PID/wchan names the
+    kernel function a sleeping task waits in.
+    """
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/wchan") as f:
+                if "futex" not in f.read():
+                    return False
+        except OSError:
+            return False
+    return True

@@ -135,9 +135,9 @@ def test_stats_keys_are_one_vocabulary(names):
         assert set(ts) == {"delivery", "capacity", "max_message_size", "max_subscribers",
                            "used_bytes", "published", "evicted", "writer_pid", "subscribers"}
         assert set(bs) == {"capacity", "version", "length", "writer_pid", "last_writer_pid",
-                           "takeovers", "waiters"}
+                           "takeovers", "wakes", "armed"}
         assert set(m.stats()) == {"holder_pid", "consistent", "acquisitions"}
-        assert set(e.stats()) == {"set", "auto_reset", "set_count", "waiters"}
+        assert set(e.stats()) == {"set", "auto_reset", "set_count", "wakes", "armed"}
         # the shared keys mean the same thing everywhere
         assert (qs["capacity"], ts["capacity"], bs["capacity"]) == (4096, 4096, 64)
         assert qs["max_message_size"] == q.max_message_size

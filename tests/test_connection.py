@@ -647,3 +647,21 @@ def test_cli_serve_and_request(name):
     bad = subprocess.run([sys.executable, "-m", "shmlink", "request", name, "x"],
                          capture_output=True, text=True, timeout=WAIT)
     assert bad.returncode == 1 and "nothing listens" in bad.stderr
+
+
+def test_close_advances_the_outbound_event_count_without_arming_it(name):
+    """close() wakes peers waiting on its outbound ring's event count by advancing it
+    (connection.h's rule), never by adding 1 by hand: that would flip the armed bit
+    and make every later notify pay a futex wake for a sleeper that does not exist."""
+    lst, client, server = _pair_in_threads(name)
+    try:
+        off = client._out_ec  # the same offset in both mappings
+        before = server._mem.load32(off)
+        assert before % 2 == 0, "nobody waits on it yet"
+        client.close()
+        after = server._mem.load32(off)
+        assert after != before, "close() did not advance the event count"
+        assert after % 2 == 0, "close() left the event count armed with nobody asleep"
+    finally:
+        server.close()
+        lst.close()

@@ -318,11 +318,15 @@ def test_other_kind_is_wrong_kind(name):
     m.close()
 
 
+# the layout versions a mutex (2) and an event (3) record in the header
+_KIND_VERSION = {2: 0, 3: shmlink._core.EVENT_LAYOUT["version"]}
+
+
 @pytest.mark.parametrize("cls, kind", [(Mutex, 2), (Event, 3)], ids=["mutex", "event"])
 def test_control_block_too_small_for_its_kind_is_corrupt(name, cls, kind):
     """A header claiming a mutex/event whose data area cannot hold its control block
     (a hostile or buggy peer) must be refused at open, not crash later with IndexError."""
-    H.write_segment_file(name, H.header_bytes(1, kind=kind))
+    H.write_segment_file(name, H.header_bytes(1, kind=kind, kind_version=_KIND_VERSION[kind]))
     try:
         h = cls.open(name, timeout=0.5)
     except CorruptSegment:
@@ -399,7 +403,7 @@ def test_garbage_header_gives_a_typed_error_never_a_crash(name, fields, slots, r
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_garbage_control_block_never_crashes_or_hangs(name, block, kind):
-    content = H.header_bytes(64, kind=kind)
+    content = H.header_bytes(64, kind=kind, kind_version=_KIND_VERSION[kind])
     content[H.DATA_OFFSET:] = block
     path = H.write_segment_file(name, bytes(content))
     try:

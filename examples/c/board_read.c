@@ -19,28 +19,22 @@ int main(int argc, char **argv) {
         return 2;
     }
     struct shmlink_segment seg = {.fd = -1};
-    int rc = shmlink_segment_open(&seg, argv[1]);
+    struct shmlink_board_handle board;
+    int rc = shmlink_board_open(&seg, &board, argv[1]);
     if (rc != 0) {
-        fprintf(stderr, "board_read: cannot open %s: %s\n", argv[1], strerror(-rc));
+        fprintf(stderr, "board_read: cannot open %s as a board: %s\n", argv[1], strerror(-rc));
         return 1;
     }
-    if (seg.kind != SHMLINK_KIND_BOARD) {
-        fprintf(stderr, "board_read: %s is not a board (kind %u)\n", argv[1], seg.kind);
-        return 1;
-    }
-    const struct shmlink_board *b = (const struct shmlink_board *)seg.data;
-    uint64_t cap = SHMLINK_LOAD_RELAXED(&b->capacity);
-    if (cap > seg.size) /* untrusted: shmlink_board_read reports -EBADMSG then */
-        cap = seg.size;
-    char *buf = malloc(cap ? cap : 1);
+    uint32_t pid;
+    uint64_t start;
+    shmlink_self(&pid, &start);
+    uint64_t cap = board.capacity; /* checked against the mapping at open */
+    char *buf = malloc(cap);
     long reads = argc == 4 ? atol(argv[3]) : 1, whole = 0;
     for (long i = 0; i < reads; i++) {
         uint64_t version = 0, need = 0;
-        int64_t n = shmlink_board_read(seg.data, seg.size, buf, cap, &version, &need, 1000);
-        if (n == -EAGAIN) {
-            i--; /* writers kept overwriting the slot: read again */
-            continue;
-        }
+        /* lock-free; under the writers' lock if writers keep overtaking it */
+        int64_t n = shmlink_board_read(&board, buf, cap, &version, &need, pid, start, NULL);
         if (n < 0) {
             fprintf(stderr, "board_read: %s\n", strerror((int)-n));
             return 1;

@@ -6,7 +6,8 @@ queue: a reader sees the value that is there when it reads, and a watcher
 that is slower than the writers skips the values it had no time to see.
 Use :class:`shmlink.Queue` when every message matters.
 
-How it works (the layout is below; a C program can follow the same steps):
+How it works (``include/shmlink/board.h`` holds every step; this module
+calls it through the binding, and C programs call the same functions):
 
 * **Two value slots** (a double buffer).  Version ``v`` of the value lives
   in slot ``v % 2``.  A writer takes the writers' robust lock, writes version
@@ -24,32 +25,32 @@ How it works (the layout is below; a C program can follow the same steps):
   nothing points to; the published value is untouched, readers never wait
   for anyone, and the next writer takes the dead writer's lock over and
   simply writes that slot again.
-* **Waiting for change** is an event count on a 32-bit ``change`` word (the
-  low half of the version, stored just after it): a waiter announces itself
-  (``waiters += 1``), re-checks the version, and sleeps on the futex only if
-  the word still holds what it saw.  A writer publishes, fences, and wakes
-  the word when someone is announced.  No wake-up is lost; Ctrl-C interrupts
-  the wait.
+* **Waiting for change** uses the armed event count of the rings: a waiter
+  arms it, re-checks the version, and only then sleeps; a writer publishes,
+  then wakes the sleepers only if one armed it.  Sleepers are not counted,
+  so a waiter killed asleep costs the next write one futex wake, then
+  nothing (``stats()["wakes"]`` counts them).  No wake-up is lost; Ctrl-C
+  interrupts the wait.
 
-Every length read from shared memory is checked against the capacity this
-handle recorded when it opened the board (:class:`CorruptSegment` if it does
-not fit).
+Every constant of the board (capacity, slot offsets) is loaded once when a
+handle opens it and checked against the mapping; every length read later is
+checked against that capacity (:class:`CorruptSegment` if it does not fit).
 
-Layout of the data area (offsets from its start, all little-endian)::
+Layout of the data area (offsets from its start, all little-endian; board
+layout version 2 -- version 1 counted sleepers, and the two refuse each
+other with :class:`IncompatibleSegment`)::
 
     0    u32 magic "BORD"   u32 layout version   u64 capacity
          u64 offset of slot 0   u64 slot stride                 (constants)
     64   struct shmlink_lock writers' lock (16)   u64 takeovers   u32 last writer PID
-    128  u64 version   u32 change (futex word)   u32 waiters      (published)
+    128  u64 version   event count "changed" (8)   u64 wakes      (published)
     192  slot 0: u64 seq, u64 length, pad to 64, capacity bytes (rounded up to 64)
          slot 1: the same, at 192 + stride
 """
 
 from __future__ import annotations
 
-import os
 import pickle
-import time
 from typing import Any, Iterator
 
 from .errors import (
@@ -61,42 +62,42 @@ from .errors import (
     TextDecodeError,
     Timeout,
 )
+from . import _core
 from .segment import DATA_OFFSET, Lifetime, _Named
 from .sync import deadline_of
 
 __all__ = ["Board"]
 
-# --- layout (offsets within the mapping) -------------------------------------
+# --- layout: include/shmlink/board.h, offsets exported by _core ---------------------
 
-_BOARD_MAGIC = 0x44524F42  # "BORD" little-endian
-_BOARD_VERSION = 1
+_L = _core.BOARD_LAYOUT
+_BOARD_MAGIC: int = _L["magic"]  # "BORD" little-endian
+_BOARD_VERSION: int = _L["version"]
 
+_BLOCK = DATA_OFFSET  # the board's block starts the data area
 # line 0: constants, written by the creator before the segment is ready
 _C_MAGIC = DATA_OFFSET + 0
-_C_LAYOUT = DATA_OFFSET + 4
-_C_CAPACITY = DATA_OFFSET + 8
-_C_SLOT0 = DATA_OFFSET + 16  # offset of slot 0 from the start of the data area
-_C_STRIDE = DATA_OFFSET + 24
+_C_LAYOUT = DATA_OFFSET + _L["layout_version"]
+_C_CAPACITY = DATA_OFFSET + _L["capacity"]
+_C_SLOT0 = _C_CAPACITY + 8  # offset of slot 0 from the start of the data area
+_C_STRIDE = _C_CAPACITY + 16
 # line 1: written by writers, under the lock
-_W_LOCK = DATA_OFFSET + 64  # struct shmlink_lock (16 bytes)
-_W_TAKEOVERS = DATA_OFFSET + 80  # u64: writes that took the lock from a dead holder
-_W_LAST_PID = DATA_OFFSET + 88  # u32: PID of the last writer
+_W_LOCK = DATA_OFFSET + _L["lock"]  # struct shmlink_lock (16 bytes)
+_W_TAKEOVERS = DATA_OFFSET + _L["takeovers"]  # u64: locks taken from a dead holder
+_W_LAST_PID = DATA_OFFSET + _L["last_writer_pid"]  # u32: PID of the last writer
 # line 2: published by writers, polled by readers and waiters
-_P_VERSION = DATA_OFFSET + 128  # u64 SYNC: released by writers, acquired by readers
-_P_CHANGE = DATA_OFFSET + 136  # u32 futex word: low 32 bits of the version
-_P_WAITERS = DATA_OFFSET + 140  # u32: processes announced in wait_for_change
-_SLOT0 = 192  # first slot, from the start of the data area
-_SLOT_HEADER = 64  # seq (u64), length (u64), padding; the bytes follow
+_P_VERSION = DATA_OFFSET + _L["published"]  # u64 SYNC: released by writers (board.h)
+_P_CHANGED = DATA_OFFSET + _L["changed"]  # the event count (u32 seq: bit 0 = armed)
+_P_WAKES = DATA_OFFSET + _L["wakes"]  # u64: writes that made a futex wake system call
+_SLOT0: int = _L["slot0"]  # first slot, from the start of the data area
+_SLOT_HEADER: int = _L["slot_header"]  # seq (u64), length (u64), padding; the bytes follow
 _SEQ = 0
 _LEN = 8
 
-_MASK64 = (1 << 64) - 1
-_MASK32 = (1 << 32) - 1
-_MAX_SIZE = 1 << 44
+_MAX_SIZE: int = _L["max_capacity"]
 
 _SPIN_NS = 20_000  # writers spin this long on a held lock before sleeping
-_OPTIMISTIC_TRIES = 32  # lock-free read attempts before reading under the lock
-_WAIT_SLICE = 0.5  # waiters re-check this often, in case a writer died before waking them
+_OPTIMISTIC_TRIES: int = _L["read_tries"]  # lock-free read attempts before reading under the lock
 
 _MISSING: Any = object()
 
@@ -327,60 +328,13 @@ class Board(_Named):
         )
 
     def _consistent(self, copy: bool = True) -> tuple[int, Any]:
-        """(version, bytes) -- or (version, length) with copy=False -- read whole."""
-        mem = self._m()
-        load = mem.load64
-        fence = mem.fence
-        buf = self._buf
-        slots = self._slots
-        cap = self._capacity
-        for attempt in range(_OPTIMISTIC_TRIES):
-            v = load(_P_VERSION)  # SYNC: acquire; pairs with the writers' publish
-            base = slots[v & 1]
-            seq = load(base)  # SYNC: acquire; pairs with the writer's even (release) store
-            if seq == (v << 1) & _MASK64:
-                n = load(base + _LEN)
-                if n <= cap:
-                    start = base + _SLOT_HEADER
-                    data = buf[start:start + n] if copy else n
-                    fence()  # the copy happens before the re-check
-                    if load(base) == seq:
-                        return v, data
-                else:
-                    fence()
-                    if load(base) == seq:
-                        raise self._corrupt(f"slot {v & 1} holds a {n}-byte value but the "
-                                            f"board holds at most {cap}")
-            elif load(_P_VERSION) == v:
-                # Nobody published since we looked, so nobody may have
-                # touched this slot: a mismatch now is damage, not a race.
-                raise self._corrupt(f"version {v} is published but its slot's sequence is {seq}")
-            # A writer came round to this slot: retry.
-            if attempt >= 3:
-                os.sched_yield()
-        return self._consistent_locked(copy)
+        """(version, bytes) -- or (version, length) with copy=False -- read whole.
 
-    def _consistent_locked(self, copy: bool) -> tuple[int, Any]:
-        # Writers kept overtaking this reader: read with them held off.  A
-        # lock held by a dead writer is taken over (nothing to repair: the
-        # published slot is whole).
-        mem = self._m()
-        if mem.lock_acquire(_W_LOCK, None, _SPIN_NS) == 1:
-            mem.add64(_W_TAKEOVERS, 1)
-        try:
-            v = mem.load64(_P_VERSION)
-            base = self._slots[v & 1]
-            seq = mem.load64(base)
-            n = mem.load64(base + _LEN)
-            if seq != (v << 1) & _MASK64:
-                raise self._corrupt(f"version {v} is published but its slot's sequence is {seq}")
-            if n > self._capacity:
-                raise self._corrupt(f"slot {v & 1} holds a {n}-byte value but the board "
-                                    f"holds at most {self._capacity}")
-            start = base + _SLOT_HEADER
-            return v, (self._buf[start:start + n] if copy else n)
-        finally:
-            mem.lock_release(_W_LOCK)
+        board.h's read: lock-free, or under the writers' lock (taken over
+        from a writer that died) when writers keep overtaking the reader.
+        """
+        version, data = self._m().board_read(_BLOCK, self._capacity, copy, _OPTIMISTIC_TRIES)
+        return int(version), data
 
     def read(self) -> bytes:
         """The current value, as bytes (``b""`` when empty).
@@ -397,7 +351,8 @@ class Board(_Named):
         CorruptSegment
             If the board's control block holds impossible values.
         """
-        return self._consistent()[1]
+        data: bytes = self._consistent()[1]
+        return data
 
     def read_versioned(self) -> tuple[int, bytes]:
         """The current value together with its version, read as one.
@@ -495,37 +450,13 @@ class Board(_Named):
                     f"{self._capacity} bytes: create the board with a larger capacity"
                 )
             deadline = deadline_of(timeout)
-            got = mem.lock_acquire(_W_LOCK, deadline, _SPIN_NS)
-            if got is None:
-                raise Timeout(
-                    f"board {self._name!r}: the writers' lock stayed held by PID "
-                    f"{mem.load32(_W_LOCK)} for {timeout} s; nothing was written"
-                )
-            try:
-                if got == 1:
-                    # Its holder died mid-write: it only touched the slot that
-                    # nothing points to, which this write overwrites anyway.
-                    mem.add64(_W_TAKEOVERS, 1)
-                v = (mem.load64(_P_VERSION) + 1) & _MASK64
-                base = self._slots[v & 1]
-                mem.store64(base, ((v << 1) - 1) & _MASK64)  # odd: being written
-                mem.fence()  # readers that see any byte below see the odd seq
-                mem.store64(base + _LEN, n)
-                start = base + _SLOT_HEADER
-                self._buf[start:start + n] = src
-                # SYNC: release; pairs with the readers' acquire of the slot seq.
-                mem.store64(base, (v << 1) & _MASK64)
-                # SYNC: publishes the slot; pairs with the readers' and
-                # waiters' acquire of the version.
-                mem.store64(_P_VERSION, v)
-                mem.store32(_P_CHANGE, v & _MASK32)
-                mem.store32(_W_LAST_PID, os.getpid())
-            finally:
-                mem.lock_release(_W_LOCK)
-        mem.fence()  # the change word is stored before the waiters are counted
-        if mem.load32(_P_WAITERS):
-            mem.wake32(_P_CHANGE)
-        return v
+            v = mem.board_write(_BLOCK, self._capacity, src, deadline, _SPIN_NS)
+        if v is None:
+            raise Timeout(
+                f"board {self._name!r}: the writers' lock stayed held by PID "
+                f"{mem.load32(_W_LOCK)} for {timeout} s; nothing was written"
+            )
+        return int(v)
 
     def write_text(self, text: str, encoding: str = "utf-8", *,
                    timeout: float | None = None) -> int:
@@ -621,28 +552,12 @@ class Board(_Named):
         if isinstance(since_version, bool) or not isinstance(since_version, int):
             raise TypeError(f"since_version must be an int, not {type(since_version).__name__}")
         deadline = deadline_of(timeout)
-        mem = self._m()
-        while True:
-            v = mem.load64(_P_VERSION)
-            if v != since_version:
-                return v
-            change = mem.load32(_P_CHANGE)
-            mem.add32(_P_WAITERS, 1)
-            try:
-                mem.fence()  # announced before the re-check
-                v = mem.load64(_P_VERSION)
-                if v != since_version:
-                    return v
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                # Sleep in slices: a writer that died between publishing and
-                # waking us must not leave us asleep until the next write.
-                end = time.monotonic() + _WAIT_SLICE
-                mem.wait32(_P_CHANGE, change, end if deadline is None else min(end, deadline))
-            finally:
-                mem.add32(_P_WAITERS, -1)
-        raise Timeout(f"board {self._name!r}: no write within {timeout} s "
-                      f"(still version {since_version})")
+        v = self._m().board_wait(_BLOCK, self._capacity, since_version & ((1 << 64) - 1),
+                                 deadline, 0)
+        if v is None:
+            raise Timeout(f"board {self._name!r}: no write within {timeout} s "
+                          f"(still version {since_version})")
+        return int(v)
 
     def watch(self, *, timeout: float | None = None, initial: bool = False) -> Iterator[bytes]:
         """Yield each new value as it is written, forever (break out, or Ctrl-C).
@@ -697,7 +612,10 @@ class Board(_Named):
             ``capacity`` (largest value), ``version``, ``length`` (of the
             current value), ``writer_pid`` (a writer holding the lock now, or
             None), ``last_writer_pid``, ``takeovers`` (locks taken from
-            writers that died) and ``waiters``.
+            writers that died), ``wakes`` (writes that made a futex wake
+            system call: at most one per sleep of a watcher) and ``armed``
+            (True while a watcher has announced itself and no write has
+            woken it since: one sleeps now, or one died asleep).
         """
         mem = self._m()
         version, length = self._consistent(copy=False)
@@ -705,7 +623,8 @@ class Board(_Named):
                 "writer_pid": mem.load32(_W_LOCK) or None,
                 "last_writer_pid": mem.load32(_W_LAST_PID) or None,
                 "takeovers": mem.load64(_W_TAKEOVERS),
-                "waiters": mem.load32(_P_WAITERS)}
+                "wakes": mem.load64(_P_WAKES),
+                "armed": bool(mem.load32(_P_CHANGED) & 1)}
 
     def __repr__(self) -> str:
         if self._closed or self._mem is None:

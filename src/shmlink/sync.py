@@ -2,7 +2,9 @@
 
 Both live in a small segment of their own.  Waiting goes through the C core:
 futex waits with the GIL released, interruptible by Ctrl-C, bounded by an
-absolute deadline computed once.
+absolute deadline computed once.  Event's sequences (set, clear, wait,
+auto-reset consumption) are those of include/shmlink/event.h, called through
+the binding; this module parses arguments and maps results to exceptions.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ import threading
 import time
 from typing import Any
 
-from .errors import InvalidArgument, InvalidState, NotOwner, OwnerDied, Timeout
+from . import _core
+from .errors import (
+    IncompatibleSegment,
+    InvalidArgument,
+    InvalidState,
+    NotOwner,
+    OwnerDied,
+    Timeout,
+)
 from .segment import DATA_OFFSET, Lifetime, _Named
 
 __all__ = ["Mutex", "Event", "deadline_of"]
@@ -25,13 +35,12 @@ _M_DEAD = DATA_OFFSET + 24  # PID of the holder that died
 _M_ACQUISITIONS = DATA_OFFSET + 32  # u64 counter
 _M_SIZE = 64
 
-# Event control block
-_E_STATE = DATA_OFFSET + 0  # 0 clear, 1 set
-_E_AUTO = DATA_OFFSET + 4  # 1 for auto-reset events
-_E_SEQ = DATA_OFFSET + 8  # event count: bumped on set() when someone waits
-_E_WAITERS = DATA_OFFSET + 12
-_E_SETS = DATA_OFFSET + 16  # u64: how many times set() was called
-_E_SIZE = 64
+# Event control block: include/shmlink/event.h, offsets exported by _core.
+_EVENT = _core.EVENT_LAYOUT
+_E_VERSION: int = _EVENT["version"]  # the segment header's kind_version
+_E_SIZE: int = _EVENT["size"]
+_E_BLOCK = DATA_OFFSET  # the block starts the data area
+_E_AUTO = DATA_OFFSET + _EVENT["auto_reset"]
 
 _SPIN_NS = 20_000
 
@@ -231,12 +240,19 @@ class Mutex(_Named):
 class Event(_Named):
     """A named event: processes wait until another process sets it.
 
-    No wake-up is ever lost: a :meth:`set` that races a waiter going to sleep
-    wakes it (event count + futex).  With ``auto_reset=True`` each
-    :meth:`wait` that returns consumes the set atomically, so a reader never
-    has to clear it after reading -- the race in which a write lands between
-    "read" and "reset" and is lost (the classic manual-reset flaw) cannot
-    happen.  A manual-reset event stays set until :meth:`clear`.
+    No wake-up is ever lost: a waiter arms the event's event count, checks
+    again, and only then sleeps, so a :meth:`set` racing it either is seen
+    by the check or wakes the sleep.  With ``auto_reset=True`` each
+    :meth:`wait` that returns consumes the set atomically (one
+    compare-and-swap), so a reader never has to clear it after reading --
+    the race in which a write lands between "read" and "reset" and is lost
+    (the classic manual-reset flaw) cannot happen, and each set releases
+    exactly one waiter.  A manual-reset event stays set until :meth:`clear`.
+
+    Sleepers are not counted: :meth:`set` makes a system call only when a
+    waiter armed the event since the last set, so a waiter killed while it
+    slept costs the next set one futex wake, then nothing.  The sequences
+    are those of ``include/shmlink/event.h``, which C programs use too.
     """
 
     KIND = "event"
@@ -261,11 +277,17 @@ class Event(_Named):
             mm[_E_AUTO:_E_AUTO + 4] = (1 if auto_reset else 0).to_bytes(4, "little")
 
         return cls._create_kind(name, _E_SIZE, kind=cls._kind_id(), mode=mode,
-                                lifetime=lifetime, init=init)
+                                lifetime=lifetime, init=init, kind_version=_E_VERSION)
 
     @classmethod
     def open(cls, name: str, *, timeout: float | None = 5.0) -> "Event":
-        """Open an existing event by name (its reset mode is the creator's)."""
+        """Open an existing event by name (its reset mode is the creator's).
+
+        Raises
+        ------
+        IncompatibleSegment
+            If the event was made by a shmlink with another event layout.
+        """
         return cls._open_kind(name, timeout=timeout)
 
     @classmethod
@@ -286,41 +308,39 @@ class Event(_Named):
             {"auto_reset": auto_reset})
 
     def _attach(self) -> None:
+        version = self._mapping().header.kind_version
+        if version != _E_VERSION:
+            raise IncompatibleSegment(
+                f"event {self._name!r} has event layout {version}, this shmlink speaks "
+                f"{_E_VERSION}; use the same shmlink on every side, or remove the event and "
+                "create it again"
+            )
         _check_size(self, _E_SIZE)
+        stats = self._memory.event_stats(_E_BLOCK)  # checks the block (CorruptSegment)
+        self._auto_reset = bool(stats["auto_reset"])
 
     @property
     def auto_reset(self) -> bool:
         """Whether each returning :meth:`wait` consumes the set (the creator's choice)."""
-        return bool(self._memory.load32(_E_AUTO) == 1)
+        self._memory  # raises SegmentClosed once closed
+        return self._auto_reset
 
     def set(self) -> None:
-        """Set the event and wake its waiters (one of them, for auto-reset)."""
-        mem = self._memory
-        mem.store32(_E_STATE, 1)
-        mem.add64(_E_SETS, 1)
-        mem.fence()
-        if mem.load32(_E_WAITERS):
-            mem.add32(_E_SEQ, 1)
-            mem.wake32(_E_SEQ)  # all: a woken waiter may die before it consumes
+        """Set the event and wake its waiters (one of them consumes it, for auto-reset)."""
+        self._memory.event_set(_E_BLOCK)
 
     def clear(self) -> None:
         """Reset the event."""
-        self._memory.store32(_E_STATE, 0)
+        self._memory.event_clear(_E_BLOCK)
 
     def is_set(self) -> bool:
-        """Whether the event is set now."""
-        return bool(self._memory.load32(_E_STATE) == 1)
+        """Whether the event is set now (consumes nothing)."""
+        return bool(self._memory.event_is_set(_E_BLOCK))
 
     @property
     def set_count(self) -> int:
         """How many times :meth:`set` was called, by anyone."""
-        return int(self._memory.load64(_E_SETS))
-
-    def _consume(self) -> bool:
-        mem = self._memory
-        if mem.load32(_E_AUTO):
-            return mem.cas32(_E_STATE, 1, 0)
-        return mem.load32(_E_STATE) == 1
+        return int(self._memory.event_stats(_E_BLOCK)["sets"])
 
     def wait(self, *, timeout: float | None = None) -> bool:
         """Wait until the event is set; returns True.
@@ -332,26 +352,22 @@ class Event(_Named):
         ------
         Timeout
             If it was not set within ``timeout`` seconds.
+        SegmentClosed
+            If another thread closes this handle meanwhile.
         """
         deadline = deadline_of(timeout)
-        mem = self._memory
-        while True:
-            if self._consume():
-                return True
-            seq = mem.load32(_E_SEQ)
-            mem.add32(_E_WAITERS, 1)
-            try:
-                if self._consume():
-                    return True
-                woken = mem.wait32(_E_SEQ, seq, deadline)
-            finally:
-                mem.add32(_E_WAITERS, -1)
-            if not woken and self._consume():
-                return True
-            if not woken:
-                raise Timeout(f"event {self._name!r} was not set within {timeout} s")
+        if self._memory.event_wait(_E_BLOCK, deadline, _SPIN_NS):
+            return True
+        raise Timeout(f"event {self._name!r} was not set within {timeout} s")
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot: ``set``, ``auto_reset``, ``set_count``, ``waiters``."""
-        return {"set": self.is_set(), "auto_reset": self.auto_reset,
-                "set_count": self.set_count, "waiters": self._memory.load32(_E_WAITERS)}
+        """A snapshot: ``set``, ``auto_reset``, ``set_count``, ``wakes``, ``armed``.
+
+        ``wakes`` counts the sets that made a futex wake system call (at
+        most one per sleep); ``armed`` is True while a waiter has announced
+        itself and no set has woken it since (a waiter sleeps now, or one
+        died asleep).
+        """
+        st = self._memory.event_stats(_E_BLOCK)
+        return {"set": bool(st["set"]), "auto_reset": bool(st["auto_reset"]),
+                "set_count": st["sets"], "wakes": st["wakes"], "armed": bool(st["armed"])}

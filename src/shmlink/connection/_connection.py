@@ -860,9 +860,10 @@ class Connection(_ReaderRole, _Named):
                 self._out.try_send(_CLOSE_FRAME)  # wakes the peer's reader at once
             except ShmlinkError:
                 pass
-            # and the ring's event count, for peers waiting on it some other way
-            mem.add32(self._out_ec, 1)
-            mem.wake32(self._out_ec)
+            # and the ring's event count, for peers waiting on it some other
+            # way: advanced and woken as connection.h's close does (never a
+            # hand-made add, which would flip its armed bit)
+            mem.ec_notify(self._out_ec, True)
             if self._rlock.locked() and self._rowner != _get_ident():
                 self._in.try_send(_WAKE_FRAME)  # our own blocked reader
         except (ValueError, ShmlinkError):

@@ -19,14 +19,13 @@
  *   shmlink/segment.h     the segment header; opening a segment by name
  *   shmlink/ring.h        the lossless MPMC ring of shmlink.Queue
  *   shmlink/topic.h       the broadcast ring of shmlink.Topic
- *   shmlink/board.h       the double-buffered value of shmlink.Board
+ *   shmlink/board.h       the double-buffered value of shmlink.Board:
+ *                         read, write, wait for change
  *   shmlink/mutex.h       shmlink.Mutex: the robust lock + "inconsistent"
+ *   shmlink/event.h       shmlink.Event: set, clear, wait (auto-reset
+ *                         consumes atomically), on the armed event count
  *   shmlink/connection.h  shmlink.Connection/Listener: the two segments,
  *                         the frames, connect/accept, request, close
- *
- * Still to come (issue 7, later phases), in a header of its own:
- *   shmlink/event.h       shmlink.Event on the armed event count (its layout
- *                         changes then; today sync.py holds it)
  *
  * Conventions (see DESIGN.md and docs/design.md):
  *   - shared memory holds fixed-width integers and offsets, never pointers;
@@ -44,6 +43,7 @@
  *       -ETIMEDOUT  the deadline passed
  *       -EINTR      a signal interrupted a sleep: handle it, call again
  *                   with the same (absolute) deadline
+ *       -ECANCELED  the caller's cancel word was set (when a binding closes its handle)
  *       -EMSGSIZE   a message larger than the ring or the buffer allows
  *       -EOWNERDEAD a lock taken over from a holder that died (mutex)
  *       -EPROTO     not this kind of object, or another layout version
@@ -71,6 +71,7 @@
 #include "shmlink/topic.h"
 #include "shmlink/board.h"
 #include "shmlink/mutex.h"
+#include "shmlink/event.h"
 #include "shmlink/connection.h"
 
 #endif /* SHMLINK_H */

@@ -45,13 +45,19 @@ static inline uint32_t shmlink_ec_arm(struct shmlink_eventcount *ec) {
     }
 }
 
-/* After making a condition true: wake every sleeper, if one is armed. */
-static inline void shmlink_ec_notify(struct shmlink_eventcount *ec) {
+/* After making a condition true: wake every sleeper, if one is armed.
+ * Returns 1 when it made the futex wake system call, 0 when nobody was
+ * armed (no system call): callers may count the 1s to show what waking
+ * costs (Event and Board do, in their `wakes` counters). */
+static inline int shmlink_ec_notify(struct shmlink_eventcount *ec) {
     SHMLINK_FENCE(); /* the condition's stores before the load of seq */
     /* relaxed is enough: the fence above orders it, and the CAS re-reads */
     uint32_t v = SHMLINK_LOAD_RELAXED(&ec->seq);
-    if ((v & 1u) && SHMLINK_CAS(&ec->seq, &v, v + 1u))
+    if ((v & 1u) && SHMLINK_CAS(&ec->seq, &v, v + 1u)) {
         shmlink_futex_wake(&ec->seq, INT_MAX);
+        return 1;
+    }
+    return 0;
 }
 
 /* Wake every waiter, armed or not (a handle being closed or interrupted). */

@@ -14,8 +14,10 @@
  *   3. arm the event count the other side notifies (shmlink_ec_arm);
  *   4. RE-CHECK: attempt again.  A change made between 1 and 3 is seen
  *      here, so no wake-up is lost;
- *   5. sleep on the armed value, at most one slice (SHMLINK_WAIT_SLICE_S),
- *      then start again at 1.  Every wake may be spurious.
+ *   5. sleep on the armed value, at most one slice (SHMLINK_WAIT_SLICE_S);
+ *      when woken, attempt once more before arming again (a wait that
+ *      succeeds then leaves nothing armed), then start again at 3.  Every
+ *      wake may be spurious.
  * The slice bounds what a notifier killed between its store and its
  * notify can cost a sleeper; it is not how progress is found.
  *
@@ -133,6 +135,14 @@ static inline int64_t shmlink_wait_until(struct shmlink_eventcount *ec,
         if (w == -EINTR)
             return -EINTR;
         expired = w == -ETIMEDOUT;
+        if (!expired) {
+            /* Woken (the notifier cleared the armed bit): look before
+             * arming again, so a wait that now succeeds leaves the bit
+             * clear and the next notify makes no system call. */
+            rc = attempt(arg, 0);
+            if (rc != -EAGAIN)
+                return rc;
+        }
     }
 }
 

@@ -1,0 +1,135 @@
+/*
+ * Declarations shared by the files of the binding (src/shmlink/_csrc/).
+ * See module.c for the file map.
+ *
+ * Deadlines are absolute CLOCK_MONOTONIC times computed once by the caller;
+ * NULL means "wait forever".  Waits return 0/None on timeout; the caller
+ * raises the typed shmlink.Timeout.
+ */
+#ifndef SHMLINK_CSRC_INTERNAL_H
+#define SHMLINK_CSRC_INTERNAL_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <structmember.h>
+
+#include "shmlink.h"
+
+/* ---- module.c: exceptions (shmlink.errors) ------------------------------ */
+extern PyObject *CorruptSegment, *MessageTooLarge, *IncompatibleSegment, *Timeout,
+    *SegmentClosed;
+
+/* THE mapping from a return code to an exception (every C call of the
+ * binding that fails ends here): rc is -1 (a Python exception is already
+ * set: kept) or a negative errno from the header:
+ *   -ECANCELED  SegmentClosed (the handle was closed while the call waited)
+ *   -EPIPE      SegmentClosed (the handle is closed)
+ *   -ETIMEDOUT  Timeout            -EBADMSG  CorruptSegment
+ *   -EPROTO     IncompatibleSegment  -EMSGSIZE MessageTooLarge
+ *   -ENOSPC     TooManyParticipants  -EINVAL   InvalidArgument
+ *   -EBUSY      SegmentBusy          other     OSError(errno)
+ * `what` and `label` name the object ("queue", its name) in the message;
+ * sl_raisef adds a printf-style detail (PyUnicode_FromFormat).  Both
+ * return -1; sl_raise_null is the NULL-returning form for methods. */
+int sl_raise(int rc, const char *what, PyObject *label);
+int sl_raisef(int rc, const char *fmt, ...);
+static inline PyObject *sl_raise_null(int rc, const char *what, PyObject *label) {
+    sl_raise(rc, what, label);
+    return NULL;
+}
+PyObject *sl_error_type(int rc);
+
+int raise_closed(const char *what, PyObject *label);
+int raise_closed_while_waiting(const char *what, PyObject *label);
+int raise_views_alive(const char *what, int n);
+
+/* ---- module.c: this process's identity, recomputed lazily after fork ----- */
+extern uint32_t self_pid;
+extern uint64_t self_start;
+
+static inline void identity(uint32_t *pid, uint64_t *start) {
+    /* No getpid() per call (a syscall on the hot path): the atfork handler
+     * clears the cache in a forked child. */
+    if (self_pid == 0) {
+        self_pid = (uint32_t)getpid();
+        self_start = shmlink_process_start_time(self_pid);
+    }
+    *pid = self_pid;
+    *start = self_start;
+}
+
+/* ---- module.c: arguments ------------------------------------------------- */
+struct timespec *parse_deadline(PyObject *obj, struct timespec *ts, int *err);
+int parse_timeout(PyObject *obj, struct timespec *ts, struct timespec **deadline);
+int kw_only_timeout(const char *sig, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames, Py_ssize_t npos, PyObject **timeout);
+int fast_wait_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i,
+                   struct timespec *ts, struct timespec **deadline, long long *spin);
+int parse_wait(PyObject *dl, long long spin, struct timespec *ts,
+               struct timespec **deadline);
+extern const struct timespec zero_deadline;
+
+static inline int no_wait(const struct timespec *d) {
+    return d && d->tv_sec == 0 && d->tv_nsec == 0;
+}
+
+/* A batch of bytes-like objects viewed without copying (send_many and
+ * publish_many).  batch_gather takes a buffer of every item and checks each
+ * length with len_ok; batch_release undoes it, also after a failure. */
+struct buffer_batch {
+    PyObject *fast;
+    Py_buffer *bufs;
+    Py_ssize_t n, got;
+};
+int batch_gather(struct buffer_batch *b, PyObject *seq, const char *what,
+                 int (*len_ok)(void *, Py_ssize_t), void *obj);
+void batch_release(struct buffer_batch *b);
+
+/* ---- time and wake-ups --------------------------------------------------- */
+static inline uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+/* Wake every sleeper on a shared word (ours, and spuriously other
+ * processes': every waiter re-checks its condition). */
+static inline void wake_word(uint32_t *p) { shmlink_futex_wake(p, INT_MAX); }
+
+/* ---- wait.c -------------------------------------------------------------- */
+
+/* Longest a futex sleep lasts before the GIL is taken back to run signal
+ * handlers.  A signal that arrives *during* the futex syscall interrupts it
+ * (EINTR); one that arrives between two syscalls would otherwise only be
+ * noticed at the deadline.  This bounds Ctrl-C latency in every wait. */
+#define SIGNAL_SLICE_S 0.1
+/* The same bound for the topic's waits. */
+#define TOPIC_SIGNAL_SLICE_S 0.25
+
+/* Lock-free hint that a wait may end; the caller re-checks under its lock. */
+typedef int (*wait_cond)(void *obj, uint64_t arg);
+
+int lock_acquire_blocking(struct shmlink_lock *l, const struct timespec *deadline,
+                          int64_t spin_ns, const int *cancel);
+int spin_phase(wait_cond cond, void *obj, uint64_t arg, const struct timespec *until,
+               long long spin_ns, const int *cancel);
+int sl_ec_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_t arg,
+                 const struct timespec *deadline, int64_t spin_ns, const int *closing);
+int topic_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_t arg,
+               const struct timespec *until, long long spin_ns, const int *cancel);
+
+/* ---- memory.c ------------------------------------------------------------ */
+extern PyTypeObject ViewType, MemoryType;
+PyObject *make_view(PyObject *mapped, Py_ssize_t off, Py_ssize_t len, int readonly,
+                    PyObject *owner, int *live);
+/* _core.EVENT_LAYOUT and _core.BOARD_LAYOUT (event.h, board.h offsets). */
+int memory_register_layouts(PyObject *m);
+
+/* ---- ring.c / topic.c ---------------------------------------------------- */
+int ring_register(PyObject *m);
+int topic_register(PyObject *m);
+
+#endif

@@ -1,0 +1,890 @@
+/*
+ * Ring: the message ring of shmlink.Queue (include/shmlink/ring.h).
+ */
+#include "internal.h"
+
+/* ======================================================================== */
+/* Ring: the message ring of shmlink.Queue.                                 */
+/* ======================================================================== */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    int has_view;
+    struct shmlink_ring_handle h;
+    int in_view;          /* a zero-copy receive holds cons_lock */
+    long long spin;       /* wait strategy of qsend/qrecv (spin_ns) */
+    PyObject *label;      /* the queue's name, for error messages */
+    uint64_t view_next;   /* head after the viewed record */
+    uint64_t view_head;   /* head before it (after skipped wrap markers) */
+    int calls;            /* calls inside (GIL-protected; see "Handle lifetime") */
+    int closing;          /* close() was called: calls end, new ones are refused */
+    int live_views;       /* live exporters of the open zero-copy receive */
+} RingObject;
+
+static void ring_finish(RingObject *self);
+
+/* Every method that touches the ring runs between these two. */
+static inline int ring_enter(RingObject *self) {
+    if (!self->has_view || self->closing)
+        return raise_closed("queue", self->label);
+    self->calls++;
+    return 0;
+}
+
+static inline void ring_leave(RingObject *self) {
+    if (--self->calls == 0 && self->closing)
+        ring_finish(self);
+}
+
+#define RING_CALL(self, expr)                                                   \
+    do {                                                                       \
+        if (ring_enter(self) < 0)                                              \
+            return NULL;                                                       \
+        PyObject *res_ = (expr);                                               \
+        ring_leave(self);                                                      \
+        return res_;                                                           \
+    } while (0)
+
+static int Ring_init(RingObject *self, PyObject *args, PyObject *kw) {
+    PyObject *obj;
+    Py_ssize_t offset, size;
+    static char *kwlist[] = {"buffer", "offset", "size", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Onn", kwlist, &obj, &offset,
+                                     &size))
+        return -1;
+    if (self->has_view) {
+        PyErr_SetString(PyExc_RuntimeError, "Ring already initialised");
+        return -1;
+    }
+    if (PyObject_GetBuffer(obj, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    self->has_view = 1;
+    if (offset < 0 || size < 0 || offset % 64 != 0 || offset > self->view.len ||
+        size > self->view.len - offset) {
+        PyErr_SetString(PyExc_ValueError, "ring region outside the buffer");
+        return -1;
+    }
+    int rc = shmlink_ring_attach(&self->h, (char *)self->view.buf + offset,
+                                 (uint64_t)size);
+    if (rc == -EPROTO) {
+        PyErr_SetString(IncompatibleSegment,
+                        "the queue's ring has an unknown magic or version; it "
+                        "was made by another program or shmlink version");
+        return -1;
+    }
+    if (rc < 0) {
+        PyErr_SetString(CorruptSegment,
+                        "the queue's ring constants are inconsistent with its "
+                        "size; the segment is corrupt: remove it and recreate");
+        return -1;
+    }
+    return 0;
+}
+
+static void Ring_dealloc(RingObject *self) {
+    Py_CLEAR(self->label);
+    if (self->has_view)
+        PyBuffer_Release(&self->view);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int corrupt(void) {
+    PyErr_SetString(CorruptSegment,
+                    "the queue's head, tail or a record header is "
+                    "inconsistent (overwritten by a foreign or buggy "
+                    "writer); remove the queue and recreate it");
+    return -1;
+}
+
+/* Lock-free wait conditions (hints: the caller re-checks under its lock). */
+static int cond_has_data(void *obj, uint64_t unused) {
+    RingObject *r = (RingObject *)obj;
+    return SHM_LOAD_ACQUIRE(&r->h.ring->tail) != SHM_LOAD_ACQUIRE(&r->h.ring->head);
+}
+
+static int cond_has_room(void *obj, uint64_t need) {
+    RingObject *r = (RingObject *)obj;
+    uint64_t tail = SHM_LOAD_ACQUIRE(&r->h.ring->tail);
+    uint64_t head = SHM_LOAD_ACQUIRE(&r->h.ring->head);
+    uint64_t used = tail - head;
+    if (used > r->h.capacity)
+        return 1; /* corrupt: let the locked path report it */
+    /* room for the record, plus a possible wrap gap */
+    uint64_t to_end = r->h.capacity - (tail % r->h.capacity);
+    uint64_t gap = need > to_end ? to_end : 0;
+    return used + gap + need <= r->h.capacity;
+}
+
+
+/* Take a ring lock: 0, -ETIMEDOUT, or -1 (exception).  A lock taken from a
+ * dead holder needs no repair: the ring's state is committed by single
+ * stores of head/tail, so whatever the dead holder left half-done is simply
+ * not part of the ring. */
+static int ring_lock(RingObject *self, struct shmlink_lock *l,
+                     const struct timespec *deadline, int64_t spin_ns) {
+    int rc = lock_acquire_blocking(l, deadline, spin_ns ? 200000 : 0, &self->closing);
+    if (rc == 1)
+        rc = 0;
+    if (rc == 0 && self->closing) {
+        shmlink_lock_release(l); /* taken as the handle closed: give it back */
+        rc = -ECANCELED;
+    }
+    if (rc == -ECANCELED)
+        return raise_closed_while_waiting("queue", self->label);
+    return rc;
+}
+
+static inline int push_locked(RingObject *self, const void *data, uint64_t len,
+                              uint64_t *tail_io) {
+    return shmlink_ring_push_locked(&self->h, tail_io, data, len);
+}
+
+static inline void commit_tail(RingObject *self, uint64_t tail, uint64_t count) {
+    shmlink_ring_commit(&self->h, tail, count);
+}
+
+static int check_len(RingObject *self, Py_ssize_t len) {
+    if ((uint64_t)len > self->h.max_message) {
+        PyErr_Format(MessageTooLarge,
+                     "message of %zd bytes is larger than this queue's "
+                     "max_message_size of %llu; split it or create the queue "
+                     "with a larger capacity / max_message_size",
+                     len, (unsigned long long)self->h.max_message);
+        return -1;
+    }
+    return 0;
+}
+
+
+static int ring_len_ok(void *ring, Py_ssize_t len) {
+    return check_len((RingObject *)ring, len);
+}
+
+/* Send a batch of buffers; returns how many were sent (all unless timeout),
+ * or -1 with an exception.  timed_out set when the deadline passed. */
+static Py_ssize_t ring_send_buffers(RingObject *self, Py_buffer *bufs,
+                                    Py_ssize_t n, const struct timespec *deadline,
+                                    int64_t spin_ns, int *timed_out) {
+    struct shmlink_ring *r = self->h.ring;
+    Py_ssize_t done = 0;
+    *timed_out = 0;
+    while (done < n) {
+        int rc = ring_lock(self, &r->prod_lock, deadline, spin_ns);
+        if (rc == -1)
+            return -1;
+        if (rc == -ETIMEDOUT) {
+            *timed_out = 1;
+            return done;
+        }
+        uint64_t tail0 = SHM_LOAD_RELAXED(&r->tail), tail = tail0;
+        const uint64_t round_start = tail0;
+        Py_ssize_t before = done;
+        int prc = 0;
+        while (done < n) {
+            uint64_t at = tail;
+            prc = push_locked(self, bufs[done].buf, (uint64_t)bufs[done].len, &tail);
+            if (prc == -EAGAIN && tail != at) {
+                /* Only a wrap marker went in: publish what we have, and if
+                 * the ring was drained up to the marker, step over it. */
+                commit_tail(self, tail, (uint64_t)(done - before));
+                before = done;
+                tail0 = tail;
+                uint32_t pid;
+                uint64_t start;
+                identity(&pid, &start);
+                if (shmlink_ring_consume_wrap(&self->h, at, tail, pid, start))
+                    continue;
+            }
+            if (prc < 0)
+                break;
+            done++;
+        }
+        if (tail != tail0)
+            commit_tail(self, tail, (uint64_t)(done - before));
+        shmlink_lock_release(&r->prod_lock);
+        if (tail != round_start)
+            shmlink_ec_notify(&r->data_ec);
+        if (prc == -EBADMSG)
+            return corrupt();
+        if (prc == -EAGAIN) {
+            if (deadline && deadline->tv_sec == 0 && deadline->tv_nsec == 0) {
+                *timed_out = 1; /* try_ form */
+                return done;
+            }
+            int wrc = sl_ec_wait(&r->space_ec, cond_has_room, self,
+                                shmlink_ring_record_size((uint64_t)bufs[done].len),
+                                deadline, spin_ns, &self->closing);
+            if (wrc == -ECANCELED)
+                return raise_closed_while_waiting("queue", self->label);
+            if (wrc == -1)
+                return -1;
+            if (wrc == -ETIMEDOUT) {
+                *timed_out = 1;
+                return done;
+            }
+        }
+    }
+    return done;
+}
+
+PyDoc_STRVAR(Ring_send_doc,
+"send(data, deadline=None, spin_ns=0)\n--\n\n"
+"Append one message, waiting for room until deadline.  True when sent,\n"
+"False on timeout.  deadline 0 means do not wait.");
+
+static PyObject *Ring_send_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer b;
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "send() takes the message as its first argument");
+        return NULL;
+    }
+    struct timespec ts, *deadline;
+    long long spin;
+    if (fast_wait_args(args, nargs, 1, &ts, &deadline, &spin) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *res = NULL;
+    if (check_len(self, b.len) == 0) {
+        int timed_out;
+        Py_ssize_t n = ring_send_buffers(self, &b, 1, deadline, spin, &timed_out);
+        if (n >= 0)
+            res = PyBool_FromLong(n == 1);
+    }
+    PyBuffer_Release(&b);
+    return res;
+}
+
+static PyObject *Ring_try_send_impl(RingObject *self, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *res = NULL;
+    if (check_len(self, b.len) == 0) {
+        int timed_out;
+        /* deadline 0: never wait for room; spin_ns 1: a lock held by another
+         * producer for a memcpy is waited for briefly (ring_lock spins). */
+        Py_ssize_t n = ring_send_buffers(self, &b, 1, &zero_deadline, 1, &timed_out);
+        if (n >= 0)
+            res = PyBool_FromLong(n == 1);
+    }
+    PyBuffer_Release(&b);
+    return res;
+}
+
+PyDoc_STRVAR(Ring_send_many_doc,
+"send_many(messages, deadline=None, spin_ns=0)\n--\n\n"
+"Append each bytes-like object of the sequence, in order, as few lock\n"
+"round trips as room allows; or each row of a 2-D C-contiguous buffer.\n"
+"Returns how many were sent: all of them, or fewer when the deadline passed.");
+
+static PyObject *Ring_send_many_impl(RingObject *self, PyObject *args) {
+    PyObject *seq, *dl = Py_None;
+    long long spin = 0;
+    if (!PyArg_ParseTuple(args, "O|OL", &seq, &dl, &spin))
+        return NULL;
+    struct timespec ts, *deadline;
+    if (parse_wait(dl, spin, &ts, &deadline) < 0)
+        return NULL;
+    if (PyObject_CheckBuffer(seq) && !PyBytes_Check(seq) && !PyByteArray_Check(seq)) {
+        /* A 2-D C-contiguous buffer (a numpy array of records): one message
+         * per row, without making a Python object per message. */
+        Py_buffer whole;
+        if (PyObject_GetBuffer(seq, &whole, PyBUF_ND | PyBUF_C_CONTIGUOUS) < 0)
+            return NULL;
+        if (whole.ndim != 2) {
+            PyBuffer_Release(&whole);
+            PyErr_SetString(PyExc_TypeError,
+                            "send_many() takes a list of bytes-like objects, or a 2-D "
+                            "C-contiguous buffer whose rows are the messages");
+            return NULL;
+        }
+        Py_ssize_t rows = whole.shape[0], row = whole.shape[1] * whole.itemsize;
+        Py_ssize_t sent = -1;
+        Py_buffer *rbufs = PyMem_Calloc(rows ? (size_t)rows : 1, sizeof(Py_buffer));
+        if (!rbufs) {
+            PyBuffer_Release(&whole);
+            return PyErr_NoMemory();
+        }
+        if (check_len(self, row) == 0) {
+            for (Py_ssize_t i = 0; i < rows; i++) {
+                rbufs[i].buf = (char *)whole.buf + i * row;
+                rbufs[i].len = row;
+            }
+            int timed_out;
+            sent = ring_send_buffers(self, rbufs, rows, deadline, spin, &timed_out);
+        }
+        PyMem_Free(rbufs);
+        PyBuffer_Release(&whole);
+        return sent < 0 ? NULL : PyLong_FromSsize_t(sent);
+    }
+    struct buffer_batch b;
+    Py_ssize_t sent = -1;
+    if (batch_gather(&b, seq, "send_many() takes an iterable of bytes-like objects",
+                     ring_len_ok, self) == 0) {
+        int timed_out;
+        sent = ring_send_buffers(self, b.bufs, b.n, deadline, spin, &timed_out);
+    }
+    batch_release(&b);
+    return sent < 0 ? NULL : PyLong_FromSsize_t(sent);
+}
+
+/* What one locked receive does with each record. */
+enum pop_mode { POP_BYTES, POP_INTO };
+
+/* Pop up to max records with cons_lock held.  For POP_BYTES appends bytes
+ * to list; for POP_INTO copies one record into into/into_len and stores its
+ * length in *out_len.  Returns records taken, or -EBADMSG, or -EMSGSIZE
+ * (POP_INTO: record larger than the buffer; *out_len = its length), or -1
+ * (Python exception). */
+static Py_ssize_t pop_locked(RingObject *self, Py_ssize_t max, PyObject *list,
+                             PyObject **one, void *into, Py_ssize_t into_len,
+                             Py_ssize_t *out_len, int *moved) {
+    struct shmlink_ring *r = self->h.ring;
+    uint64_t head = SHM_LOAD_RELAXED(&r->head);
+    uint64_t head0 = head;
+    /* SYNC: pairs with the producers' release of tail in commit_tail. */
+    uint64_t tail = SHM_LOAD_ACQUIRE(&r->tail);
+    Py_ssize_t taken = 0;
+    Py_ssize_t result = 0;
+    while (taken < max) {
+        int64_t len = shmlink_ring_peek(&self->h, &head, tail);
+        if (len == -EAGAIN)
+            break;
+        if (len < 0) {
+            result = -EBADMSG;
+            break;
+        }
+        const uint8_t *src = self->h.data + (head % self->h.capacity) + SHMLINK_RECORD_HEADER;
+        if (list || one) {
+            PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+            if (!b) {
+                result = -1;
+                break;
+            }
+            if (len > 65536) {
+                Py_BEGIN_ALLOW_THREADS
+                memcpy(PyBytes_AS_STRING(b), src, (size_t)len);
+                Py_END_ALLOW_THREADS
+            } else {
+                memcpy(PyBytes_AS_STRING(b), src, (size_t)len);
+            }
+            if (one) {
+                *one = b;
+            } else {
+                int arc = PyList_Append(list, b);
+                Py_DECREF(b);
+                if (arc < 0) {
+                    result = -1;
+                    break;
+                }
+            }
+        } else {
+            *out_len = (Py_ssize_t)len;
+            if (len > into_len) {
+                result = -EMSGSIZE;
+                break;
+            }
+            memcpy(into, src, (size_t)len);
+        }
+        head += shmlink_ring_record_size((uint64_t)len);
+        taken++;
+    }
+    if (head != head0) {
+        /* Counted before the commit (a kill in between leaves `received`
+         * ahead, so len() reads low, never high). */
+        SHM_STORE_RELAXED(&r->received, SHM_LOAD_RELAXED(&r->received) + (uint64_t)taken);
+        /* SYNC: frees the space; pairs with the producers' acquire of head
+         * in push_locked / cond_has_room. */
+        SHM_STORE_RELEASE(&r->head, head);
+        *moved = 1;
+    }
+    /* Messages taken before a corrupt record are delivered; the corrupt
+     * record stays at head and the next receive reports it. */
+    if (result == -EBADMSG && taken > 0)
+        return taken;
+    return result < 0 ? result : taken;
+}
+
+/* Receive: blocks until at least one record or the deadline.  Returns the
+ * count taken (0 on timeout) or -1 with an exception. */
+static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
+                            PyObject **one, void *into, Py_ssize_t into_len,
+                            Py_ssize_t *out_len, const struct timespec *deadline,
+                            int64_t spin_ns) {
+    struct shmlink_ring *r = self->h.ring;
+    for (;;) {
+        int rc = ring_lock(self, &r->cons_lock, deadline, spin_ns);
+        if (rc == -1)
+            return -1;
+        if (rc == -ETIMEDOUT)
+            return 0;
+        int moved = 0;
+        Py_ssize_t n = pop_locked(self, max, list, one, into, into_len, out_len, &moved);
+        shmlink_lock_release(&r->cons_lock);
+        if (moved)
+            shmlink_ec_notify(&r->space_ec);
+        if (n == -1)
+            return -1;
+        if (n == -EBADMSG)
+            return corrupt();
+        if (n == -EMSGSIZE) {
+            PyErr_Format(MessageTooLarge,
+                         "the next message has %zd bytes but the buffer holds "
+                         "only %zd; it stays in the queue: receive it into a "
+                         "larger buffer",
+                         *out_len, into_len);
+            return -1;
+        }
+        if (n > 0)
+            return n;
+        if (deadline && deadline->tv_sec == 0 && deadline->tv_nsec == 0)
+            return 0;
+        int wrc = sl_ec_wait(&r->data_ec, cond_has_data, self, 0, deadline, spin_ns, &self->closing);
+        if (wrc == -ECANCELED)
+            return raise_closed_while_waiting("queue", self->label);
+        if (wrc == -1)
+            return -1;
+        if (wrc == -ETIMEDOUT)
+            return 0;
+    }
+}
+
+PyDoc_STRVAR(Ring_recv_doc,
+"recv(deadline=None, spin_ns=0)\n--\n\n"
+"Take the oldest message as bytes, waiting until deadline; None on timeout.");
+
+/* Receive one message as bytes (or None on timeout). */
+static PyObject *ring_recv_one(RingObject *self, const struct timespec *deadline,
+                               long long spin) {
+    PyObject *one = NULL;
+    Py_ssize_t n = ring_recv(self, 1, NULL, &one, NULL, 0, NULL, deadline, spin);
+    if (n > 0)
+        return one;
+    Py_XDECREF(one);
+    if (n == 0)
+        Py_RETURN_NONE;
+    return NULL;
+}
+
+static PyObject *Ring_recv_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    struct timespec ts, *deadline;
+    long long spin;
+    if (fast_wait_args(args, nargs, 0, &ts, &deadline, &spin) < 0)
+        return NULL;
+    return ring_recv_one(self, deadline, spin);
+}
+
+static PyObject *Ring_try_recv_impl(RingObject *self, PyObject *unused) {
+    return ring_recv_one(self, &zero_deadline, 1);
+}
+
+PyDoc_STRVAR(Ring_recv_many_doc,
+"recv_many(max_count, deadline=None, spin_ns=0)\n--\n\n"
+"Wait until at least one message is there (or the deadline), then take up\n"
+"to max_count in one locked pass.  Returns a list (empty on timeout).");
+
+static PyObject *Ring_recv_many_impl(RingObject *self, PyObject *args) {
+    Py_ssize_t max;
+    PyObject *dl = Py_None;
+    long long spin = 0;
+    if (!PyArg_ParseTuple(args, "n|OL", &max, &dl, &spin))
+        return NULL;
+    if (max < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_count must be at least 1");
+        return NULL;
+    }
+    struct timespec ts, *deadline;
+    if (parse_wait(dl, spin, &ts, &deadline) < 0)
+        return NULL;
+    PyObject *list = PyList_New(0);
+    if (!list)
+        return NULL;
+    Py_ssize_t n = ring_recv(self, max, list, NULL, NULL, 0, NULL, deadline, spin);
+    if (n < 0) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    return list;
+}
+
+PyDoc_STRVAR(Ring_recv_into_doc,
+"recv_into(buffer, deadline=None, spin_ns=0)\n--\n\n"
+"Copy the oldest message into a writable buffer; returns its length, or\n"
+"None on timeout.  A message larger than the buffer stays in the queue and\n"
+"MessageTooLarge is raised.");
+
+static PyObject *Ring_recv_into_impl(RingObject *self, PyObject *args) {
+    Py_buffer b;
+    PyObject *dl = Py_None;
+    long long spin = 0;
+    if (!PyArg_ParseTuple(args, "w*|OL", &b, &dl, &spin))
+        return NULL;
+    PyObject *res = NULL;
+    struct timespec ts, *deadline;
+    if (parse_wait(dl, spin, &ts, &deadline) == 0) {
+        Py_ssize_t len = 0;
+        Py_ssize_t n = ring_recv(self, 1, NULL, NULL, b.buf, b.len, &len, deadline, spin);
+        if (n > 0)
+            res = PyLong_FromSsize_t(len);
+        else if (n == 0)
+            res = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&b);
+    return res;
+}
+
+PyDoc_STRVAR(Ring_view_begin_doc,
+"view_begin(deadline=None, spin_ns=0)\n--\n\n"
+"Zero-copy receive, first half: wait for a message and hold the consumer\n"
+"lock; returns (offset, length) of its payload within the buffer, or None\n"
+"on timeout.  Other consumers wait until view_end() or view_abort().");
+
+static PyObject *Ring_view_begin_impl(RingObject *self, PyObject *args) {
+    PyObject *dl = Py_None;
+    long long spin = 0;
+    if (!PyArg_ParseTuple(args, "|OL", &dl, &spin))
+        return NULL;
+    if (self->in_view) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "a zero-copy receive is already open on this handle; "
+                        "release it before taking the next");
+        return NULL;
+    }
+    struct timespec ts, *deadline;
+    if (parse_wait(dl, spin, &ts, &deadline) < 0)
+        return NULL;
+    struct shmlink_ring *r = self->h.ring;
+    for (;;) {
+        int rc = ring_lock(self, &r->cons_lock, deadline, spin);
+        if (rc == -1)
+            return NULL;
+        if (rc == -ETIMEDOUT)
+            Py_RETURN_NONE;
+        uint64_t head = SHM_LOAD_RELAXED(&r->head);
+        uint64_t tail = SHM_LOAD_ACQUIRE(&r->tail); /* SYNC: producers' tail release */
+        int64_t len = shmlink_ring_peek(&self->h, &head, tail);
+        if (len >= 0) {
+            self->in_view = 1;
+            self->view_head = head;
+            self->view_next = head + shmlink_ring_record_size((uint64_t)len);
+            Py_ssize_t base = (Py_ssize_t)((self->h.data - (uint8_t *)self->view.buf) +
+                                           (Py_ssize_t)(head % self->h.capacity) +
+                                           SHMLINK_RECORD_HEADER);
+            return Py_BuildValue("nn", base, (Py_ssize_t)len);
+        }
+        int moved = 0;
+        if (len == -EAGAIN && head != SHM_LOAD_RELAXED(&r->head)) {
+            SHM_STORE_RELEASE(&r->head, head); /* consumed a wrap marker */
+            moved = 1;
+        }
+        shmlink_lock_release(&r->cons_lock);
+        if (moved)
+            shmlink_ec_notify(&r->space_ec);
+        if (len != -EAGAIN) {
+            corrupt();
+            return NULL;
+        }
+        if (deadline && deadline->tv_sec == 0 && deadline->tv_nsec == 0)
+            Py_RETURN_NONE;
+        int wrc = sl_ec_wait(&r->data_ec, cond_has_data, self, 0, deadline, spin, &self->closing);
+        if (wrc == -ECANCELED)
+            return raise_closed_while_waiting("queue", self->label), NULL;
+        if (wrc == -1)
+            return NULL;
+        if (wrc == -ETIMEDOUT)
+            Py_RETURN_NONE;
+    }
+}
+
+/* End the open zero-copy receive (the caller checked live_views). */
+static void ring_view_end(RingObject *self, int consume) {
+    struct shmlink_ring *r = self->h.ring;
+    self->in_view = 0;
+    if (consume) {
+        SHM_STORE_RELAXED(&r->received, SHM_LOAD_RELAXED(&r->received) + 1);
+        /* SYNC: frees the record; pairs with the producers' head acquire. */
+        SHM_STORE_RELEASE(&r->head, self->view_next);
+    } else if (self->view_head != SHM_LOAD_RELAXED(&r->head)) {
+        SHM_STORE_RELEASE(&r->head, self->view_head); /* skipped wrap markers */
+    }
+    shmlink_lock_release(&r->cons_lock);
+    shmlink_ec_notify(&r->space_ec);
+}
+
+static PyObject *Ring_view_end(RingObject *self, PyObject *args) {
+    int consume = 1;
+    if (!PyArg_ParseTuple(args, "|p", &consume))
+        return NULL;
+    if (!self->in_view || !self->has_view)
+        Py_RETURN_NONE;
+    if (self->live_views > 0)
+        return raise_views_alive("message view", self->live_views), NULL;
+    ring_view_end(self, consume);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Ring_view_doc,
+"view(offset, length)\n--\n\n"
+"A read-only memoryview of the open zero-copy receive's payload (from\n"
+"view_begin).  view_end() raises BufferError while anything made from it\n"
+"(a numpy array, a slice) is alive.");
+
+static PyObject *Ring_view(RingObject *self, PyObject *args) {
+    Py_ssize_t off, len;
+    if (!PyArg_ParseTuple(args, "nn", &off, &len))
+        return NULL;
+    if (!self->has_view || self->closing)
+        return raise_closed("queue", self->label), NULL;
+    if (!self->in_view) {
+        PyErr_SetString(PyExc_RuntimeError, "no zero-copy receive is open on this handle");
+        return NULL;
+    }
+    return make_view(self->view.obj, off, len, 1, (PyObject *)self, &self->live_views);
+}
+
+static PyObject *Ring_stats_impl(RingObject *self, PyObject *unused) {
+    struct shmlink_ring *r = self->h.ring;
+    uint64_t head = SHM_LOAD_ACQUIRE(&r->head), tail = SHM_LOAD_ACQUIRE(&r->tail);
+    uint64_t sent = SHM_LOAD_RELAXED(&r->sent), received = SHM_LOAD_RELAXED(&r->received);
+    uint64_t used = tail - head;
+    if (used > self->h.capacity)
+        used = self->h.capacity; /* inconsistent: report full, recv reports corruption */
+    return Py_BuildValue("{sKsKsKsKsKsI}", "capacity", (unsigned long long)self->h.capacity,
+                         "max_message", (unsigned long long)self->h.max_message,
+                         "used", (unsigned long long)used, "sent", (unsigned long long)sent,
+                         "received", (unsigned long long)received,
+                         "producer_pid", SHM_LOAD_RELAXED(&r->prod_lock.owner));
+}
+
+/* No call is inside a closing ring any more: give the mapping back. */
+static void ring_finish(RingObject *self) {
+    if (!self->has_view)
+        return;
+    if (self->in_view)
+        ring_view_end(self, 0); /* the message stays for the next receive */
+    self->in_view = 0;
+    PyBuffer_Release(&self->view);
+    self->has_view = 0;
+}
+
+static PyObject *Ring_close(RingObject *self, PyObject *unused) {
+    if (!self->has_view)
+        Py_RETURN_TRUE;
+    SHM_STORE_RELAXED(&self->closing, 1);
+    if (self->calls > 0) {
+        /* Calls inside: wake every word they may sleep on; each sees
+         * `closing`, raises SegmentClosed, and the last one out releases. */
+        struct shmlink_ring *r = self->h.ring;
+        wake_word(&r->data_ec.seq);
+        wake_word(&r->space_ec.seq);
+        wake_word(&r->prod_lock.owner);
+        wake_word(&r->cons_lock.owner);
+        Py_RETURN_FALSE;
+    }
+    ring_finish(self);
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(ring_init_doc,
+"ring_init(buffer, offset, size, max_message=0)\n--\n\n"
+"Lay out an empty ring in buffer[offset:offset+size] (before the segment\n"
+"is marked ready).  Returns (capacity, max_message).");
+
+static PyObject *ring_init(PyObject *mod, PyObject *args) {
+    Py_buffer b;
+    Py_ssize_t offset, size;
+    unsigned long long max_message = 0;
+    if (!PyArg_ParseTuple(args, "w*nn|K", &b, &offset, &size, &max_message))
+        return NULL;
+    PyObject *res = NULL;
+    if (offset < 0 || size < 0 || offset % 64 || offset > b.len || size > b.len - offset) {
+        PyErr_SetString(PyExc_ValueError, "ring region outside the buffer");
+    } else if (max_message > 0xFFFFFFF0ull) {
+        PyErr_SetString(PyExc_ValueError, "max_message_size must be below 4 GiB");
+    } else if (shmlink_ring_init((char *)b.buf + offset, (uint64_t)size, max_message) < 0) {
+        PyErr_SetString(PyExc_ValueError, "ring region too small");
+    } else {
+        struct shmlink_ring *r = (struct shmlink_ring *)((char *)b.buf + offset);
+        uint64_t mm = r->max_message > 0xFFFFFFF0ull ? 0xFFFFFFF0ull : r->max_message;
+        r->max_message = mm;
+        res = Py_BuildValue("KK", (unsigned long long)r->capacity, (unsigned long long)mm);
+    }
+    PyBuffer_Release(&b);
+    return res;
+}
+
+/* ---- Queue.send / Queue.recv in one C call ----------------------------- */
+
+PyDoc_STRVAR(Ring_qsend_doc,
+"qsend(data, *, timeout=None)\n--\n\n"
+"Queue.send in one C call: append one message, waiting while the queue is\n"
+"full; raise shmlink.Timeout if there is no room within timeout seconds.");
+
+static PyObject *Ring_qsend_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    PyObject *timeout;
+    if (kw_only_timeout("send(data, *, timeout=None)", args, nargs, kwnames, 1, &timeout) < 0)
+        return NULL;
+    struct timespec ts, *deadline;
+    if (parse_timeout(timeout, &ts, &deadline) < 0)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    Py_ssize_t n = -1;
+    if (check_len(self, b.len) == 0) {
+        int timed_out;
+        n = ring_send_buffers(self, &b, 1, deadline, self->spin, &timed_out);
+    }
+    PyBuffer_Release(&b);
+    if (n < 0)
+        return NULL;
+    if (n == 0) {
+        PyErr_Format(Timeout, "queue %R stayed full for %R s; nothing was sent",
+                     self->label ? self->label : Py_None, timeout ? timeout : Py_None);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Ring_qrecv_doc,
+"qrecv(*, timeout=None)\n--\n\n"
+"Queue.recv in one C call: take the oldest message as bytes, waiting until\n"
+"one arrives; raise shmlink.Timeout if none does within timeout seconds.");
+
+static PyObject *Ring_qrecv_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    PyObject *timeout;
+    if (kw_only_timeout("recv(*, timeout=None)", args, nargs, kwnames, 0, &timeout) < 0)
+        return NULL;
+    struct timespec ts, *deadline;
+    if (parse_timeout(timeout, &ts, &deadline) < 0)
+        return NULL;
+    PyObject *one = NULL;
+    Py_ssize_t n = ring_recv(self, 1, NULL, &one, NULL, 0, NULL, deadline, self->spin);
+    if (n > 0)
+        return one;
+    Py_XDECREF(one);
+    if (n == 0)
+        PyErr_Format(Timeout, "queue %R: no message within %R s",
+                     self->label ? self->label : Py_None, timeout ? timeout : Py_None);
+    return NULL;
+}
+
+/* The methods: each runs its _impl between ring_enter and ring_leave. */
+static PyObject *Ring_send(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    RING_CALL(self, Ring_send_impl(self, args, nargs));
+}
+static PyObject *Ring_try_send(RingObject *self, PyObject *arg) {
+    RING_CALL(self, Ring_try_send_impl(self, arg));
+}
+static PyObject *Ring_send_many(RingObject *self, PyObject *args) {
+    RING_CALL(self, Ring_send_many_impl(self, args));
+}
+static PyObject *Ring_recv(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    RING_CALL(self, Ring_recv_impl(self, args, nargs));
+}
+static PyObject *Ring_try_recv(RingObject *self, PyObject *unused) {
+    RING_CALL(self, Ring_try_recv_impl(self, unused));
+}
+static PyObject *Ring_recv_many(RingObject *self, PyObject *args) {
+    RING_CALL(self, Ring_recv_many_impl(self, args));
+}
+static PyObject *Ring_recv_into(RingObject *self, PyObject *args) {
+    RING_CALL(self, Ring_recv_into_impl(self, args));
+}
+static PyObject *Ring_view_begin(RingObject *self, PyObject *args) {
+    RING_CALL(self, Ring_view_begin_impl(self, args));
+}
+static PyObject *Ring_stats(RingObject *self, PyObject *unused) {
+    RING_CALL(self, Ring_stats_impl(self, unused));
+}
+static PyObject *Ring_qsend(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    RING_CALL(self, Ring_qsend_impl(self, args, nargs, kwnames));
+}
+static PyObject *Ring_qrecv(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
+                            PyObject *kwnames) {
+    RING_CALL(self, Ring_qrecv_impl(self, args, nargs, kwnames));
+}
+
+static PyObject *Ring_get_closed(RingObject *self, void *c) {
+    return PyBool_FromLong(!self->has_view || self->closing);
+}
+
+static PyObject *Ring_get_capacity(RingObject *self, void *c) {
+    return PyLong_FromUnsignedLongLong(self->h.capacity);
+}
+static PyObject *Ring_get_max_message(RingObject *self, void *c) {
+    return PyLong_FromUnsignedLongLong(self->h.max_message);
+}
+
+static PyMethodDef Ring_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))Ring_send, METH_FASTCALL, Ring_send_doc},
+    {"qsend", (PyCFunction)(void (*)(void))Ring_qsend, METH_FASTCALL | METH_KEYWORDS,
+     Ring_qsend_doc},
+    {"qrecv", (PyCFunction)(void (*)(void))Ring_qrecv, METH_FASTCALL | METH_KEYWORDS,
+     Ring_qrecv_doc},
+    {"try_send", (PyCFunction)Ring_try_send, METH_O,
+     "try_send(data)\n--\n\nAppend one message if there is room now; True if sent."},
+    {"send_many", (PyCFunction)Ring_send_many, METH_VARARGS, Ring_send_many_doc},
+    {"recv", (PyCFunction)(void (*)(void))Ring_recv, METH_FASTCALL, Ring_recv_doc},
+    {"try_recv", (PyCFunction)Ring_try_recv, METH_NOARGS,
+     "try_recv()\n--\n\nTake the oldest message if there is one now, else None."},
+    {"recv_many", (PyCFunction)Ring_recv_many, METH_VARARGS, Ring_recv_many_doc},
+    {"recv_into", (PyCFunction)Ring_recv_into, METH_VARARGS, Ring_recv_into_doc},
+    {"view_begin", (PyCFunction)Ring_view_begin, METH_VARARGS, Ring_view_begin_doc},
+    {"view_end", (PyCFunction)Ring_view_end, METH_VARARGS,
+     "view_end(consume=True)\n--\n\nFinish a zero-copy receive: consume the "
+     "record (or leave it, consume=False) and release the consumer lock."},
+    {"stats", (PyCFunction)Ring_stats, METH_NOARGS,
+     "stats()\n--\n\nA dict of capacity, max_message, used bytes, sent and received."},
+    {"view", (PyCFunction)Ring_view, METH_VARARGS, Ring_view_doc},
+    {"close", (PyCFunction)Ring_close, METH_NOARGS,
+     "close()\n--\n\nClose the handle: later calls raise SegmentClosed.  Releases the "
+     "buffer (ending an open zero-copy receive unconsumed) and returns True, or, while "
+     "calls are inside, wakes them (they raise SegmentClosed) and returns False: the last "
+     "to leave releases it."},
+    {NULL}};
+
+static PyMemberDef Ring_members[] = {
+    {"spin", T_LONGLONG, offsetof(RingObject, spin), 0,
+     "spin_ns used by qsend/qrecv: 0 block, -1 spin, >0 hybrid"},
+    {"label", T_OBJECT, offsetof(RingObject, label), 0, "name used in error messages"},
+    {NULL}};
+
+static PyGetSetDef Ring_getset[] = {
+    {"capacity", (getter)Ring_get_capacity, NULL, "ring bytes", NULL},
+    {"max_message", (getter)Ring_get_max_message, NULL, "largest payload", NULL},
+    {"closed", (getter)Ring_get_closed, NULL, "True once close() was called", NULL},
+    {NULL}};
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.Ring",
+    .tp_basicsize = sizeof(RingObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Ring(buffer, offset, size)\n--\n\nA handle on the message ring "
+              "laid out by ring_init in buffer[offset:offset+size].",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Ring_init,
+    .tp_dealloc = (destructor)Ring_dealloc,
+    .tp_methods = Ring_methods,
+    .tp_members = Ring_members,
+    .tp_getset = Ring_getset,
+};
+
+static PyMethodDef ring_functions[] = {
+    {"ring_init", ring_init, METH_VARARGS, ring_init_doc},
+    {NULL}};
+
+/* Called from PyInit__core. */
+int ring_register(PyObject *m) {
+    if (PyType_Ready(&RingType) < 0)
+        return -1;
+    if (PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0 ||
+        PyModule_AddFunctions(m, ring_functions) < 0)
+        return -1;
+    return 0;
+}
