@@ -1414,7 +1414,8 @@ def list_segments() -> list[SegmentInfo]:
     """Every shmlink segment in the shared-memory directory.
 
     Files named like segments that are not valid shmlink segments are
-    listed with ``kind == "invalid"`` and an ``error``.
+    listed with ``kind == "invalid"`` and an ``error``.  Raises
+    :class:`BadDirectory` when the directory is missing or not one.
     """
     out = []
     for name, path in _segment_files():
