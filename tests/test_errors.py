@@ -62,6 +62,8 @@ HIERARCHY = {
     "SettingsMismatch": (ValueError,),
     "InvalidArgument": (ValueError,),
     "InvalidState": (RuntimeError,),
+    "BadDirectory": (OSError,),
+    "OutOfDescriptors": (OSError,),
 }
 
 

@@ -35,6 +35,8 @@ __all__ = [
     "SettingsMismatch",
     "InvalidArgument",
     "InvalidState",
+    "BadDirectory",
+    "OutOfDescriptors",
 ]
 
 
@@ -60,6 +62,37 @@ class SegmentExists(ShmlinkError, FileExistsError):
 
 class AccessDenied(ShmlinkError, PermissionError):
     """The operating system refused access (mode bits, owner, read-only mapping)."""
+
+
+class _WithErrno(ShmlinkError, OSError):
+    """An OSError whose message is shmlink's, with the system's ``errno`` kept (and pickled)."""
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self),), {"errno": self.errno})
+
+
+class BadDirectory(_WithErrno):
+    """The directory segments live in cannot hold them.
+
+    ``$SHMLINK_DIR`` (or the directory of a file-backed path) is missing,
+    not a directory, or on a file system that cannot create files (such as
+    ``/proc``); ``$SHMLINK_DIR`` set to the empty string is an error too.
+    ``errno`` says which (``ENOENT``, ``ENOTDIR``, ...); the message names
+    the directory and what to do.
+    """
+
+
+class OutOfDescriptors(_WithErrno):
+    """The process (``EMFILE``) or the system (``ENFILE``) has no file descriptor left.
+
+    Every segment a process has open holds two (its file and its mapping).
+    Close objects no longer needed, or raise the limit (``ulimit -n``,
+    ``resource.setrlimit(resource.RLIMIT_NOFILE, ...)``).
+    """
 
 
 class Timeout(ShmlinkError, TimeoutError):

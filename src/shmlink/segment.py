@@ -47,12 +47,14 @@ from typing import Any, Callable, Iterator, Literal, TypeVar
 from . import _core
 from .errors import (
     AccessDenied,
+    BadDirectory,
     CorruptSegment,
     CreatorDied,
     IncompatibleSegment,
     InvalidArgument,
     InvalidName,
     InvalidSize,
+    OutOfDescriptors,
     OutOfRange,
     SegmentBusy,
     SegmentClosed,
@@ -108,8 +110,70 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
 
 
 def shm_dir() -> str:
-    """The directory named segments live in (``$SHMLINK_DIR`` or ``/dev/shm``)."""
-    return os.environ.get("SHMLINK_DIR", "/dev/shm")
+    """The directory named segments live in: ``$SHMLINK_DIR``, or ``/dev/shm`` when unset.
+
+    Raises
+    ------
+    BadDirectory
+        When ``$SHMLINK_DIR`` is set to the empty string.  That is taken as a
+        mistake (an unset variable expanded in a script), not as "the
+        default", nor as the current directory: objects meant to be kept
+        apart must not silently meet in ``/dev/shm``.  (The C header agrees.)
+    """
+    d = os.environ.get("SHMLINK_DIR")
+    if d is None:
+        return "/dev/shm"
+    if not d:
+        raise BadDirectory("$SHMLINK_DIR is set but empty; set it to a directory (such as "
+                           "/dev/shm) or unset it", errno=errno.ENOENT)
+    return d
+
+
+def _from_env(directory: str) -> bool:
+    env = os.environ.get("SHMLINK_DIR")
+    return env is not None and env != "" and os.path.abspath(env) == os.path.abspath(directory)
+
+
+def _where(directory: str) -> str:
+    """How a message names the directory: with ``$SHMLINK_DIR`` when that is where it came from."""
+    return f"$SHMLINK_DIR ({directory})" if _from_env(directory) else directory
+
+
+def _directory_problem(directory: str, creating: bool = False,
+                       err: OSError | None = None) -> Exception | None:
+    """Why ``directory`` cannot hold segments, or None when it looks usable.
+
+    Called only after a call in it failed (never on the fast path): with
+    ``creating``, an existing directory in which a file could not be made
+    (``err``: ENOENT from /proc, EROFS, EACCES) is the problem too.
+    """
+    where = _where(directory)
+    other = " or point $SHMLINK_DIR at another" if _from_env(directory) else ""
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return BadDirectory(f"{where} does not exist: create the directory (mkdir -p){other}",
+                            errno=errno.ENOENT)
+    except NotADirectoryError:
+        return BadDirectory(f"{where} is not a directory (part of its path is a file): use a "
+                            "directory" + (" such as /dev/shm for $SHMLINK_DIR" if other else ""),
+                            errno=errno.ENOTDIR)
+    except OSError as e:
+        return BadDirectory(f"{where} cannot be used: {e.strerror}", errno=e.errno)
+    if not stat.S_ISDIR(st.st_mode):
+        return BadDirectory(f"{where} is not a directory: use a directory"
+                            + (" such as /dev/shm for $SHMLINK_DIR" if other else ""),
+                            errno=errno.ENOTDIR)
+    if not creating or err is None:
+        return None
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(f"cannot create files in {where}: permission denied; use a "
+                            "directory you may write to")
+    if err.errno in (errno.ENOENT, errno.EROFS):
+        return BadDirectory(f"cannot create files in {where} ({err.strerror}): it is not a "
+                            "place for shared memory; use /dev/shm or a tmpfs directory",
+                            errno=err.errno)
+    return None
 
 
 def validate_name(name: object) -> str:
@@ -278,9 +342,32 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _os_error(err: OSError, what: str, name: str) -> Exception:
+def _os_error(err: OSError, what: str, name: str, *, path: str | None = None,
+              creating: bool = False) -> Exception:
+    """The typed error for ``err`` from a system call on ``what name``'s file.
+
+    ``path`` (the file the call was about) lets a missing or unusable
+    directory be told apart from a missing segment; ``creating`` says the
+    call made a new file in that directory.
+    """
+    if path is not None and err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES,
+                                          errno.EPERM, errno.EROFS):
+        problem = _directory_problem(os.path.dirname(path) or ".", creating, err)
+        if problem is not None:
+            return problem
+    if err.errno in (errno.EMFILE, errno.ENFILE):
+        return _out_of_descriptors(err, what, name)
+    if err.errno == errno.ENAMETOOLONG:
+        return _name_too_long(what, name, path)
+    if err.errno == errno.EISDIR:
+        return IncompatibleSegment(f"{what} {name!r} is a directory, not a shmlink segment: "
+                                   "remove it (rmdir) or use another name")
     if err.errno == errno.ENOENT:
-        return SegmentNotFound(f"{what} {name!r} does not exist; create it first (or check the name)")
+        where = ""
+        if path is not None and os.environ.get("SHMLINK_DIR"):
+            where = f" in {_where(os.path.dirname(path))}"
+        return SegmentNotFound(f"{what} {name!r} does not exist{where}; create it first "
+                               "(or check the name)")
     if err.errno == errno.EEXIST:
         return SegmentExists(f"{what} {name!r} already exists; open it, or unlink it first")
     if err.errno in (errno.EACCES, errno.EPERM):
@@ -291,6 +378,40 @@ def _os_error(err: OSError, what: str, name: str) -> Exception:
     if err.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM, errno.EINVAL):
         return InvalidSize(f"{what} {name!r}: the system cannot provide that much memory ({err.strerror})")
     return err
+
+
+def _out_of_descriptors(err: OSError, what: str, name: str) -> OutOfDescriptors:
+    if err.errno == errno.ENFILE:
+        return OutOfDescriptors(
+            f"{what} {name!r}: the system has no file descriptor left (ENFILE, see "
+            "/proc/sys/fs/file-max); close objects no longer needed", errno=errno.ENFILE)
+    try:
+        import resource
+        limit = f"the limit is {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not on Linux
+        limit = "see ulimit -n"
+    return OutOfDescriptors(
+        f"{what} {name!r}: this process has no file descriptor left ({limit}; each open "
+        "segment holds two): close objects no longer needed, or raise the limit "
+        "(ulimit -n, resource.setrlimit(RLIMIT_NOFILE))", errno=errno.EMFILE)
+
+
+def _name_too_long(what: str, name: str, path: str | None) -> InvalidName:
+    if path is None:
+        return InvalidName(f"{what} {name!r}: the file name is too long for the system")
+    directory = os.path.dirname(path) or "."
+    try:
+        namemax = os.statvfs(directory).f_namemax
+    except OSError:
+        namemax = 255
+    base = len(os.fsencode(os.path.basename(path)))
+    if len(name) > 40:
+        name = name[:40] + "..."
+    if base > namemax:
+        return InvalidName(f"{what} {name!r}: the file name is {base} bytes; {directory} "
+                           f"allows {namemax}: use a shorter name")
+    return InvalidName(f"{what} {name!r}: the path {path[:60]!r}... is {len(os.fsencode(path))} "
+                       "bytes, longer than the system allows: use a shorter path")
 
 
 # --- the base of every named object --------------------------------------------
@@ -398,7 +519,9 @@ class _Named:
         directory = os.path.dirname(final) or "."
         try:
             free = os.statvfs(directory)
-            avail = free.f_bavail * free.f_frsize
+            # no blocks at all: a size-less tmpfs (unlimited) or a pseudo file
+            # system such as /proc (creating the file will say so)
+            avail = free.f_bavail * free.f_frsize if free.f_blocks else None
         except OSError:
             avail = None
         total = DATA_OFFSET + size
@@ -415,12 +538,14 @@ class _Named:
         # segments it is a hidden file beside the target.
         tag = f"{pid}.{secrets.token_hex(4)}."
         base = os.path.basename(final)
+        # (a file-backed name is cut short in it: the temporary name must fit
+        # wherever the final name fits)
         tmp = os.path.join(directory, (PREFIX + _TMP_MARK + tag + base[len(PREFIX):])
-                           if path is None else ("." + base + _TMP_MARK + tag.rstrip(".")))
+                           if path is None else ("." + base[:200] + _TMP_MARK + tag.rstrip(".")))
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
         except OSError as e:
-            raise _os_error(e, "segment", shown) from None
+            raise _os_error(e, "segment", shown, path=tmp, creating=True) from None
         mm = None
         mapping = None
         try:
@@ -431,7 +556,10 @@ class _Named:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise _os_error(e, "segment", shown) from None
                 os.ftruncate(fd, total)
-            mm = mmap.mmap(fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                mm = mmap.mmap(fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError as e:
+                raise _os_error(e, "segment", shown) from None
             flags = FLAG_AUTO if lifetime == "auto" else 0
             _HDR.pack_into(mm, 0, MAGIC, LAYOUT_VERSION, kind, DATA_OFFSET, size, total, pid,
                            flags, start, time.time_ns(), 0, MAX_PARTICIPANTS, kind_version)
@@ -446,7 +574,7 @@ class _Named:
             try:
                 os.link(tmp, final)
             except OSError as e:
-                raise _os_error(e, "segment", shown) from None
+                raise _os_error(e, "segment", shown, path=final, creating=True) from None
         except BaseException:
             if mapping is not None:
                 mapping.memory.release()
@@ -1000,16 +1128,16 @@ def _attach(final: str, key: str, shown: str, readonly: bool,
             if e.errno == errno.ELOOP:
                 raise IncompatibleSegment(f"segment {shown!r} is a symbolic link; refusing to follow it") from None
             if e.errno in (errno.EISDIR, errno.ENXIO):
-                raise IncompatibleSegment(
-                    f"segment {shown!r} is not a regular file (a directory or a device); "
-                    "it is not a shmlink segment: remove it or use another name") from None
-            raise _os_error(e, "segment", shown) from None
+                try:
+                    mode = os.lstat(final).st_mode
+                except OSError:
+                    mode = stat.S_IFDIR if e.errno == errno.EISDIR else stat.S_IFCHR
+                raise _not_a_segment_file(shown, mode) from None
+            raise _os_error(e, "segment", shown, path=final) from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise IncompatibleSegment(
-                    f"segment {shown!r} is not a regular file (a FIFO, socket or device); "
-                    "it is not a shmlink segment: remove it or use another name")
+                raise _not_a_segment_file(shown, st.st_mode)
             fcntl.flock(fd, fcntl.LOCK_SH)
             # An "auto" segment may have been unlinked between our open and
             # our lock: then this file is dead; look the name up again.
@@ -1024,7 +1152,10 @@ def _attach(final: str, key: str, shown: str, readonly: bool,
             raw = os.pread(fd, _HDR.size, 0)
             header = _parse_header(raw, size, f"segment {shown!r}")
             prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            try:
+                mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            except OSError as e:
+                raise _os_error(e, "segment", shown) from None
             mapping = _Mapping(key, final, fd, mm, header, readonly)
             _wait_ready(mapping, shown, deadline)
             mapping.register()
@@ -1039,6 +1170,17 @@ def _attach(final: str, key: str, shown: str, readonly: bool,
             except OSError:
                 pass
             raise
+
+
+def _not_a_segment_file(shown: str, mode: int) -> IncompatibleSegment:
+    """The error for a name that holds something other than a regular file."""
+    if stat.S_ISDIR(mode):
+        return IncompatibleSegment(f"segment {shown!r} is a directory, not a shmlink segment: "
+                                   "remove it (rmdir) or use another name")
+    what = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return IncompatibleSegment(f"segment {shown!r} is {what}, not a shmlink segment: "
+                               "remove it or use another name")
 
 
 def _wait_ready(m: _Mapping, shown: str, deadline: float | None) -> None:
@@ -1224,7 +1366,7 @@ def inspect_path(path: str, name: str | None = None) -> SegmentInfo:
         if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             return SegmentInfo(name, path, "invalid", 0, 0, 0.0, [], [], "?", False,
                                f"{path} is not a regular file; it is not a shmlink segment")
-        raise _os_error(e, "segment", name) from None
+        raise _os_error(e, "segment", name, path=path) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -1249,12 +1391,20 @@ def inspect_path(path: str, name: str | None = None) -> SegmentInfo:
         os.close(fd)
 
 
+def _entries(d: str) -> list[str]:
+    """The names in the segment directory ``d``, sorted; BadDirectory if it is not one."""
+    try:
+        return sorted(os.listdir(d))
+    except OSError as e:
+        problem = _directory_problem(d)
+        if problem is not None:
+            raise problem from None
+        raise
+
+
 def _segment_files() -> Iterator[tuple[str, str]]:
     d = shm_dir()
-    try:
-        entries = sorted(os.listdir(d))
-    except FileNotFoundError:
-        return
+    entries = _entries(d)
     for entry in entries:
         if entry.startswith(PREFIX) and not entry.startswith(PREFIX + _TMP_MARK):
             yield entry[len(PREFIX):], os.path.join(d, entry)
@@ -1264,7 +1414,8 @@ def list_segments() -> list[SegmentInfo]:
     """Every shmlink segment in the shared-memory directory.
 
     Files named like segments that are not valid shmlink segments are
-    listed with ``kind == "invalid"`` and an ``error``.
+    listed with ``kind == "invalid"`` and an ``error``.  Raises
+    :class:`BadDirectory` when the directory is missing or not one.
     """
     out = []
     for name, path in _segment_files():
@@ -1282,10 +1433,11 @@ def info(name: str) -> SegmentInfo:
 
 def remove(name: str) -> None:
     """Remove a segment's name (like :meth:`Segment.unlink`, without opening it)."""
+    path = _name_path(name)
     try:
-        os.unlink(_name_path(name))
+        os.unlink(path)
     except OSError as e:
-        raise _os_error(e, "segment", name) from None
+        raise _os_error(e, "segment", name, path=path) from None
 
 
 def gc(*, dry_run: bool = False) -> list[str]:
@@ -1299,10 +1451,7 @@ def gc(*, dry_run: bool = False) -> list[str]:
     """
     removed = []
     d = shm_dir()
-    try:
-        entries = sorted(os.listdir(d))
-    except FileNotFoundError:
-        return removed
+    entries = _entries(d)
     for entry in entries:
         if not entry.startswith(PREFIX):
             continue

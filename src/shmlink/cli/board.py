@@ -8,7 +8,8 @@ from typing import Any
 
 from ..board import Board
 from ..errors import TextDecodeError
-from ._common import UsageError, parse_size
+from ._common import (UsageError, count_arg, decode_input, encode_text, encoding_arg, size_arg,
+                      text_arg, timeout_arg)
 
 
 def cmd_board(a: argparse.Namespace) -> int:
@@ -17,16 +18,18 @@ def cmd_board(a: argparse.Namespace) -> int:
         raise UsageError(f"board {a.action} takes only a NAME (TEXT and --create are for write)")
     if a.action == "write":
         if a.create:
-            board = Board.create_or_open(a.name, parse_size(a.create))
+            board = Board.create_or_open(a.name, a.create)
         else:
             board = Board.open(a.name)
         try:
             if a.text is None or a.text == "-":
                 data = sys.stdin.buffer.read()
-                if a.encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
-                    data = data.decode("utf-8").encode(a.encoding)
+                if a.encoding != "utf-8":
+                    data = encode_text(decode_input(
+                        data, a, "leave --encoding out to write the bytes as they are"),
+                        a.encoding)
             else:
-                data = a.text.encode(a.encoding)
+                data = encode_text(a.text, a.encoding)
             version = board.write(data, timeout=a.timeout)
             if a.verbose:
                 sys.stderr.write(f"wrote {len(data)} bytes to board {a.name!r}: version {version}\n")
@@ -40,8 +43,6 @@ def cmd_board(a: argparse.Namespace) -> int:
         elif a.action == "clear":
             board.clear(timeout=a.timeout)
         else:  # watch
-            if a.count is not None and a.count < 1:
-                raise UsageError("--count must be at least 1")
             seen = 0
             for value in board.watch(timeout=a.timeout, initial=a.initial):
                 _emit(board, value, a)
@@ -76,16 +77,18 @@ def add_parsers(sub: Any) -> None:
                      "clear: make it empty.")
     p.add_argument("action", choices=["write", "read", "watch", "clear"])
     p.add_argument("name")
-    p.add_argument("text", nargs="?", help="(write) the value; '-' or omitted: read stdin")
-    p.add_argument("--create", metavar="CAPACITY",
+    p.add_argument("text", nargs="?", type=text_arg,
+                   help="(write) the value; '-' or omitted: read stdin")
+    p.add_argument("--create", metavar="CAPACITY", type=size_arg,
                    help="(write) create the board, holding up to SIZE bytes, if it is missing")
     p.add_argument("--raw", action="store_true",
                    help="(read, watch) write the bytes as they are, without a newline")
-    p.add_argument("--encoding", default="utf-8", help="text encoding (default utf-8)")
-    p.add_argument("--count", type=int, default=None, help="(watch) stop after N values")
+    p.add_argument("--encoding", type=encoding_arg, default="utf-8",
+                   help="text encoding (default utf-8)")
+    p.add_argument("--count", type=count_arg, default=None, help="(watch) stop after N values")
     p.add_argument("--initial", action="store_true",
                    help="(watch) print the current value first")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=timeout_arg, default=None,
                    help="seconds to wait (watch: for each value; write: for the lock)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_board)

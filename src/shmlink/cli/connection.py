@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from ..connection import Connection, connect, listen
-from ._common import size_arg
+from ._common import count_arg, size_arg, text_arg, timeout_arg
 
 
 def cmd_request(a: argparse.Namespace) -> int:
@@ -71,9 +71,10 @@ def add_parsers(sub: Any) -> None:
     """Add ``request`` and ``serve``."""
     p = sub.add_parser("request", help="connect to a listener, send one request, print the response")
     p.add_argument("listener", help="the listener's name")
-    p.add_argument("text", nargs="?", help="the request; '-' or omitted: read stdin")
+    p.add_argument("text", nargs="?", type=text_arg,
+                   help="the request; '-' or omitted: read stdin")
     p.add_argument("--file", help="send this file's contents ('-' = stdin)")
-    p.add_argument("--timeout", type=float, default=10.0,
+    p.add_argument("--timeout", type=timeout_arg, default=10.0,
                    help="seconds for connecting and for the response (default 10)")
     p.add_argument("--raw", action="store_true", help="write the response's bytes as they are")
     p.set_defaults(func=cmd_request)
@@ -84,7 +85,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--exec", metavar="CMD",
                    help="answer each request with the stdout of this shell command, fed the "
                         "request on stdin (default: echo the request)")
-    p.add_argument("--count", type=int, default=None, help="serve this many clients, then exit")
+    p.add_argument("--count", type=count_arg, default=None,
+                   help="serve this many clients, then exit")
     p.add_argument("--capacity", type=size_arg, default=1 << 20,
                    help="bytes per direction per connection (default 1M)")
     p.set_defaults(func=cmd_serve)

@@ -18,6 +18,8 @@ import time
 import uuid
 from typing import Any
 
+from ._common import count_arg
+
 REPLY_AT = 2048
 
 
@@ -101,5 +103,6 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Add ``demo``."""
     s = sub.add_parser("demo", help="two processes exchanging text through shared memory")
-    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--rounds", type=count_arg, default=3,
+                   help="text exchanges before the queue messages (default 3)")
     s.set_defaults(func=cmd_demo)

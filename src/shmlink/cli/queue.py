@@ -7,12 +7,12 @@ import sys
 from typing import Any
 
 from ..queue import Queue
-from ._common import input_bytes, out, parse_size
+from ._common import count_arg, input_bytes, out, size_arg, text_arg, timeout_arg
 
 
 def cmd_send(a: argparse.Namespace) -> None:
     if a.create:
-        q = Queue.create_or_open(a.queue, parse_size(a.create))
+        q = Queue.create_or_open(a.queue, a.create)
     else:
         q = Queue.open(a.queue)
     try:
@@ -42,16 +42,18 @@ def add_parsers(sub: Any) -> None:
     """Add ``send`` and ``recv``."""
     s = sub.add_parser("send", help="send a message to a queue")
     s.add_argument("queue")
-    s.add_argument("text", nargs="?", help="message; '-' or omitted: read stdin")
+    s.add_argument("text", nargs="?", type=text_arg,
+                   help="message; '-' or omitted: read stdin")
     s.add_argument("--file", help="send this file's contents")
-    s.add_argument("--create", metavar="CAPACITY", help="create the queue if missing")
-    s.add_argument("--timeout", type=float, default=None)
+    s.add_argument("--create", metavar="CAPACITY", type=size_arg,
+                   help="create the queue if missing")
+    s.add_argument("--timeout", type=timeout_arg, default=None)
     s.set_defaults(func=cmd_send)
 
     s = sub.add_parser("recv", help="receive messages from a queue")
     s.add_argument("queue")
-    s.add_argument("--count", type=int, default=1)
+    s.add_argument("--count", type=count_arg, default=1)
     s.add_argument("--follow", action="store_true", help="keep receiving until Ctrl-C")
-    s.add_argument("--timeout", type=float, default=None)
+    s.add_argument("--timeout", type=timeout_arg, default=None)
     s.add_argument("--raw", action="store_true", help="write raw bytes, no newline")
     s.set_defaults(func=cmd_recv)

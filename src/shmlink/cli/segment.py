@@ -10,7 +10,8 @@ from typing import Any
 
 from ..errors import ShmlinkError
 from ..segment import Segment, SegmentInfo, gc, info, list_segments, remove
-from ._common import age, input_bytes, open_any, open_segment, out, parse_size, table
+from ._common import (age, decode_input, encode_text, encoding_arg, input_bytes, mode_arg,
+                      offset_arg, open_any, open_segment, out, size_arg, table, text_arg)
 
 
 def cmd_ls(a: argparse.Namespace) -> None:
@@ -82,7 +83,7 @@ def cmd_info(a: argparse.Namespace) -> None:
 
 
 def cmd_create(a: argparse.Namespace) -> None:
-    seg = Segment.create(a.name, parse_size(a.size), mode=int(a.mode, 8), lifetime=a.lifetime)
+    seg = Segment.create(a.name, a.size, mode=a.mode, lifetime=a.lifetime)
     out(f"created {seg.name!r}: {seg.size} bytes at {seg.path}")
     seg.close()
 
@@ -91,12 +92,13 @@ def cmd_write(a: argparse.Namespace) -> None:
     seg = open_segment(a.name)
     try:
         data = input_bytes(a)
-        if data is None:
-            n = seg.write_text(a.text, encoding=a.encoding, offset=a.offset)
-        elif a.binary:
+        if data is not None and a.binary:
             n = seg.write(data, offset=a.offset)
         else:
-            n = seg.write_text(data.decode("utf-8"), encoding=a.encoding, offset=a.offset)
+            text = a.text if data is None else decode_input(
+                data, a, "pass --binary to write the bytes as they are")
+            encode_text(text, a.encoding)  # a character the encoding lacks: one clear line
+            n = seg.write_text(text, encoding=a.encoding, offset=a.offset)
         if a.verbose:
             out(f"wrote {n} bytes to {a.name!r}")
     finally:
@@ -168,19 +170,21 @@ def add_parsers(sub: Any) -> None:
 
     s = sub.add_parser("create", help="create a plain segment")
     s.add_argument("name")
-    s.add_argument("size", help="bytes (4096, 64k, 1M ...)")
-    s.add_argument("--mode", default="600", help="octal permission bits (default 600)")
+    s.add_argument("size", type=size_arg, help="bytes (4096, 64k, 1M ...)")
+    s.add_argument("--mode", type=mode_arg, default=0o600,
+                   help="octal permission bits (default 600)")
     s.add_argument("--lifetime", choices=["persist", "auto"], default="persist")
     s.set_defaults(func=cmd_create)
 
     s = sub.add_parser("write", help="write NUL-terminated text (or bytes) into a segment")
     s.add_argument("name")
-    s.add_argument("text", nargs="?", help="text to write; '-' or omitted: read stdin")
+    s.add_argument("text", nargs="?", type=text_arg,
+                   help="text to write; '-' or omitted: read stdin")
     s.add_argument("--file", help="write this file's contents ('-' = stdin)")
     s.add_argument("--binary", action="store_true", help="write the input bytes as they are")
-    s.add_argument("--encoding", default="utf-8",
+    s.add_argument("--encoding", type=encoding_arg, default="utf-8",
                    help="text encoding (utf-8, latin-1, utf-16-le ...)")
-    s.add_argument("--offset", type=int, default=0)
+    s.add_argument("--offset", type=offset_arg, default=0)
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_write)
 
@@ -189,9 +193,9 @@ def add_parsers(sub: Any) -> None:
     g = s.add_mutually_exclusive_group()
     g.add_argument("--hex", action="store_true", help="hex dump")
     g.add_argument("--raw", action="store_true", help="raw bytes to stdout")
-    s.add_argument("--encoding", default="utf-8")
-    s.add_argument("--offset", type=int, default=0)
-    s.add_argument("--length", type=int, default=None)
+    s.add_argument("--encoding", type=encoding_arg, default="utf-8")
+    s.add_argument("--offset", type=offset_arg, default=0)
+    s.add_argument("--length", type=offset_arg, default=None)
     s.set_defaults(func=cmd_read)
 
     s = sub.add_parser("clear", help="zero a segment's data")

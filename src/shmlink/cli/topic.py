@@ -7,12 +7,12 @@ import sys
 from typing import Any
 
 from ..topic import DELIVERIES, Topic
-from ._common import parse_size
+from ._common import count_arg, size_arg, text_arg, timeout_arg
 
 
 def cmd_pub(a: argparse.Namespace) -> int:
     if a.create:
-        topic = Topic.create_or_open(a.topic, parse_size(a.create), delivery=a.delivery)
+        topic = Topic.create_or_open(a.topic, a.create, delivery=a.delivery)
     else:
         topic = Topic.open(a.topic)
     try:
@@ -52,22 +52,23 @@ def add_parsers(sub: Any) -> None:
     """Add ``pub`` and ``sub``."""
     p = sub.add_parser("pub", help="publish to a topic: MSG, or each line of stdin")
     p.add_argument("topic")
-    p.add_argument("message", nargs="?", help="message; '-' or omitted: each line of stdin")
+    p.add_argument("message", nargs="?", type=text_arg,
+                   help="message; '-' or omitted: each line of stdin")
     p.add_argument("--whole", action="store_true", help="publish all of stdin as one message")
-    p.add_argument("--create", metavar="CAPACITY",
+    p.add_argument("--create", metavar="CAPACITY", type=size_arg,
                    help="create the topic if missing (64k, 1M ...)")
     p.add_argument("--delivery", choices=DELIVERIES, default=None,
                    help="delivery of a topic --create makes (default lossless)")
-    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--timeout", type=timeout_arg, default=None)
     p.set_defaults(func=cmd_pub)
 
     p = sub.add_parser("sub", help="subscribe to a topic and print its messages")
     p.add_argument("topic")
-    p.add_argument("--count", type=int, default=None,
+    p.add_argument("--count", type=count_arg, default=None,
                    help="stop after N messages (default: follow)")
     p.add_argument("--oldest", action="store_true",
                    help="start at the oldest message still held")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=timeout_arg, default=None,
                    help="give up after this many seconds without a message")
     p.add_argument("--raw", action="store_true", help="write raw bytes, no newline")
     p.set_defaults(func=cmd_sub)

@@ -144,19 +144,25 @@ static inline uint64_t shmlink_process_start_time(uint32_t pid) {
 
 /* ---- where named segments live ------------------------------------------ */
 
-/* $SHMLINK_DIR, or /dev/shm: the same rule as shmlink.segment.shm_dir(). */
+/* $SHMLINK_DIR, or /dev/shm when it is unset: the same rule as
+ * shmlink.segment.shm_dir().  Set but empty, it is "" (a mistake, not the
+ * default: shmlink_os_segment_path refuses it). */
 static inline const char *shmlink_os_shm_dir(void) {
     const char *d = getenv("SHMLINK_DIR");
     return d ? d : "/dev/shm";
 }
 
 /* The file of the segment called `prefixed` (already "shmlink.<name>"),
- * joined like Python's os.path.join(shm_dir(), prefixed).  0 or
- * -ENAMETOOLONG. */
+ * joined like Python's os.path.join(shm_dir(), prefixed).  0,
+ * -ENAMETOOLONG, or -ENOENT when $SHMLINK_DIR is set but empty (Python
+ * raises BadDirectory then; a missing directory or one that is a file shows
+ * as -ENOENT / -ENOTDIR from the call that uses the path). */
 static inline int shmlink_os_segment_path(char *buf, size_t cap, const char *prefixed) {
     const char *dir = shmlink_os_shm_dir();
     size_t n = strlen(dir);
-    const char *sep = (n == 0 || dir[n - 1] == '/') ? "" : "/";
+    if (n == 0)
+        return -ENOENT;
+    const char *sep = dir[n - 1] == '/' ? "" : "/";
     int w = snprintf(buf, cap, "%s%s%s", dir, sep, prefixed);
     return (w < 0 || (size_t)w >= cap) ? -ENAMETOOLONG : 0;
 }

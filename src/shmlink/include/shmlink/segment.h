@@ -189,7 +189,8 @@ static inline void shmlink_segment_close(struct shmlink_segment *seg) {
 typedef int (*shmlink_segment_init_fn)(void *arg, uint8_t *data, uint64_t size);
 
 /* The file the segment `name` lives in ($SHMLINK_DIR or /dev/shm).  0,
- * -EINVAL (not a valid name) or -ENAMETOOLONG. */
+ * -EINVAL (not a valid name), -ENAMETOOLONG, or -ENOENT ($SHMLINK_DIR set
+ * but empty). */
 static inline int shmlink_segment_path(char *buf, size_t cap, const char *name) {
     char prefixed[SHMLINK_NAME_MAX + sizeof SHMLINK_NAME_PREFIX];
     int rc = shmlink_name_check(name);
