@@ -130,7 +130,7 @@ int parse_timeout(PyObject *obj, struct timespec *ts, struct timespec **deadline
     if (d == -1.0 && PyErr_Occurred())
         return -1;
     if (!(d >= 0)) {
-        PyErr_Format(PyExc_ValueError, "timeout must be None or >= 0 seconds, not %R", obj);
+        sl_raisef(-EINVAL, "timeout must be None or >= 0 seconds, not %R", obj);
         return -1;
     }
     if (d == 0) {

@@ -492,7 +492,7 @@ static PyObject *Ring_recv_many_impl(RingObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "n|OL", &max, &dl, &spin))
         return NULL;
     if (max < 1) {
-        PyErr_SetString(PyExc_ValueError, "max_count must be at least 1");
+        sl_raisef(-EINVAL, "max_count must be at least 1, not %zd", max);
         return NULL;
     }
     struct timespec ts, *deadline;

@@ -819,7 +819,7 @@ static PyObject *Subscriber_recv_many(SubscriberObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "n|O", &max, &tmo))
         return NULL;
     if (max < 1) {
-        PyErr_SetString(PyExc_ValueError, "max_count must be at least 1");
+        sl_raisef(-EINVAL, "max_count must be at least 1, not %zd", max);
         return NULL;
     }
     struct timespec ts, *deadline;
