@@ -130,4 +130,7 @@ PyObject *make_view(PyObject *mapped, Py_ssize_t off, Py_ssize_t len, int readon
 int ring_register(PyObject *m);
 int topic_register(PyObject *m);
 
+/* ---- layout.c ------------------------------------------------------------ */
+int layout_register(PyObject *m);
+
 #endif

@@ -9,6 +9,7 @@
  *   memory.c    Memory (atomic words, futex wait, robust lock) and View
  *   ring.c      Ring (shmlink.Queue)
  *   topic.c     Topic and Subscriber (shmlink.Topic)
+ *   layout.c    LAYOUT: offsets and sizes of the header structs, for Python
  */
 #include "internal.h"
 
@@ -333,7 +334,7 @@ PyMODINIT_FUNC PyInit__core(void) {
         Py_DECREF(m);
         return NULL;
     }
-    if (ring_register(m) < 0 || topic_register(m) < 0) {
+    if (ring_register(m) < 0 || topic_register(m) < 0 || layout_register(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
