@@ -199,7 +199,7 @@ static void *word_at(MemoryObject *m, Py_ssize_t off, Py_ssize_t width,
         type *p = word_at(self, off, sizeof(type), 0);                         \
         if (!p)                                                                \
             return NULL;                                                       \
-        return conv(SHM_LOAD_ACQUIRE(p));                                      \
+        return conv(SHMLINK_LOAD_ACQUIRE(p));                                      \
     }
 DEF_LOAD(load32, uint32_t, PyLong_FromUnsignedLong)
 DEF_LOAD(load64, uint64_t, PyLong_FromUnsignedLongLong)
@@ -214,7 +214,7 @@ DEF_LOAD(load64, uint64_t, PyLong_FromUnsignedLongLong)
         if (!p)                                                                \
             return NULL;                                                       \
         /* SYNC: release; pairs with the acquire of load32/load64. */          \
-        SHM_STORE_SEQ_CST(p, (type)v);                                         \
+        SHMLINK_STORE_SEQ_CST(p, (type)v);                                         \
         Py_RETURN_NONE;                                                        \
     }
 DEF_STORE(store32, uint32_t, "K")
@@ -230,7 +230,7 @@ DEF_STORE(store64, uint64_t, "K")
         if (!p)                                                                \
             return NULL;                                                       \
         type expected = (type)e;                                               \
-        return PyBool_FromLong(SHM_CAS(p, &expected, (type)d));                \
+        return PyBool_FromLong(SHMLINK_CAS(p, &expected, (type)d));                \
     }
 DEF_CAS(cas32, uint32_t)
 DEF_CAS(cas64, uint64_t)
@@ -244,7 +244,7 @@ DEF_CAS(cas64, uint64_t)
         type *p = word_at(self, off, sizeof(type), 1);                         \
         if (!p)                                                                \
             return NULL;                                                       \
-        return conv(SHM_FETCH_ADD(p, (type)d));                                \
+        return conv(SHMLINK_FETCH_ADD(p, (type)d));                                \
     }
 DEF_ADD(add32, uint32_t, PyLong_FromUnsignedLong)
 DEF_ADD(add64, uint64_t, PyLong_FromUnsignedLongLong)
@@ -278,7 +278,7 @@ static PyObject *Memory_wait32(MemoryObject *self, PyObject *args) {
         int reg = memory_register(self, p);
         Py_BEGIN_ALLOW_THREADS
         shmlink_deadline_min(&slice, deadline, SIGNAL_SLICE_S);
-        if (!SHM_LOAD_RELAXED(&self->closing))
+        if (!SHMLINK_LOAD_RELAXED(&self->closing))
             rc = shmlink_futex_wait(p, (uint32_t)expected, &slice);
         Py_END_ALLOW_THREADS
         memory_unregister(self, reg);
@@ -293,7 +293,7 @@ static PyObject *Memory_wait32(MemoryObject *self, PyObject *args) {
                 raise_closed_while_waiting("segment", self->label);
                 break;
             }
-            if (SHM_LOAD_ACQUIRE(p) != (uint32_t)expected) {
+            if (SHMLINK_LOAD_ACQUIRE(p) != (uint32_t)expected) {
                 res = Py_NewRef(Py_True);
                 break;
             }
@@ -373,8 +373,8 @@ static PyObject *Memory_lock_try(MemoryObject *self, PyObject *arg) {
     if (shmlink_lock_try(l, pid, start) == 0)
         return PyLong_FromLong(0);
     /* A dead holder is taken over even by a non-blocking attempt. */
-    uint32_t owner = SHM_LOAD_ACQUIRE(&l->owner);
-    uint64_t owner_start = SHM_LOAD_RELAXED(&l->owner_start);
+    uint32_t owner = SHMLINK_LOAD_ACQUIRE(&l->owner);
+    uint64_t owner_start = SHMLINK_LOAD_RELAXED(&l->owner_start);
     if (owner != 0 && !shmlink_process_alive(owner, owner_start) &&
         shmlink_lock_steal(l, owner, owner_start, pid, start))
         return PyLong_FromLong(1);
@@ -393,7 +393,7 @@ static PyObject *Memory_lock_release(MemoryObject *self, PyObject *arg) {
 }
 
 static PyObject *Memory_fence(MemoryObject *self, PyObject *unused) {
-    SHM_FENCE();
+    SHMLINK_FENCE();
     Py_RETURN_NONE;
 }
 
@@ -403,7 +403,7 @@ static PyObject *Memory_release(MemoryObject *self, PyObject *unused) {
     if (self->calls > 0) {
         /* Calls inside (other threads', or the one a signal handler
          * interrupted): wake them; the last to leave releases. */
-        SHM_STORE_RELAXED(&self->closing, 1);
+        SHMLINK_STORE_RELAXED(&self->closing, 1);
         for (int i = 0; i < MEMORY_MAX_WAITERS; i++)
             if (self->waiting[i])
                 wake_word(self->waiting[i]);

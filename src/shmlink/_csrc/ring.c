@@ -100,13 +100,13 @@ static int corrupt(void) {
 /* Lock-free wait conditions (hints: the caller re-checks under its lock). */
 static int cond_has_data(void *obj, uint64_t unused) {
     RingObject *r = (RingObject *)obj;
-    return SHM_LOAD_ACQUIRE(&r->h.ring->tail) != SHM_LOAD_ACQUIRE(&r->h.ring->head);
+    return SHMLINK_LOAD_ACQUIRE(&r->h.ring->tail) != SHMLINK_LOAD_ACQUIRE(&r->h.ring->head);
 }
 
 static int cond_has_room(void *obj, uint64_t need) {
     RingObject *r = (RingObject *)obj;
-    uint64_t tail = SHM_LOAD_ACQUIRE(&r->h.ring->tail);
-    uint64_t head = SHM_LOAD_ACQUIRE(&r->h.ring->head);
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&r->h.ring->tail);
+    uint64_t head = SHMLINK_LOAD_ACQUIRE(&r->h.ring->head);
     uint64_t used = tail - head;
     if (used > r->h.capacity)
         return 1; /* corrupt: let the locked path report it */
@@ -177,7 +177,7 @@ static Py_ssize_t ring_send_buffers(RingObject *self, Py_buffer *bufs,
             *timed_out = 1;
             return done;
         }
-        uint64_t tail0 = SHM_LOAD_RELAXED(&r->tail), tail = tail0;
+        uint64_t tail0 = SHMLINK_LOAD_RELAXED(&r->tail), tail = tail0;
         const uint64_t round_start = tail0;
         Py_ssize_t before = done;
         int prc = 0;
@@ -342,10 +342,10 @@ static Py_ssize_t pop_locked(RingObject *self, Py_ssize_t max, PyObject *list,
                              PyObject **one, void *into, Py_ssize_t into_len,
                              Py_ssize_t *out_len, int *moved) {
     struct shmlink_ring *r = self->h.ring;
-    uint64_t head = SHM_LOAD_RELAXED(&r->head);
+    uint64_t head = SHMLINK_LOAD_RELAXED(&r->head);
     uint64_t head0 = head;
     /* SYNC: pairs with the producers' release of tail in commit_tail. */
-    uint64_t tail = SHM_LOAD_ACQUIRE(&r->tail);
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&r->tail);
     Py_ssize_t taken = 0;
     Py_ssize_t result = 0;
     while (taken < max) {
@@ -394,10 +394,10 @@ static Py_ssize_t pop_locked(RingObject *self, Py_ssize_t max, PyObject *list,
     if (head != head0) {
         /* Counted before the commit (a kill in between leaves `received`
          * ahead, so len() reads low, never high). */
-        SHM_STORE_RELAXED(&r->received, SHM_LOAD_RELAXED(&r->received) + (uint64_t)taken);
+        SHMLINK_STORE_RELAXED(&r->received, SHMLINK_LOAD_RELAXED(&r->received) + (uint64_t)taken);
         /* SYNC: frees the space; pairs with the producers' acquire of head
          * in push_locked / cond_has_room. */
-        SHM_STORE_RELEASE(&r->head, head);
+        SHMLINK_STORE_RELEASE(&r->head, head);
         *moved = 1;
     }
     /* Messages taken before a corrupt record are delivered; the corrupt
@@ -562,8 +562,8 @@ static PyObject *Ring_view_begin_impl(RingObject *self, PyObject *args) {
             return NULL;
         if (rc == -ETIMEDOUT)
             Py_RETURN_NONE;
-        uint64_t head = SHM_LOAD_RELAXED(&r->head);
-        uint64_t tail = SHM_LOAD_ACQUIRE(&r->tail); /* SYNC: producers' tail release */
+        uint64_t head = SHMLINK_LOAD_RELAXED(&r->head);
+        uint64_t tail = SHMLINK_LOAD_ACQUIRE(&r->tail); /* SYNC: producers' tail release */
         int64_t len = shmlink_ring_peek(&self->h, &head, tail);
         if (len >= 0) {
             self->in_view = 1;
@@ -575,8 +575,8 @@ static PyObject *Ring_view_begin_impl(RingObject *self, PyObject *args) {
             return Py_BuildValue("nn", base, (Py_ssize_t)len);
         }
         int moved = 0;
-        if (len == -EAGAIN && head != SHM_LOAD_RELAXED(&r->head)) {
-            SHM_STORE_RELEASE(&r->head, head); /* consumed a wrap marker */
+        if (len == -EAGAIN && head != SHMLINK_LOAD_RELAXED(&r->head)) {
+            SHMLINK_STORE_RELEASE(&r->head, head); /* consumed a wrap marker */
             moved = 1;
         }
         shmlink_lock_release(&r->cons_lock);
@@ -603,11 +603,11 @@ static void ring_view_end(RingObject *self, int consume) {
     struct shmlink_ring *r = self->h.ring;
     self->in_view = 0;
     if (consume) {
-        SHM_STORE_RELAXED(&r->received, SHM_LOAD_RELAXED(&r->received) + 1);
+        SHMLINK_STORE_RELAXED(&r->received, SHMLINK_LOAD_RELAXED(&r->received) + 1);
         /* SYNC: frees the record; pairs with the producers' head acquire. */
-        SHM_STORE_RELEASE(&r->head, self->view_next);
-    } else if (self->view_head != SHM_LOAD_RELAXED(&r->head)) {
-        SHM_STORE_RELEASE(&r->head, self->view_head); /* skipped wrap markers */
+        SHMLINK_STORE_RELEASE(&r->head, self->view_next);
+    } else if (self->view_head != SHMLINK_LOAD_RELAXED(&r->head)) {
+        SHMLINK_STORE_RELEASE(&r->head, self->view_head); /* skipped wrap markers */
     }
     shmlink_lock_release(&r->cons_lock);
     shmlink_ec_notify(&r->space_ec);
@@ -646,8 +646,8 @@ static PyObject *Ring_view(RingObject *self, PyObject *args) {
 
 static PyObject *Ring_stats_impl(RingObject *self, PyObject *unused) {
     struct shmlink_ring *r = self->h.ring;
-    uint64_t head = SHM_LOAD_ACQUIRE(&r->head), tail = SHM_LOAD_ACQUIRE(&r->tail);
-    uint64_t sent = SHM_LOAD_RELAXED(&r->sent), received = SHM_LOAD_RELAXED(&r->received);
+    uint64_t head = SHMLINK_LOAD_ACQUIRE(&r->head), tail = SHMLINK_LOAD_ACQUIRE(&r->tail);
+    uint64_t sent = SHMLINK_LOAD_RELAXED(&r->sent), received = SHMLINK_LOAD_RELAXED(&r->received);
     uint64_t used = tail - head;
     if (used > self->h.capacity)
         used = self->h.capacity; /* inconsistent: report full, recv reports corruption */
@@ -655,7 +655,7 @@ static PyObject *Ring_stats_impl(RingObject *self, PyObject *unused) {
                          "max_message", (unsigned long long)self->h.max_message,
                          "used", (unsigned long long)used, "sent", (unsigned long long)sent,
                          "received", (unsigned long long)received,
-                         "producer_pid", SHM_LOAD_RELAXED(&r->prod_lock.owner));
+                         "producer_pid", SHMLINK_LOAD_RELAXED(&r->prod_lock.owner));
 }
 
 /* No call is inside a closing ring any more: give the mapping back. */
@@ -672,7 +672,7 @@ static void ring_finish(RingObject *self) {
 static PyObject *Ring_close(RingObject *self, PyObject *unused) {
     if (!self->has_view)
         Py_RETURN_TRUE;
-    SHM_STORE_RELAXED(&self->closing, 1);
+    SHMLINK_STORE_RELAXED(&self->closing, 1);
     if (self->calls > 0) {
         /* Calls inside: wake every word they may sleep on; each sees
          * `closing`, raises SegmentClosed, and the last one out releases. */

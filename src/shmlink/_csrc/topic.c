@@ -190,9 +190,9 @@ static int topic_lock(TopicObject *self, const struct timespec *deadline, int sp
  * at or past `required` (or something needs the locked path's attention). */
 static int cond_pub_room(void *obj, uint64_t required) {
     TopicObject *self = (TopicObject *)obj;
-    if (SHM_LOAD_RELAXED(&self->closing))
+    if (SHMLINK_LOAD_RELAXED(&self->closing))
         return 1;
-    uint64_t floor, tail = SHM_LOAD_ACQUIRE(&self->h.topic->tail);
+    uint64_t floor, tail = SHMLINK_LOAD_ACQUIRE(&self->h.topic->tail);
     if (shmlink_topic_scan_floor(&self->h, tail, &floor, 0) < 0)
         return 1;
     return floor >= required;
@@ -222,9 +222,9 @@ static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_s
         int prc = 0, rescanned = 0, any = 0;
         if (rc == 1 && shmlink_topic_repair(h) < 0)
             prc = -EBADMSG;
-        uint64_t committed = SHM_LOAD_RELAXED(&t->tail), tail = committed;
-        uint64_t head = SHM_LOAD_RELAXED(&t->head), seq = SHM_LOAD_RELAXED(&t->published);
-        uint64_t floor = lossless ? SHM_LOAD_RELAXED(&t->floor) : UINT64_MAX;
+        uint64_t committed = SHMLINK_LOAD_RELAXED(&t->tail), tail = committed;
+        uint64_t head = SHMLINK_LOAD_RELAXED(&t->head), seq = SHMLINK_LOAD_RELAXED(&t->published);
+        uint64_t floor = lossless ? SHMLINK_LOAD_RELAXED(&t->floor) : UINT64_MAX;
         uint64_t required = 0;
         if (head > tail || tail - head > h->capacity || ((head | tail) & 15u))
             prc = -EBADMSG;
@@ -250,7 +250,7 @@ static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_s
                 if (shmlink_topic_scan_floor(h, committed, &floor, 1) < 0)
                     prc = -EBADMSG;
                 else
-                    SHM_STORE_RELAXED(&t->floor, floor);
+                    SHMLINK_STORE_RELAXED(&t->floor, floor);
             } else {
                 prc = r;
             }
@@ -436,12 +436,12 @@ static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
 static PyObject *Topic_state_impl(TopicObject *self, PyObject *unused) {
     const struct shmlink_topic_handle *h = &self->h;
     struct shmlink_topic *t = h->topic;
-    uint64_t tail = SHM_LOAD_ACQUIRE(&t->tail), head = SHM_LOAD_ACQUIRE(&t->head);
-    uint64_t published = SHM_LOAD_RELAXED(&t->published);
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail), head = SHMLINK_LOAD_ACQUIRE(&t->head);
+    uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
     uint64_t held = tail >= head ? tail - head : 0;
     if (held > h->capacity)
         held = h->capacity; /* inconsistent: the receive paths report it */
-    uint32_t hwm = SHM_LOAD_RELAXED(&t->sub_hwm);
+    uint32_t hwm = SHMLINK_LOAD_RELAXED(&t->sub_hwm);
     if (hwm > h->max_subscribers)
         hwm = h->max_subscribers;
     PyObject *subs = PyList_New(0);
@@ -449,17 +449,17 @@ static PyObject *Topic_state_impl(TopicObject *self, PyObject *unused) {
         return NULL;
     for (uint32_t i = 0; i < hwm; i++) {
         struct shmlink_topic_sub *s = &h->subs[i];
-        if (SHM_LOAD_ACQUIRE(&s->active) == 0)
+        if (SHMLINK_LOAD_ACQUIRE(&s->active) == 0)
             continue;
-        uint32_t pid = SHM_LOAD_RELAXED(&s->pid);
-        uint64_t start = SHM_LOAD_RELAXED(&s->start_time);
-        uint64_t next = SHM_LOAD_RELAXED(&s->next_seq);
+        uint32_t pid = SHMLINK_LOAD_RELAXED(&s->pid);
+        uint64_t start = SHMLINK_LOAD_RELAXED(&s->start_time);
+        uint64_t next = SHMLINK_LOAD_RELAXED(&s->next_seq);
         PyObject *d = Py_BuildValue(
             "{sIsIsOsKsKsK}", "slot", i, "pid", pid, "alive",
             shmlink_process_alive(pid, start) ? Py_True : Py_False, "lag",
             (unsigned long long)(published > next ? published - next : 0), "missed",
-            (unsigned long long)SHM_LOAD_RELAXED(&s->missed), "received",
-            (unsigned long long)SHM_LOAD_RELAXED(&s->received));
+            (unsigned long long)SHMLINK_LOAD_RELAXED(&s->missed), "received",
+            (unsigned long long)SHMLINK_LOAD_RELAXED(&s->received));
         if (!d || PyList_Append(subs, d) < 0) {
             Py_XDECREF(d);
             Py_DECREF(subs);
@@ -472,14 +472,14 @@ static PyObject *Topic_state_impl(TopicObject *self, PyObject *unused) {
         "capacity", (unsigned long long)h->capacity, "max_message_size",
         (unsigned long long)h->max_message, "max_subscribers", h->max_subscribers, "published",
         (unsigned long long)published, "held_bytes", (unsigned long long)held, "evicted",
-        (unsigned long long)SHM_LOAD_RELAXED(&t->evicted), "publisher_pid",
-        SHM_LOAD_RELAXED(&t->pub_lock.owner), "subscribers", subs);
+        (unsigned long long)SHMLINK_LOAD_RELAXED(&t->evicted), "publisher_pid",
+        SHMLINK_LOAD_RELAXED(&t->pub_lock.owner), "subscribers", subs);
 }
 
 static PyObject *Topic_close(TopicObject *self, PyObject *unused) {
     if (!self->has_view)
         Py_RETURN_TRUE;
-    SHM_STORE_RELAXED(&self->closing, 1);
+    SHMLINK_STORE_RELAXED(&self->closing, 1);
     if (self->calls > 0) {
         /* Calls inside (waiting for room or for the publisher lock): wake
          * them; each raises SegmentClosed, the last one out releases. */
@@ -512,7 +512,7 @@ static PyObject *Topic_state(TopicObject *self, PyObject *unused) {
 static PyObject *Topic_get_published(TopicObject *self, void *c) {
     if (!topic_ready(self))
         return NULL;
-    return PyLong_FromUnsignedLongLong(SHM_LOAD_RELAXED(&self->h.topic->published));
+    return PyLong_FromUnsignedLongLong(SHMLINK_LOAD_RELAXED(&self->h.topic->published));
 }
 static PyObject *Topic_get_capacity(TopicObject *self, void *c) {
     return PyLong_FromUnsignedLongLong(self->h.capacity);
@@ -646,7 +646,7 @@ static int sub_enter(SubscriberObject *self) {
                      self->name, self->pid);
         return -1;
     }
-    if (SHM_LOAD_RELAXED(&self->h.subs[self->slot].active) != self->gen) {
+    if (SHMLINK_LOAD_RELAXED(&self->h.subs[self->slot].active) != self->gen) {
         PyErr_Format(TopicClosedError,
                      "this subscriber of topic %R lost its slot: another process saw this "
                      "one as dead (PID and start time did not match) and evicted it; "
@@ -660,7 +660,7 @@ static int sub_enter(SubscriberObject *self) {
 
 static int cond_sub_data(void *obj, uint64_t cursor) {
     SubscriberObject *self = (SubscriberObject *)obj;
-    return SHM_LOAD_ACQUIRE(&self->h.topic->tail) != cursor;
+    return SHMLINK_LOAD_ACQUIRE(&self->h.topic->tail) != cursor;
 }
 
 /* After a wait ended by cancel: 0 (interrupt: return nothing), or -1 with
@@ -681,8 +681,8 @@ static Py_ssize_t sub_take(SubscriberObject *self, Py_ssize_t max, PyObject *lis
     for (;;) {
         uint64_t cursor = self->cursor, next_seq = self->next_seq, missed = self->missed;
         /* SYNC: pairs with the publishers' release of tail in shmlink_topic_commit. */
-        uint64_t tail = SHM_LOAD_ACQUIRE(&t->tail);
-        uint64_t published = SHM_LOAD_RELAXED(&t->published);
+        uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail);
+        uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
         Py_ssize_t got = 0;
         int err = 0;
         while (got < max) {
@@ -732,7 +732,7 @@ static Py_ssize_t sub_take(SubscriberObject *self, Py_ssize_t max, PyObject *lis
                     err = -EBADMSG;
                     break;
                 }
-                published = SHM_LOAD_RELAXED(&t->published);
+                published = SHMLINK_LOAD_RELAXED(&t->published);
             }
         }
         if (cursor != self->cursor) {
@@ -858,8 +858,8 @@ static PyObject *Subscriber_view_begin(SubscriberObject *self, PyObject *args) {
     PyObject *res = NULL;
     for (;;) {
         uint64_t cursor = self->cursor;
-        uint64_t tail = SHM_LOAD_ACQUIRE(&t->tail); /* SYNC: publishers' tail release */
-        uint64_t published = SHM_LOAD_RELAXED(&t->published);
+        uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail); /* SYNC: publishers' tail release */
+        uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
         uint64_t seq;
         int64_t len;
         for (;;) {
@@ -873,7 +873,7 @@ static PyObject *Subscriber_view_begin(SubscriberObject *self, PyObject *args) {
                 len = -EBADMSG;
                 break;
             }
-            published = SHM_LOAD_RELAXED(&t->published);
+            published = SHMLINK_LOAD_RELAXED(&t->published);
         }
         if (len >= 0 && (seq < self->next_seq || seq >= published))
             len = -EBADMSG;
@@ -973,8 +973,8 @@ static PyObject *Subscriber_view(SubscriberObject *self, PyObject *args) {
 static PyObject *Subscriber_close(SubscriberObject *self, PyObject *unused) {
     if (!self->has_view)
         Py_RETURN_TRUE;
-    SHM_STORE_RELAXED(&self->closing, 1);
-    SHM_STORE_RELAXED(&self->cancel, 1);
+    SHMLINK_STORE_RELAXED(&self->closing, 1);
+    SHMLINK_STORE_RELAXED(&self->cancel, 1);
     if (self->busy) {
         /* A call is inside (another thread's, or the one a signal handler
          * interrupted): wake it; it raises SegmentClosed and releases. */
@@ -988,7 +988,7 @@ static PyObject *Subscriber_close(SubscriberObject *self, PyObject *unused) {
 static PyObject *Subscriber_get_lag(SubscriberObject *self, void *c) {
     if (!self->has_view)
         return PyLong_FromLong(0);
-    uint64_t published = SHM_LOAD_RELAXED(&self->h.topic->published);
+    uint64_t published = SHMLINK_LOAD_RELAXED(&self->h.topic->published);
     return PyLong_FromUnsignedLongLong(published > self->next_seq ? published - self->next_seq
                                                                   : 0);
 }

@@ -21,15 +21,15 @@ int lock_acquire_blocking(struct shmlink_lock *l,
         Py_BEGIN_ALLOW_THREADS
         uint64_t until = now_ns() + (uint64_t)(spin_ns < 0 ? 1000000 : spin_ns);
         for (unsigned i = 0;; i++) {
-            if (SHM_LOAD_RELAXED(&l->owner) == 0 &&
+            if (SHMLINK_LOAD_RELAXED(&l->owner) == 0 &&
                 shmlink_lock_try(l, pid, start) == 0) {
                 rc = 0;
                 break;
             }
-            if (SHM_LOAD_RELAXED(cancel))
+            if (SHMLINK_LOAD_RELAXED(cancel))
                 break;
             if (i < 64)
-                SHM_CPU_RELAX();
+                SHMLINK_CPU_RELAX();
             else
                 sched_yield(); /* the holder may be waiting for our CPU */
             if ((i & 63) == 63 && now_ns() > until)
@@ -44,12 +44,12 @@ int lock_acquire_blocking(struct shmlink_lock *l,
          * run: a Ctrl-C between two slices is seen at the next one.  The
          * handle's close() wakes the sleep (the owner word). */
         int taken = 0;
-        if (SHM_LOAD_RELAXED(cancel))
+        if (SHMLINK_LOAD_RELAXED(cancel))
             return -ECANCELED;
         Py_BEGIN_ALLOW_THREADS
         if (shmlink_lock_try(l, pid, start) == 0)
             taken = 1;
-        else if (!SHM_LOAD_RELAXED(cancel))
+        else if (!SHMLINK_LOAD_RELAXED(cancel))
             rc = shmlink_lock_wait_once(l, pid, start, deadline);
         Py_END_ALLOW_THREADS
         if (taken)
@@ -79,12 +79,12 @@ int spin_phase(wait_cond cond, void *obj, uint64_t arg, const struct timespec *u
         uint64_t slice_end = now_ns() + 1000000;
         Py_BEGIN_ALLOW_THREADS
         for (unsigned i = 0;; i++) {
-            if (cond(obj, arg) || SHM_LOAD_RELAXED(cancel)) {
+            if (cond(obj, arg) || SHMLINK_LOAD_RELAXED(cancel)) {
                 met = 1;
                 break;
             }
             if (i < 64)
-                SHM_CPU_RELAX();
+                SHMLINK_CPU_RELAX();
             else
                 sched_yield();
             if ((i & 31) == 31) {
@@ -96,7 +96,7 @@ int spin_phase(wait_cond cond, void *obj, uint64_t arg, const struct timespec *u
             }
         }
         Py_END_ALLOW_THREADS
-        if (SHM_LOAD_RELAXED(cancel))
+        if (SHMLINK_LOAD_RELAXED(cancel))
             return -ECANCELED;
         if (met)
             return 1;
@@ -124,7 +124,7 @@ int sl_ec_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_
         uint32_t seq = shmlink_ec_arm(ec);
         if (cond(obj, arg)) {
             met = 1;
-        } else if (SHM_LOAD_RELAXED(closing)) {
+        } else if (SHMLINK_LOAD_RELAXED(closing)) {
             rc = -EINTR; /* re-checked below, with the GIL */
         } else {
             struct timespec slice;
@@ -178,12 +178,12 @@ int topic_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_
         int rc = 0, met = 0;
         Py_BEGIN_ALLOW_THREADS
         uint32_t seen = shmlink_ec_arm(ec);
-        if (cond(obj, arg) || SHM_LOAD_RELAXED(cancel))
+        if (cond(obj, arg) || SHMLINK_LOAD_RELAXED(cancel))
             met = 1;
         else
             rc = shmlink_futex_wait(&ec->seq, seen, &slice);
         Py_END_ALLOW_THREADS
-        if (SHM_LOAD_RELAXED(cancel))
+        if (SHMLINK_LOAD_RELAXED(cancel))
             return -ECANCELED;
         if (met)
             return 0;
