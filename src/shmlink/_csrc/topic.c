@@ -14,9 +14,6 @@
 /* ======================================================================== */
 
 
-/* shmlink.errors: SegmentClosed, TooManyParticipants, Timeout */
-static PyObject *TopicClosedError, *TopicFullError, *TopicTimeoutError;
-
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
@@ -51,7 +48,7 @@ typedef struct {
 static PyTypeObject TopicType, SubscriberType;
 
 static int topic_corrupt(PyObject *name) {
-    PyErr_Format(CorruptSegment,
+    sl_raisef(-EBADMSG,
                  "topic %R: its positions, subscriber table or a record header are "
                  "inconsistent (overwritten by a foreign or buggy writer); remove the "
                  "topic and recreate it",
@@ -60,9 +57,8 @@ static int topic_corrupt(PyObject *name) {
 }
 
 static int topic_closed_while_waiting(PyObject *name) {
-    PyErr_Format(TopicClosedError,
-                 "topic %R was closed by another thread while this call waited", name);
-    return -1;
+    return sl_raisef(-ECANCELED, "topic %R was closed by another thread while this call "
+                     "waited", name);
 }
 
 
@@ -91,14 +87,14 @@ static int Topic_init(TopicObject *self, PyObject *args, PyObject *kw) {
     }
     int rc = shmlink_topic_attach(&self->h, (char *)self->view.buf + offset, (uint64_t)size);
     if (rc == -EPROTO) {
-        PyErr_Format(IncompatibleSegment,
+        sl_raisef(-EPROTO,
                      "topic %R has an unknown magic or version; it was made by another "
                      "program or shmlink version",
                      name);
         return -1;
     }
     if (rc < 0) {
-        PyErr_Format(CorruptSegment,
+        sl_raisef(-EBADMSG,
                      "topic %R: its constants are inconsistent with its size; the segment "
                      "is corrupt: remove it and recreate it",
                      name);
@@ -143,7 +139,7 @@ static void topic_finish(TopicObject *self) {
 
 static int topic_check_len(TopicObject *self, Py_ssize_t len) {
     if ((uint64_t)len > self->h.max_message) {
-        PyErr_Format(MessageTooLarge,
+        sl_raisef(-EMSGSIZE,
                      "message of %zd bytes is larger than topic %R's max_message_size of "
                      "%llu; split it, or create the topic with a larger capacity / "
                      "max_message_size",
@@ -316,7 +312,7 @@ static PyObject *Topic_publish_impl(TopicObject *self, PyObject *const *args, Py
         if (k == 1)
             res = Py_NewRef(Py_None);
         else if (k == 0)
-            PyErr_Format(TopicTimeoutError,
+            sl_raisef(-ETIMEDOUT,
                          "topic %R: the slowest subscriber left no room for %S s; nothing "
                          "was published",
                          self->name, tmo);
@@ -417,7 +413,7 @@ static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
     if (slot < 0) {
         Py_DECREF(s);
         if (slot == -ENOSPC)
-            PyErr_Format(TopicFullError,
+            sl_raisef(-ENOSPC,
                          "topic %R: all %u subscriber slots are held by live subscribers; "
                          "close some, or create the topic with a larger max_subscribers",
                          self->name, self->h.max_subscribers);
@@ -618,7 +614,7 @@ static inline void sub_leave(SubscriberObject *self) {
 /* Checks at the start of a receive; marks the subscriber busy. */
 static int sub_enter(SubscriberObject *self) {
     if (!self->has_view || self->closing) {
-        PyErr_Format(TopicClosedError, "this subscriber of topic %R is closed; subscribe again",
+        sl_raisef(-EPIPE, "this subscriber of topic %R is closed; subscribe again",
                      self->name ? self->name : Py_None);
         return -1;
     }
@@ -640,14 +636,14 @@ static int sub_enter(SubscriberObject *self) {
     uint64_t start;
     identity(&pid, &start);
     if (pid != self->pid) {
-        PyErr_Format(TopicClosedError,
+        sl_raisef(-EPIPE,
                      "this subscriber of topic %R belongs to process %u; subscribe again in "
                      "this process",
                      self->name, self->pid);
         return -1;
     }
     if (SHMLINK_LOAD_RELAXED(&self->h.subs[self->slot].active) != self->gen) {
-        PyErr_Format(TopicClosedError,
+        sl_raisef(-EPIPE,
                      "this subscriber of topic %R lost its slot: another process saw this "
                      "one as dead (PID and start time did not match) and evicted it; "
                      "subscribe again",
@@ -796,7 +792,7 @@ static PyObject *Subscriber_recv(SubscriberObject *self, PyObject *const *args,
     PyObject *res = sub_recv_one(self, deadline);
     if (res == Py_None && !self->cancel) {
         Py_DECREF(res);
-        PyErr_Format(TopicTimeoutError, "topic %R: no message within %S s", self->name,
+        sl_raisef(-ETIMEDOUT, "topic %R: no message within %S s", self->name,
                      tmo ? tmo : Py_None);
         return NULL;
     }
@@ -1104,15 +1100,6 @@ static PyMethodDef topic_functions[] = {
 
 /* Called from PyInit__core. */
 int topic_register(PyObject *m) {
-    PyObject *errors = PyImport_ImportModule("shmlink.errors");
-    if (!errors)
-        return -1;
-    TopicClosedError = PyObject_GetAttrString(errors, "SegmentClosed");
-    TopicFullError = PyObject_GetAttrString(errors, "TooManyParticipants");
-    TopicTimeoutError = PyObject_GetAttrString(errors, "Timeout");
-    Py_DECREF(errors);
-    if (!TopicClosedError || !TopicFullError || !TopicTimeoutError)
-        return -1;
     if (PyType_Ready(&TopicType) < 0 || PyType_Ready(&SubscriberType) < 0)
         return -1;
     if (PyModule_AddObjectRef(m, "Topic", (PyObject *)&TopicType) < 0 ||
