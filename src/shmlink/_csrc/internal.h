@@ -110,14 +110,20 @@ static inline void wake_word(uint32_t *p) { shmlink_futex_wake(p, INT_MAX); }
 #define TOPIC_SIGNAL_SLICE_S 0.25
 
 /* Lock-free hint that a wait may end; the caller re-checks under its lock. */
-typedef int (*wait_cond)(void *obj, uint64_t arg);
+typedef shmlink_ready_fn wait_cond;
 
 int lock_acquire_blocking(struct shmlink_lock *l, const struct timespec *deadline,
                           int64_t spin_ns, const int *cancel);
-int spin_phase(wait_cond cond, void *obj, uint64_t arg, const struct timespec *until,
-               long long spin_ns, const int *cancel);
+/* The one event-count wait (the header's shmlink_ec_wait_for, with the GIL
+ * released while spinning and sleeping and signal handlers run between
+ * slices): 0 (re-check), -ETIMEDOUT, -ECANCELED (*closing) or -1 (a signal
+ * handler raised).  slice_s bounds a sleep; sl_ec_wait uses SIGNAL_SLICE_S,
+ * topic_wait TOPIC_SIGNAL_SLICE_S. */
+int sl_ec_wait_slice(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_t arg,
+                     const struct timespec *deadline, int64_t spin_ns, const int *closing,
+                     double slice_s);
 int sl_ec_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_t arg,
-                 const struct timespec *deadline, int64_t spin_ns, const int *closing);
+               const struct timespec *deadline, int64_t spin_ns, const int *closing);
 int topic_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_t arg,
                const struct timespec *until, long long spin_ns, const int *cancel);
 
