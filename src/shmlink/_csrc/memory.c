@@ -250,7 +250,7 @@ DEF_ADD(add32, uint32_t, PyLong_FromUnsignedLong)
 DEF_ADD(add64, uint64_t, PyLong_FromUnsignedLongLong)
 
 PyDoc_STRVAR(Memory_wait32_doc,
-"wait32(offset, expected, deadline=None)\n--\n\n"
+"wait32($self, offset, expected, deadline=None, /)\n--\n\n"
 "Sleep while the 32-bit word at offset equals expected, until woken or the\n"
 "absolute time.monotonic() deadline.  Releases the GIL; a signal runs its\n"
 "Python handler (KeyboardInterrupt propagates).  Returns False on timeout,\n"
@@ -322,7 +322,7 @@ static PyObject *Memory_wake32(MemoryObject *self, PyObject *args) {
 
 
 PyDoc_STRVAR(Memory_lock_acquire_doc,
-"lock_acquire(offset, deadline=None, spin_ns=0)\n--\n\n"
+"lock_acquire($self, offset, deadline=None, spin_ns=0, /)\n--\n\n"
 "Take the robust lock at offset.  Returns 0 when taken, 1 when taken from a\n"
 "holder that died (the data it guards may be half-written), None on timeout.\n"
 "Raises SegmentClosed if release() closes this handle meanwhile.");
@@ -415,7 +415,7 @@ static PyObject *Memory_release(MemoryObject *self, PyObject *unused) {
 }
 
 PyDoc_STRVAR(Memory_view_doc,
-"view(offset, length, readonly=False)\n--\n\n"
+"view($self, offset, length, readonly=False, /)\n--\n\n"
 "A memoryview of length bytes at offset, backed by an exporter that keeps\n"
 "the mapping mapped while anything made from it lives (counted in views).");
 
@@ -444,34 +444,34 @@ static PyObject *Memory_get_closed(MemoryObject *self, void *closure) {
 
 static PyMethodDef Memory_methods[] = {
     {"load32", (PyCFunction)Memory_load32, METH_O,
-     "load32(offset)\n--\n\nAcquire-load the aligned 32-bit word at offset."},
+     "load32($self, offset, /)\n--\n\nAcquire-load the aligned 32-bit word at offset."},
     {"load64", (PyCFunction)Memory_load64, METH_O,
-     "load64(offset)\n--\n\nAcquire-load the aligned 64-bit word at offset."},
+     "load64($self, offset, /)\n--\n\nAcquire-load the aligned 64-bit word at offset."},
     {"store32", (PyCFunction)Memory_store32, METH_VARARGS,
-     "store32(offset, value)\n--\n\nStore (sequentially consistent)."},
+     "store32($self, offset, value, /)\n--\n\nStore (sequentially consistent)."},
     {"store64", (PyCFunction)Memory_store64, METH_VARARGS,
-     "store64(offset, value)\n--\n\nStore (sequentially consistent)."},
+     "store64($self, offset, value, /)\n--\n\nStore (sequentially consistent)."},
     {"cas32", (PyCFunction)Memory_cas32, METH_VARARGS,
-     "cas32(offset, expected, desired)\n--\n\nCompare-and-swap; True if swapped."},
+     "cas32($self, offset, expected, desired, /)\n--\n\nCompare-and-swap; True if swapped."},
     {"cas64", (PyCFunction)Memory_cas64, METH_VARARGS,
-     "cas64(offset, expected, desired)\n--\n\nCompare-and-swap; True if swapped."},
+     "cas64($self, offset, expected, desired, /)\n--\n\nCompare-and-swap; True if swapped."},
     {"add32", (PyCFunction)Memory_add32, METH_VARARGS,
-     "add32(offset, delta)\n--\n\nAtomic fetch-add (wrapping); returns the old value."},
+     "add32($self, offset, delta, /)\n--\n\nAtomic fetch-add (wrapping); returns the old value."},
     {"add64", (PyCFunction)Memory_add64, METH_VARARGS,
-     "add64(offset, delta)\n--\n\nAtomic fetch-add (wrapping); returns the old value."},
+     "add64($self, offset, delta, /)\n--\n\nAtomic fetch-add (wrapping); returns the old value."},
     {"wait32", (PyCFunction)Memory_wait32, METH_VARARGS, Memory_wait32_doc},
     {"wake32", (PyCFunction)Memory_wake32, METH_VARARGS,
-     "wake32(offset, n=INT_MAX)\n--\n\nWake up to n waiters of the word; returns how many."},
+     "wake32($self, offset, n=2147483647, /)\n--\n\nWake up to n waiters of the word; returns how many."},
     {"lock_acquire", (PyCFunction)Memory_lock_acquire, METH_VARARGS,
      Memory_lock_acquire_doc},
     {"lock_try", (PyCFunction)Memory_lock_try, METH_O,
-     "lock_try(offset)\n--\n\nTake the lock if free (0) or if its holder died (1); None if held."},
+     "lock_try($self, offset, /)\n--\n\nTake the lock if free (0) or if its holder died (1); None if held."},
     {"lock_release", (PyCFunction)Memory_lock_release, METH_O,
-     "lock_release(offset)\n--\n\nRelease the lock and wake one waiter."},
+     "lock_release($self, offset, /)\n--\n\nRelease the lock and wake one waiter."},
     {"fence", (PyCFunction)Memory_fence, METH_NOARGS,
-     "fence()\n--\n\nFull memory fence."},
+     "fence($self, /)\n--\n\nFull memory fence."},
     {"release", (PyCFunction)Memory_release, METH_NOARGS,
-     "release()\n--\n\nClose this handle: later calls raise SegmentClosed.  Releases the "
+     "release($self, /)\n--\n\nClose this handle: later calls raise SegmentClosed.  Releases the "
      "buffer (True) at once, or, while wait32/lock_acquire calls are inside, wakes them "
      "(they raise SegmentClosed) and returns False: the last to leave releases it."},
     {"view", (PyCFunction)Memory_view, METH_VARARGS, Memory_view_doc},

@@ -291,9 +291,9 @@ static PyObject *py_process_alive(PyObject *mod, PyObject *args) {
 
 static PyMethodDef module_methods[] = {
     {"process_start_time", py_process_start_time, METH_O,
-     "process_start_time(pid)\n--\n\nStart time of pid in clock ticks since boot; 0 if gone."},
+     "process_start_time($module, pid, /)\n--\n\nStart time of pid in clock ticks since boot; 0 if gone."},
     {"process_alive", py_process_alive, METH_VARARGS,
-     "process_alive(pid, start_time=0)\n--\n\nTrue if (pid, start_time) is a live process."},
+     "process_alive($module, pid, start_time=0, /)\n--\n\nTrue if (pid, start_time) is a live process."},
     {NULL}};
 
 static struct PyModuleDef coremodule = {

@@ -205,7 +205,7 @@ static Py_ssize_t ring_send_buffers(RingObject *self, Py_buffer *bufs,
 }
 
 PyDoc_STRVAR(Ring_send_doc,
-"send(data, deadline=None, spin_ns=0)\n--\n\n"
+"send($self, data, deadline=None, spin_ns=0, /)\n--\n\n"
 "Append one message, waiting for room until deadline.  True when sent,\n"
 "False on timeout.  deadline 0 means do not wait.");
 
@@ -250,7 +250,7 @@ static PyObject *Ring_try_send_impl(RingObject *self, PyObject *arg) {
 }
 
 PyDoc_STRVAR(Ring_send_many_doc,
-"send_many(messages, deadline=None, spin_ns=0)\n--\n\n"
+"send_many($self, messages, deadline=None, spin_ns=0, /)\n--\n\n"
 "Append each bytes-like object of the sequence, in order, as few lock\n"
 "round trips as room allows; or each row of a 2-D C-contiguous buffer.\n"
 "Returns how many were sent: all of them, or fewer when the deadline passed.");
@@ -384,7 +384,7 @@ static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
 }
 
 PyDoc_STRVAR(Ring_recv_doc,
-"recv(deadline=None, spin_ns=0)\n--\n\n"
+"recv($self, deadline=None, spin_ns=0, /)\n--\n\n"
 "Take the oldest message as bytes, waiting until deadline; None on timeout.");
 
 /* Receive one message as bytes (or None on timeout). */
@@ -413,7 +413,7 @@ static PyObject *Ring_try_recv_impl(RingObject *self, PyObject *unused) {
 }
 
 PyDoc_STRVAR(Ring_recv_many_doc,
-"recv_many(max_count, deadline=None, spin_ns=0)\n--\n\n"
+"recv_many($self, max_count, deadline=None, spin_ns=0, /)\n--\n\n"
 "Wait until at least one message is there (or the deadline), then take up\n"
 "to max_count in one locked pass.  Returns a list (empty on timeout).");
 
@@ -442,7 +442,7 @@ static PyObject *Ring_recv_many_impl(RingObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Ring_recv_into_doc,
-"recv_into(buffer, deadline=None, spin_ns=0)\n--\n\n"
+"recv_into($self, buffer, deadline=None, spin_ns=0, /)\n--\n\n"
 "Copy the oldest message into a writable buffer; returns its length, or\n"
 "None on timeout.  A message larger than the buffer stays in the queue and\n"
 "MessageTooLarge is raised.");
@@ -468,7 +468,7 @@ static PyObject *Ring_recv_into_impl(RingObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Ring_view_begin_doc,
-"view_begin(deadline=None, spin_ns=0)\n--\n\n"
+"view_begin($self, deadline=None, spin_ns=0, /)\n--\n\n"
 "Zero-copy receive, first half: wait for a message and hold the consumer\n"
 "lock; returns (offset, length) of its payload within the buffer, or None\n"
 "on timeout.  Other consumers wait until view_end() or view_abort().");
@@ -536,7 +536,7 @@ static PyObject *Ring_view_end(RingObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Ring_view_doc,
-"view(offset, length)\n--\n\n"
+"view($self, offset, length, /)\n--\n\n"
 "A read-only memoryview of the open zero-copy receive's payload (from\n"
 "view_begin).  view_end() raises BufferError while anything made from it\n"
 "(a numpy array, a slice) is alive.");
@@ -598,7 +598,7 @@ static PyObject *Ring_close(RingObject *self, PyObject *unused) {
 }
 
 PyDoc_STRVAR(ring_init_doc,
-"ring_init(buffer, offset, size, max_message=0)\n--\n\n"
+"ring_init($module, buffer, offset, size, max_message=0, /)\n--\n\n"
 "Lay out an empty ring in buffer[offset:offset+size] (before the segment\n"
 "is marked ready).  Returns (capacity, max_message).");
 
@@ -628,7 +628,7 @@ static PyObject *ring_init(PyObject *mod, PyObject *args) {
 /* ---- Queue.send / Queue.recv in one C call ----------------------------- */
 
 PyDoc_STRVAR(Ring_qsend_doc,
-"qsend(data, *, timeout=None)\n--\n\n"
+"qsend($self, data, /, *, timeout=None)\n--\n\n"
 "Queue.send in one C call: append one message, waiting while the queue is\n"
 "full; raise shmlink.Timeout if there is no room within timeout seconds.");
 
@@ -660,7 +660,7 @@ static PyObject *Ring_qsend_impl(RingObject *self, PyObject *const *args, Py_ssi
 }
 
 PyDoc_STRVAR(Ring_qrecv_doc,
-"qrecv(*, timeout=None)\n--\n\n"
+"qrecv($self, /, *, timeout=None)\n--\n\n"
 "Queue.recv in one C call: take the oldest message as bytes, waiting until\n"
 "one arrives; raise shmlink.Timeout if none does within timeout seconds.");
 
@@ -738,22 +738,22 @@ static PyMethodDef Ring_methods[] = {
     {"qrecv", (PyCFunction)(void (*)(void))Ring_qrecv, METH_FASTCALL | METH_KEYWORDS,
      Ring_qrecv_doc},
     {"try_send", (PyCFunction)Ring_try_send, METH_O,
-     "try_send(data)\n--\n\nAppend one message if there is room now; True if sent."},
+     "try_send($self, data, /)\n--\n\nAppend one message if there is room now; True if sent."},
     {"send_many", (PyCFunction)Ring_send_many, METH_VARARGS, Ring_send_many_doc},
     {"recv", (PyCFunction)(void (*)(void))Ring_recv, METH_FASTCALL, Ring_recv_doc},
     {"try_recv", (PyCFunction)Ring_try_recv, METH_NOARGS,
-     "try_recv()\n--\n\nTake the oldest message if there is one now, else None."},
+     "try_recv($self, /)\n--\n\nTake the oldest message if there is one now, else None."},
     {"recv_many", (PyCFunction)Ring_recv_many, METH_VARARGS, Ring_recv_many_doc},
     {"recv_into", (PyCFunction)Ring_recv_into, METH_VARARGS, Ring_recv_into_doc},
     {"view_begin", (PyCFunction)Ring_view_begin, METH_VARARGS, Ring_view_begin_doc},
     {"view_end", (PyCFunction)Ring_view_end, METH_VARARGS,
-     "view_end(consume=True)\n--\n\nFinish a zero-copy receive: consume the "
+     "view_end($self, consume=True, /)\n--\n\nFinish a zero-copy receive: consume the "
      "record (or leave it, consume=False) and release the consumer lock."},
     {"stats", (PyCFunction)Ring_stats, METH_NOARGS,
-     "stats()\n--\n\nA dict of capacity, max_message, used bytes, sent and received."},
+     "stats($self, /)\n--\n\nA dict of capacity, max_message, used bytes, sent and received."},
     {"view", (PyCFunction)Ring_view, METH_VARARGS, Ring_view_doc},
     {"close", (PyCFunction)Ring_close, METH_NOARGS,
-     "close()\n--\n\nClose the handle: later calls raise SegmentClosed.  Releases the "
+     "close($self, /)\n--\n\nClose the handle: later calls raise SegmentClosed.  Releases the "
      "buffer (ending an open zero-copy receive unconsumed) and returns True, or, while "
      "calls are inside, wakes them (they raise SegmentClosed) and returns False: the last "
      "to leave releases it."},

@@ -288,7 +288,7 @@ static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_s
 }
 
 PyDoc_STRVAR(Topic_publish_doc,
-"publish(data, *, timeout=None)\n--\n\n"
+"publish($self, data, /, *, timeout=None)\n--\n\n"
 "Publish one bytes-like message to every subscriber.  Lossless mode waits\n"
 "(timeout seconds; None = forever) for the slowest live subscriber to make\n"
 "room; latest mode never waits.  Raises Timeout (nothing was published) or\n"
@@ -338,7 +338,7 @@ static PyObject *Topic_try_publish_impl(TopicObject *self, PyObject *arg) {
 }
 
 PyDoc_STRVAR(Topic_publish_many_doc,
-"publish_many(messages, timeout=None)\n--\n\n"
+"publish_many($self, messages, timeout=None, /)\n--\n\n"
 "Publish each bytes-like object of the sequence, in order, taking the\n"
 "publisher lock as few times as room allows.  Returns how many were\n"
 "published: all, or fewer when the timeout ran out (lossless mode).");
@@ -362,7 +362,7 @@ static PyObject *Topic_publish_many_impl(TopicObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Topic_subscribe_doc,
-"subscribe(oldest=False, timeout=None)\n--\n\n"
+"subscribe($self, oldest=False, timeout=None, /)\n--\n\n"
 "Claim a subscriber slot and return a Subscriber that reads from the next\n"
 "message published (or, oldest=True, from the oldest one still held).\n"
 "None if the publisher lock could not be taken within timeout.");
@@ -530,14 +530,14 @@ static PyMethodDef Topic_methods[] = {
     {"publish", (PyCFunction)(void (*)(void))Topic_publish, METH_FASTCALL | METH_KEYWORDS,
      Topic_publish_doc},
     {"try_publish", (PyCFunction)Topic_try_publish, METH_O,
-     "try_publish(data)\n--\n\nPublish one message if that needs no waiting; True if published."},
+     "try_publish($self, data, /)\n--\n\nPublish one message if that needs no waiting; True if published."},
     {"publish_many", (PyCFunction)Topic_publish_many, METH_VARARGS, Topic_publish_many_doc},
     {"subscribe", (PyCFunction)Topic_subscribe, METH_VARARGS, Topic_subscribe_doc},
     {"state", (PyCFunction)Topic_state, METH_NOARGS,
-     "state()\n--\n\nA dict: mode, capacity, published, held bytes, evictions, and each "
+     "state($self, /)\n--\n\nA dict: mode, capacity, published, held bytes, evictions, and each "
      "active subscriber's slot, pid, liveness, lag, missed and received counts."},
     {"close", (PyCFunction)Topic_close, METH_NOARGS,
-     "close()\n--\n\nClose the handle: later calls raise SegmentClosed, calls inside are "
+     "close($self, /)\n--\n\nClose the handle: later calls raise SegmentClosed, calls inside are "
      "woken and raise SegmentClosed; the buffer is released now, or by the last call to "
      "leave.  Returns True."},
     {NULL}};
@@ -775,7 +775,7 @@ static PyObject *sub_recv_one(SubscriberObject *self, const struct timespec *dea
 }
 
 PyDoc_STRVAR(Subscriber_recv_doc,
-"recv(*, timeout=None)\n--\n\n"
+"recv($self, /, *, timeout=None)\n--\n\n"
 "The next message as bytes, waiting up to timeout seconds (None = forever).\n"
 "Raises Timeout when none came.  Messages overwritten before they could be\n"
 "read (latest mode) are skipped and counted in `missed`.  (Returns None\n"
@@ -805,7 +805,7 @@ static PyObject *Subscriber_try_recv(SubscriberObject *self, PyObject *unused) {
 }
 
 PyDoc_STRVAR(Subscriber_recv_many_doc,
-"recv_many(max_count, timeout=None)\n--\n\n"
+"recv_many($self, max_count, timeout=None, /)\n--\n\n"
 "Wait until at least one message is there (or the timeout), then take up to\n"
 "max_count at once.  Returns a list (empty on timeout or interrupt()).");
 
@@ -834,7 +834,7 @@ static PyObject *Subscriber_recv_many(SubscriberObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Subscriber_view_begin_doc,
-"view_begin(timeout=None)\n--\n\n"
+"view_begin($self, timeout=None, /)\n--\n\n"
 "Zero-copy receive, first half: wait for the next message and return\n"
 "(offset, length) of its payload within the buffer, or None on timeout.\n"
 "Lossless mode: publishers cannot overwrite it until view_end().  Latest\n"
@@ -948,7 +948,7 @@ static PyObject *Subscriber_interrupt(SubscriberObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Subscriber_view_doc,
-"view(offset, length)\n--\n\n"
+"view($self, offset, length, /)\n--\n\n"
 "A read-only memoryview of the open zero-copy receive's payload (from\n"
 "view_begin).  view_end() raises BufferError while anything made from it\n"
 "(a numpy array, a slice) is alive.");
@@ -999,19 +999,19 @@ static PyMethodDef Subscriber_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))Subscriber_recv, METH_FASTCALL | METH_KEYWORDS,
      Subscriber_recv_doc},
     {"try_recv", (PyCFunction)Subscriber_try_recv, METH_NOARGS,
-     "try_recv()\n--\n\nThe next message if there is one now, else None."},
+     "try_recv($self, /)\n--\n\nThe next message if there is one now, else None."},
     {"recv_many", (PyCFunction)Subscriber_recv_many, METH_VARARGS, Subscriber_recv_many_doc},
     {"view_begin", (PyCFunction)Subscriber_view_begin, METH_VARARGS, Subscriber_view_begin_doc},
     {"view_end", (PyCFunction)Subscriber_view_end, METH_VARARGS,
-     "view_end(consume=True)\n--\n\nFinish a zero-copy receive: move past the message "
+     "view_end($self, consume=True, /)\n--\n\nFinish a zero-copy receive: move past the message "
      "(or leave it, consume=False).  Returns False if a publisher may have overwritten "
      "it meanwhile (latest mode); it then counts as missed."},
     {"interrupt", (PyCFunction)Subscriber_interrupt, METH_VARARGS,
-     "interrupt(on=True)\n--\n\nWhile on, waits end at once and receives return nothing "
+     "interrupt($self, on=True, /)\n--\n\nWhile on, waits end at once and receives return nothing "
      "(a thread blocked in recv returns).  interrupt(False) undoes it."},
     {"view", (PyCFunction)Subscriber_view, METH_VARARGS, Subscriber_view_doc},
     {"close", (PyCFunction)Subscriber_close, METH_NOARGS,
-     "close()\n--\n\nClose the subscriber: later calls raise SegmentClosed; a call "
+     "close($self, /)\n--\n\nClose the subscriber: later calls raise SegmentClosed; a call "
      "inside is woken and raises SegmentClosed.  The slot is freed and the buffer "
      "released now, or when that call leaves.  Returns True."},
     {NULL}};
@@ -1049,7 +1049,7 @@ static PyTypeObject SubscriberType = {
 };
 
 PyDoc_STRVAR(topic_init_doc,
-"topic_init(buffer, offset, size, mode, max_message=0, max_subscribers=64)\n--\n\n"
+"topic_init($module, buffer, offset, size, mode, max_message=0, max_subscribers=64, /)\n--\n\n"
 "Lay out an empty topic in buffer[offset:offset+size] (before the segment\n"
 "is marked ready); mode is 'lossless' or 'latest'.  Returns (capacity,\n"
 "max_message).");
@@ -1094,7 +1094,7 @@ static PyObject *topic_footprint(PyObject *mod, PyObject *args) {
 static PyMethodDef topic_functions[] = {
     {"topic_init", topic_init, METH_VARARGS, topic_init_doc},
     {"topic_footprint", topic_footprint, METH_VARARGS,
-     "topic_footprint(capacity, max_subscribers)\n--\n\nBytes a topic needs: control "
+     "topic_footprint($module, capacity, max_subscribers, /)\n--\n\nBytes a topic needs: control "
      "block, subscriber table and ring."},
     {NULL}};
 
