@@ -96,7 +96,7 @@ static int add_int(PyObject *d, const char *key, size_t v) {
     return rc;
 }
 
-/* Called from PyInit__core. */
+/* Called from the module's exec slot. */
 int layout_register(PyObject *m) {
     PyObject *layout = PyDict_New(), *sizes = PyDict_New();
     if (!layout || !sizes)

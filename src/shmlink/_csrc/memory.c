@@ -38,29 +38,26 @@ static void View_dealloc(ViewObject *self) {
     Py_CLEAR(self->owner);
     if (self->src.obj)
         PyBuffer_Release(&self->src);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
-static PyBufferProcs View_as_buffer = {
-    (getbufferproc)View_getbuffer,
-    (releasebufferproc)View_releasebuffer,
-};
+static PyType_Slot View_slots[] = {
+    {Py_tp_doc, (void *)"The exporter behind a zero-copy view: keeps the mapping mapped while "
+              "anything made from the view lives."},
+    {Py_tp_dealloc, View_dealloc},
+    {Py_bf_getbuffer, View_getbuffer},
+    {Py_bf_releasebuffer, View_releasebuffer},
+    {0, NULL}};
 
-PyTypeObject ViewType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.View",
-    .tp_basicsize = sizeof(ViewObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The exporter behind a zero-copy view: keeps the mapping mapped while "
-              "anything made from the view lives.",
-    .tp_dealloc = (destructor)View_dealloc,
-    .tp_as_buffer = &View_as_buffer,
-};
+static PyType_Spec View_spec = {"shmlink._core.View", sizeof(ViewObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION, View_slots};
 
 /* A memoryview of len bytes at off of the mapping `mapped` exports, counted
  * in *live of owner (kept alive by the view). */
 PyObject *make_view(PyObject *mapped, Py_ssize_t off, Py_ssize_t len, int readonly,
                            PyObject *owner, int *live) {
-    ViewObject *v = PyObject_New(ViewObject, &ViewType);
+    ViewObject *v = PyObject_New(ViewObject, sl_state_of(owner)->View);
     if (!v)
         return NULL;
     v->src.obj = NULL;
@@ -165,7 +162,9 @@ static void Memory_dealloc(MemoryObject *self) {
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_CLEAR(self->label);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
 /* Checked address of an aligned word of `width` bytes at off. */
@@ -487,17 +486,27 @@ static PyGetSetDef Memory_getset[] = {
     {"closed", (getter)Memory_get_closed, NULL, "True once release() was called", NULL},
     {NULL}};
 
-PyTypeObject MemoryType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.Memory",
-    .tp_basicsize = sizeof(MemoryObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Memory(buffer)\n--\n\nAtomic access to the aligned words of a "
-              "shared buffer.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Memory_init,
-    .tp_dealloc = (destructor)Memory_dealloc,
-    .tp_methods = Memory_methods,
-    .tp_members = Memory_members,
-    .tp_getset = Memory_getset,
-};
+static PyType_Slot Memory_slots[] = {
+    {Py_tp_doc, (void *)"Memory(buffer)\n--\n\nAtomic access to the aligned words of a "
+              "shared buffer."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, Memory_init},
+    {Py_tp_dealloc, Memory_dealloc},
+    {Py_tp_methods, Memory_methods},
+    {Py_tp_members, Memory_members},
+    {Py_tp_getset, Memory_getset},
+    {0, NULL}};
 
+static PyType_Spec Memory_spec = {"shmlink._core.Memory", sizeof(MemoryObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE, Memory_slots};
+
+
+/* Called from the module's exec slot: the View and Memory types. */
+int memory_add_types(PyObject *m, sl_state *st) {
+    st->View = (PyTypeObject *)PyType_FromModuleAndSpec(m, &View_spec, NULL);
+    if (!st->View)
+        return -1;
+    st->Memory = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Memory_spec, NULL);
+    if (!st->Memory || PyModule_AddType(m, st->Memory) < 0)
+        return -1;
+    return 0;
+}

@@ -86,7 +86,9 @@ static void Ring_dealloc(RingObject *self) {
     Py_CLEAR(self->label);
     if (self->has_view)
         PyBuffer_Release(&self->view);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
 /* A return code of the header (or -1 with an exception) as an exception. */
@@ -771,29 +773,27 @@ static PyGetSetDef Ring_getset[] = {
     {"closed", (getter)Ring_get_closed, NULL, "True once close() was called", NULL},
     {NULL}};
 
-static PyTypeObject RingType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.Ring",
-    .tp_basicsize = sizeof(RingObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Ring(buffer, offset, size)\n--\n\nA handle on the message ring "
-              "laid out by ring_init in buffer[offset:offset+size].",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Ring_init,
-    .tp_dealloc = (destructor)Ring_dealloc,
-    .tp_methods = Ring_methods,
-    .tp_members = Ring_members,
-    .tp_getset = Ring_getset,
-};
+static PyType_Slot Ring_slots[] = {
+    {Py_tp_doc, (void *)"Ring(buffer, offset, size)\n--\n\nA handle on the message ring "
+              "laid out by ring_init in buffer[offset:offset+size]."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, Ring_init},
+    {Py_tp_dealloc, Ring_dealloc},
+    {Py_tp_methods, Ring_methods},
+    {Py_tp_members, Ring_members},
+    {Py_tp_getset, Ring_getset},
+    {0, NULL}};
+
+static PyType_Spec Ring_spec = {"shmlink._core.Ring", sizeof(RingObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE, Ring_slots};
 
 static PyMethodDef ring_functions[] = {
     {"ring_init", ring_init, METH_VARARGS, ring_init_doc},
     {NULL}};
 
-/* Called from PyInit__core. */
-int ring_register(PyObject *m) {
-    if (PyType_Ready(&RingType) < 0)
-        return -1;
-    if (PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0 ||
+/* Called from the module's exec slot. */
+int ring_register(PyObject *m, sl_state *st) {
+    st->Ring = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Ring_spec, NULL);
+    if (!st->Ring || PyModule_AddType(m, st->Ring) < 0 ||
         PyModule_AddFunctions(m, ring_functions) < 0)
         return -1;
     return 0;

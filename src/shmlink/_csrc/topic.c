@@ -45,8 +45,6 @@ typedef struct {
 } SubscriberObject;
 
 
-static PyTypeObject TopicType, SubscriberType;
-
 static int topic_corrupt(PyObject *name) {
     sl_raisef(-EBADMSG,
                  "topic %R: its positions, subscriber table or a record header are "
@@ -108,7 +106,9 @@ static void Topic_dealloc(TopicObject *self) {
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_XDECREF(self->name);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
 static int topic_ready(TopicObject *self) {
@@ -375,7 +375,8 @@ static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
     struct timespec ts, *deadline;
     if (parse_timeout(tmo, &ts, &deadline) < 0)
         return NULL;
-    SubscriberObject *s = (SubscriberObject *)SubscriberType.tp_alloc(&SubscriberType, 0);
+    PyTypeObject *sub_type = sl_state_of((PyObject *)self)->Subscriber;
+    SubscriberObject *s = (SubscriberObject *)sub_type->tp_alloc(sub_type, 0);
     if (!s)
         return NULL;
     s->slot = -1;
@@ -557,19 +558,18 @@ static PyGetSetDef Topic_getset[] = {
     {"closed", (getter)Topic_get_closed, NULL, "True once close() released the buffer", NULL},
     {NULL}};
 
-static PyTypeObject TopicType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.Topic",
-    .tp_basicsize = sizeof(TopicObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Topic(buffer, offset, size, name=None)\n--\n\nA handle on the topic laid out "
-              "by topic_init in buffer[offset:offset+size]: publish, subscribe, state.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Topic_init,
-    .tp_dealloc = (destructor)Topic_dealloc,
-    .tp_methods = Topic_methods,
-    .tp_members = Topic_members,
-    .tp_getset = Topic_getset,
-};
+static PyType_Slot Topic_slots[] = {
+    {Py_tp_doc, (void *)"Topic(buffer, offset, size, name=None)\n--\n\nA handle on the topic laid out "
+              "by topic_init in buffer[offset:offset+size]: publish, subscribe, state."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, Topic_init},
+    {Py_tp_dealloc, Topic_dealloc},
+    {Py_tp_methods, Topic_methods},
+    {Py_tp_members, Topic_members},
+    {Py_tp_getset, Topic_getset},
+    {0, NULL}};
+
+static PyType_Spec Topic_spec = {"shmlink._core.Topic", sizeof(TopicObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE, Topic_slots};
 
 /* ------------------------------------------------------------------------ */
 /* Subscriber: one cursor, read without locks.                              */
@@ -585,7 +585,9 @@ static void Subscriber_dealloc(SubscriberObject *self) {
         PyBuffer_Release(&self->view);
     }
     Py_XDECREF(self->name);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
 /* No call is inside a closed subscriber any more: free the slot and give
@@ -1036,17 +1038,16 @@ static PyGetSetDef Subscriber_getset[] = {
     {"busy", (getter)Subscriber_get_busy, NULL, "True while a call is in progress", NULL},
     {NULL}};
 
-static PyTypeObject SubscriberType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.Subscriber",
-    .tp_basicsize = sizeof(SubscriberObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A topic subscriber: one cursor, read without locks.  Made by "
-              "Topic.subscribe().",
-    .tp_dealloc = (destructor)Subscriber_dealloc,
-    .tp_methods = Subscriber_methods,
-    .tp_members = Subscriber_members,
-    .tp_getset = Subscriber_getset,
-};
+static PyType_Slot Subscriber_slots[] = {
+    {Py_tp_doc, (void *)"A topic subscriber: one cursor, read without locks.  Made by "
+              "Topic.subscribe()."},
+    {Py_tp_dealloc, Subscriber_dealloc},
+    {Py_tp_methods, Subscriber_methods},
+    {Py_tp_members, Subscriber_members},
+    {Py_tp_getset, Subscriber_getset},
+    {0, NULL}};
+
+static PyType_Spec Subscriber_spec = {"shmlink._core.Subscriber", sizeof(SubscriberObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION, Subscriber_slots};
 
 PyDoc_STRVAR(topic_init_doc,
 "topic_init($module, buffer, offset, size, mode, max_message=0, max_subscribers=64, /)\n--\n\n"
@@ -1098,12 +1099,13 @@ static PyMethodDef topic_functions[] = {
      "block, subscriber table and ring."},
     {NULL}};
 
-/* Called from PyInit__core. */
-int topic_register(PyObject *m) {
-    if (PyType_Ready(&TopicType) < 0 || PyType_Ready(&SubscriberType) < 0)
+/* Called from the module's exec slot. */
+int topic_register(PyObject *m, sl_state *st) {
+    st->Topic = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Topic_spec, NULL);
+    if (!st->Topic || PyModule_AddType(m, st->Topic) < 0)
         return -1;
-    if (PyModule_AddObjectRef(m, "Topic", (PyObject *)&TopicType) < 0 ||
-        PyModule_AddObjectRef(m, "Subscriber", (PyObject *)&SubscriberType) < 0 ||
+    st->Subscriber = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Subscriber_spec, NULL);
+    if (!st->Subscriber || PyModule_AddType(m, st->Subscriber) < 0 ||
         PyModule_AddIntConstant(m, "TOPIC_HEADER", (long)SHMLINK_TOPIC_SUBS_OFFSET) < 0 ||
         PyModule_AddIntConstant(m, "TOPIC_RECORD_HEADER", SHMLINK_TOPIC_RECORD_HEADER) < 0 ||
         PyModule_AddIntConstant(m, "TOPIC_SLOT_SIZE", SHMLINK_CACHE_LINE) < 0 ||
