@@ -196,11 +196,17 @@ static int cond_pub_room(void *obj, uint64_t required) {
 
 /* Publish n buffers in order.  Returns how many were published (all of
  * them unless *timed_out), or -1 with an exception. */
+/* The header's gather callback over an array of Py_buffer. */
+static void gather_buffers(void *ctx, uint64_t i, const void **data, uint64_t *len) {
+    const Py_buffer *bufs = (const Py_buffer *)ctx;
+    *data = bufs[i].buf;
+    *len = (uint64_t)bufs[i].len;
+}
+
 static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_ssize_t n,
                                         const struct timespec *deadline, int *timed_out) {
     const struct shmlink_topic_handle *h = &self->h;
     struct shmlink_topic *t = h->topic;
-    int lossless = h->mode == SHMLINK_TOPIC_LOSSLESS;
     int try_only = no_wait(deadline);
     int check_alive = 0;
     Py_ssize_t done = 0;
@@ -215,49 +221,17 @@ static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_s
             *timed_out = 1;
             return done;
         }
-        int prc = 0, rescanned = 0, any = 0;
-        if (rc == 1 && shmlink_topic_repair(h) < 0)
+        int prc;
+        uint64_t required = 0, got = (uint64_t)done;
+        if (rc == 1 && shmlink_topic_repair(h) < 0) {
+            shmlink_lock_release(&t->pub_lock);
             prc = -EBADMSG;
-        uint64_t committed = SHMLINK_LOAD_RELAXED(&t->tail), tail = committed;
-        uint64_t head = SHMLINK_LOAD_RELAXED(&t->head), seq = SHMLINK_LOAD_RELAXED(&t->published);
-        uint64_t floor = lossless ? SHMLINK_LOAD_RELAXED(&t->floor) : UINT64_MAX;
-        uint64_t required = 0;
-        if (head > tail || tail - head > h->capacity || ((head | tail) & 15u))
-            prc = -EBADMSG;
-        while (prc == 0 && done < n) {
-            int r = shmlink_topic_put(h, &tail, committed, &head, floor, bufs[done].buf,
-                                      (uint32_t)bufs[done].len, seq, &required);
-            if (r == 0) {
-                seq++;
-                done++;
-                rescanned = 0;
-            } else if (r == 1) {
-                /* a wrap marker: the record goes at the start of the ring */
-            } else if (r == -EINPROGRESS) {
-                shmlink_topic_commit(h, tail, seq);
-                committed = tail;
-                any = 1;
-            } else if (r == -EAGAIN && !rescanned) {
-                rescanned = 1;
-                if (check_alive) {
-                    shmlink_topic_evict_dead(h, required);
-                    check_alive = 0;
-                }
-                if (shmlink_topic_scan_floor(h, committed, &floor, 1) < 0)
-                    prc = -EBADMSG;
-                else
-                    SHMLINK_STORE_RELAXED(&t->floor, floor);
-            } else {
-                prc = r;
-            }
+        } else {
+            prc = shmlink_topic_publish_many_unlock(h, gather_buffers, bufs, (uint64_t)n, &got,
+                                                    check_alive, &required);
+            check_alive = 0;
         }
-        if (tail != committed) {
-            shmlink_topic_commit(h, tail, seq);
-            any = 1;
-        }
-        shmlink_lock_release(&t->pub_lock);
-        if (any)
-            shmlink_ec_notify(&t->data_ec);
+        done = (Py_ssize_t)got;
         if (prc == -EBADMSG)
             return topic_corrupt(self->name);
         if (prc == -EAGAIN) {

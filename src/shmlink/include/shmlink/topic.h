@@ -657,55 +657,102 @@ static inline int64_t shmlink_topic_try_recv(const struct shmlink_topic_handle *
     return rc;
 }
 
-/* With pub_lock held by the caller: publish one message, then release
- * pub_lock and wake subscribers.  With evict_dead, a lossless topic without
- * room first evicts the subscribers holding it back whose process died (it
- * reads /proc: not on every spin).  Returns 0, -EAGAIN (lossless: no room
- * now), -EBADMSG.  len <= max_message is the caller's to check. */
-static inline int shmlink_topic_publish_unlock(const struct shmlink_topic_handle *h,
-                                               const void *data, uint64_t len,
-                                               int evict_dead) {
+/* Gather callback of a batch publish: the i-th message (0 <= i < n). */
+typedef void (*shmlink_topic_gather_fn)(void *ctx, uint64_t i, const void **data,
+                                        uint64_t *len);
+
+/* With pub_lock held by the caller: publish messages *done .. n - 1 in
+ * order while there is room (committing whenever a record must wait for
+ * its place), then release pub_lock and wake subscribers if anything was
+ * committed.  *done counts the messages published (start it at 0).  With
+ * evict_dead, a lossless topic without room first evicts the subscribers
+ * holding it back whose process died (it reads /proc: not on every spin).
+ * Returns 0 (all published), -EAGAIN (lossless: no room now; wait on
+ * space_ec until every active cursor is at or past *required, retake the
+ * lock and call again), -EMSGSIZE (message *done is larger than
+ * max_message) or -EBADMSG. */
+static inline int shmlink_topic_publish_many_unlock(const struct shmlink_topic_handle *h,
+                                                    shmlink_topic_gather_fn gather, void *ctx,
+                                                    uint64_t n, uint64_t *done,
+                                                    int evict_dead, uint64_t *required) {
     struct shmlink_topic *t = h->topic;
     /* relaxed: tail, head, published and floor are ours under pub_lock */
     uint64_t committed = SHMLINK_LOAD_RELAXED(&t->tail), tail = committed;
     uint64_t head = SHMLINK_LOAD_RELAXED(&t->head), seq = SHMLINK_LOAD_RELAXED(&t->published);
-    uint64_t floor = UINT64_MAX, required;
-    int rc = -EBADMSG, rescanned = 0;
-    if (head <= tail && tail - head <= h->capacity && !((head | tail) & 15u)) {
-        if (h->mode == SHMLINK_TOPIC_LOSSLESS)
-            floor = SHMLINK_LOAD_RELAXED(&t->floor);
-        for (;;) {
-            rc = shmlink_topic_put(h, &tail, committed, &head, floor, data, (uint32_t)len,
-                                   seq, &required);
-            if (rc == 1)
-                continue;
-            if (rc == -EINPROGRESS) {
-                shmlink_topic_commit(h, tail, seq);
-                committed = tail;
-                continue;
-            }
-            if (rc == -EAGAIN && !rescanned) {
-                rescanned = 1;
-                if (evict_dead)
-                    shmlink_topic_evict_dead(h, required);
-                if (shmlink_topic_scan_floor(h, committed, &floor, 1) < 0) {
-                    rc = -EBADMSG;
-                    break;
-                }
-                SHMLINK_STORE_RELAXED(&t->floor, floor);
-                continue;
-            }
+    uint64_t floor = h->mode == SHMLINK_TOPIC_LOSSLESS ? SHMLINK_LOAD_RELAXED(&t->floor)
+                                                       : UINT64_MAX;
+    int rc = 0, rescanned = 0, any = 0;
+    *required = 0;
+    if (head > tail || tail - head > h->capacity || ((head | tail) & 15u))
+        rc = -EBADMSG;
+    while (rc == 0 && *done < n) {
+        const void *data;
+        uint64_t len;
+        gather(ctx, *done, &data, &len);
+        if (len > h->max_message) {
+            rc = -EMSGSIZE;
             break;
         }
+        int r = shmlink_topic_put(h, &tail, committed, &head, floor, data, (uint32_t)len, seq,
+                                  required);
+        if (r == 0) {
+            seq++;
+            (*done)++;
+            rescanned = 0;
+        } else if (r == 1) {
+            /* a wrap marker: the record goes at the start of the ring */
+        } else if (r == -EINPROGRESS) {
+            shmlink_topic_commit(h, tail, seq);
+            committed = tail;
+            any = 1;
+        } else if (r == -EAGAIN && !rescanned) {
+            rescanned = 1;
+            if (evict_dead) {
+                shmlink_topic_evict_dead(h, *required);
+                evict_dead = 0;
+            }
+            if (shmlink_topic_scan_floor(h, committed, &floor, 1) < 0)
+                rc = -EBADMSG;
+            else
+                SHMLINK_STORE_RELAXED(&t->floor, floor);
+        } else {
+            rc = r;
+        }
     }
-    if (rc == 0)
-        seq++;
-    if (tail != committed)
+    if (tail != committed) {
         shmlink_topic_commit(h, tail, seq);
+        any = 1;
+    }
     shmlink_lock_release(&t->pub_lock);
-    if (tail != committed)
+    if (any)
         shmlink_ec_notify(&t->data_ec);
     return rc;
+}
+
+struct shmlink_topic_one_ {
+    const void *data;
+    uint64_t len;
+};
+
+static inline void shmlink_topic_gather_one_(void *ctx, uint64_t i, const void **data,
+                                             uint64_t *len) {
+    const struct shmlink_topic_one_ *one = (const struct shmlink_topic_one_ *)ctx;
+    (void)i;
+    *data = one->data;
+    *len = one->len;
+}
+
+/* With pub_lock held by the caller: publish one message, then release
+ * pub_lock and wake subscribers (shmlink_topic_publish_many_unlock with one
+ * message).  Returns 0, -EAGAIN (lossless: no room now), -EMSGSIZE or
+ * -EBADMSG. */
+static inline int shmlink_topic_publish_unlock(const struct shmlink_topic_handle *h,
+                                               const void *data, uint64_t len,
+                                               int evict_dead) {
+    struct shmlink_topic_one_ one = {data, len};
+    uint64_t done = 0, required;
+    return shmlink_topic_publish_many_unlock(h, shmlink_topic_gather_one_, &one, 1, &done,
+                                             evict_dead, &required);
 }
 
 /* Take pub_lock, sleeping until the deadline; a lock taken over from a
