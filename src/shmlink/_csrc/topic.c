@@ -32,16 +32,15 @@ typedef struct {
     struct shmlink_topic_handle h;
     PyObject *name;
     long long spin_ns;
-    int slot;
-    uint32_t pid, gen;
-    /* private copies: authoritative; the slot's copies are for publishers */
-    uint64_t cursor, next_seq, missed, received;
+    /* slot, pid, gen, cursor, next_seq, missed, received: private copies,
+     * authoritative; the slot's copies are for publishers */
+    struct shmlink_topic_reader r;
     int busy;    /* a call is in progress (it may be waiting, GIL released) */
     int cancel;  /* interrupt(): waits end at once, receives return nothing */
     int closing; /* close() from another thread: the waiting call raises */
     int in_view; /* a zero-copy receive is open */
     int live_views; /* live exporters of the open zero-copy receive */
-    uint64_t view_pos, view_next, view_seq;
+    uint64_t view_pos, view_len, view_seq;
 } SubscriberObject;
 
 
@@ -353,7 +352,7 @@ static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
     SubscriberObject *s = (SubscriberObject *)sub_type->tp_alloc(sub_type, 0);
     if (!s)
         return NULL;
-    s->slot = -1;
+    s->r.slot = -1;
     if (PyObject_GetBuffer(self->view.obj, &s->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         Py_DECREF(s);
         return NULL;
@@ -396,11 +395,11 @@ static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
             topic_corrupt(self->name);
         return NULL;
     }
-    s->slot = slot;
-    s->pid = pid;
-    s->gen = gen;
-    s->cursor = cursor;
-    s->next_seq = seq;
+    s->r.slot = slot;
+    s->r.pid = pid;
+    s->r.gen = gen;
+    s->r.cursor = cursor;
+    s->r.next_seq = seq;
     return (PyObject *)s;
 }
 
@@ -554,8 +553,8 @@ static void Subscriber_dealloc(SubscriberObject *self) {
         uint32_t pid;
         uint64_t start;
         identity(&pid, &start);
-        if (self->slot >= 0 && pid == self->pid) /* not in a forked child */
-            shmlink_topic_release_slot(&self->h, self->slot, self->pid, self->gen);
+        if (self->r.slot >= 0 && pid == self->r.pid) /* not in a forked child */
+            shmlink_topic_release_slot(&self->h, self->r.slot, self->r.pid, self->r.gen);
         PyBuffer_Release(&self->view);
     }
     Py_XDECREF(self->name);
@@ -572,8 +571,8 @@ static void sub_finish(SubscriberObject *self) {
     uint32_t pid;
     uint64_t start;
     identity(&pid, &start);
-    if (self->slot >= 0 && pid == self->pid) /* not in a forked child */
-        shmlink_topic_release_slot(&self->h, self->slot, self->pid, self->gen);
+    if (self->r.slot >= 0 && pid == self->r.pid) /* not in a forked child */
+        shmlink_topic_release_slot(&self->h, self->r.slot, self->r.pid, self->r.gen);
     self->in_view = 0;
     PyBuffer_Release(&self->view);
     self->has_view = 0;
@@ -611,14 +610,14 @@ static int sub_enter(SubscriberObject *self) {
     uint32_t pid;
     uint64_t start;
     identity(&pid, &start);
-    if (pid != self->pid) {
+    if (pid != self->r.pid) {
         sl_raisef(-EPIPE,
                      "this subscriber of topic %R belongs to process %u; subscribe again in "
                      "this process",
-                     self->name, self->pid);
+                     self->name, self->r.pid);
         return -1;
     }
-    if (SHMLINK_LOAD_RELAXED(&self->h.subs[self->slot].active) != self->gen) {
+    if (SHMLINK_LOAD_RELAXED(&self->h.subs[self->r.slot].active) != self->r.gen) {
         sl_raisef(-EPIPE,
                      "this subscriber of topic %R lost its slot: another process saw this "
                      "one as dead (PID and start time did not match) and evicted it; "
@@ -646,86 +645,61 @@ static int sub_cancelled(SubscriberObject *self) {
 /* Take up to max messages, waiting until there is at least one, the
  * deadline, or cancel.  max == 1 with one != NULL: the message into *one;
  * else appended to list.  Returns how many (0: timeout or cancel), or -1. */
+/* The header's sink (shmlink_topic_recv_many) for a receive into Python:
+ * each record becomes a bytes object, kept into *one or appended to list
+ * when the header says it was intact. */
+struct take_sink {
+    PyObject *list;
+    PyObject **one;
+    PyObject *last; /* the copy awaiting keep */
+};
+
+static int take_copy(void *ctx, const uint8_t *payload, uint64_t len) {
+    struct take_sink *t = (struct take_sink *)ctx;
+    t->last = PyBytes_FromStringAndSize((const char *)payload, (Py_ssize_t)len);
+    return t->last ? 0 : -1;
+}
+
+static int take_keep(void *ctx, int keep) {
+    struct take_sink *t = (struct take_sink *)ctx;
+    PyObject *b = t->last;
+    t->last = NULL;
+    if (!keep) {
+        Py_DECREF(b);
+        return 0;
+    }
+    if (t->one) {
+        *t->one = b;
+        return 0;
+    }
+    int rc = PyList_Append(t->list, b);
+    Py_DECREF(b);
+    return rc < 0 ? -1 : 0;
+}
+
+/* Take up to max messages, waiting until there is at least one, the
+ * deadline, or cancel.  max == 1 with one != NULL: the message into *one;
+ * else appended to list.  Returns how many (0: timeout or cancel), or -1. */
 static Py_ssize_t sub_take(SubscriberObject *self, Py_ssize_t max, PyObject *list,
                            PyObject **one, const struct timespec *deadline) {
     const struct shmlink_topic_handle *h = &self->h;
     struct shmlink_topic *t = h->topic;
+    struct take_sink ts = {list, one, NULL};
+    const struct shmlink_topic_sink sink = {take_copy, take_keep, &ts};
     for (;;) {
-        uint64_t cursor = self->cursor, next_seq = self->next_seq, missed = self->missed;
-        /* SYNC: pairs with the publishers' release of tail in shmlink_topic_commit. */
-        uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail);
-        uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
-        Py_ssize_t got = 0;
-        int err = 0;
-        while (got < max) {
-            uint64_t seq;
-            int stale = 0;
-            int64_t len = shmlink_topic_peek(h, &cursor, tail, &seq);
-            if (len == -EAGAIN)
-                break;
-            if (len == -ESTALE) {
-                stale = 1;
-            } else if (len < 0) {
-                err = -EBADMSG;
-                break;
-            } else {
-                PyObject *b = PyBytes_FromStringAndSize(
-                    (const char *)shmlink_topic_payload(h, cursor), (Py_ssize_t)len);
-                if (!b) {
-                    err = -1;
-                    break;
-                }
-                if (shmlink_topic_overtaken(h, cursor)) {
-                    Py_DECREF(b); /* maybe torn: never delivered */
-                    stale = 1;
-                } else if (seq < next_seq || seq >= published) {
-                    Py_DECREF(b);
-                    err = -EBADMSG;
-                    break;
-                } else {
-                    if (one) {
-                        *one = b;
-                    } else {
-                        int a = PyList_Append(list, b);
-                        Py_DECREF(b);
-                        if (a < 0) {
-                            err = -1;
-                            break;
-                        }
-                    }
-                    missed += seq - next_seq;
-                    next_seq = seq + 1;
-                    cursor += shmlink_topic_record_size((uint64_t)len);
-                    got++;
-                }
-            }
-            if (stale) {
-                if (shmlink_topic_resume(h, &cursor, &tail) < 0) {
-                    err = -EBADMSG;
-                    break;
-                }
-                published = SHMLINK_LOAD_RELAXED(&t->published);
-            }
-        }
-        if (cursor != self->cursor) {
-            self->cursor = cursor;
-            self->next_seq = next_seq;
-            self->missed = missed;
-            self->received += (uint64_t)got;
-            shmlink_topic_progress(h, self->slot, cursor, next_seq, missed, self->received);
-        }
-        if (err == -1)
+        int64_t got = shmlink_topic_recv_many(h, &self->r, &sink, (uint64_t)max);
+        if (got == -1)
             return -1;
-        if (err == -EBADMSG)
+        if (got == -EBADMSG)
             return topic_corrupt(self->name);
         if (got)
-            return got;
+            return (Py_ssize_t)got;
         if (no_wait(deadline))
             return 0;
         if (self->cancel)
             return sub_cancelled(self);
-        int w = topic_wait(&t->data_ec, cond_sub_data, self, cursor, deadline, self->spin_ns,
-                           &self->cancel);
+        int w = topic_wait(&t->data_ec, cond_sub_data, self, self->r.cursor, deadline,
+                           self->spin_ns, &self->cancel);
         if (w == -1)
             return -1;
         if (w == -ECANCELED)
@@ -829,41 +803,19 @@ static PyObject *Subscriber_view_begin(SubscriberObject *self, PyObject *args) {
     struct shmlink_topic *t = h->topic;
     PyObject *res = NULL;
     for (;;) {
-        uint64_t cursor = self->cursor;
-        uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail); /* SYNC: publishers' tail release */
-        uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
-        uint64_t seq;
-        int64_t len;
-        for (;;) {
-            len = shmlink_topic_peek(h, &cursor, tail, &seq);
-            /* the header must be intact before its length is handed out */
-            if (len >= 0 && shmlink_topic_overtaken(h, cursor))
-                len = -ESTALE;
-            if (len != -ESTALE)
-                break;
-            if (shmlink_topic_resume(h, &cursor, &tail) < 0) {
-                len = -EBADMSG;
-                break;
-            }
-            published = SHMLINK_LOAD_RELAXED(&t->published);
-        }
-        if (len >= 0 && (seq < self->next_seq || seq >= published))
-            len = -EBADMSG;
+        uint64_t pos, seq;
+        int64_t len = shmlink_topic_view_begin(h, &self->r, &pos, &seq);
         if (len >= 0) {
             self->in_view = 1;
-            self->view_pos = cursor;
+            self->view_pos = pos;
             self->view_seq = seq;
-            self->view_next = cursor + shmlink_topic_record_size((uint64_t)len);
-            Py_ssize_t base = (Py_ssize_t)(shmlink_topic_payload(h, cursor) -
+            self->view_len = (uint64_t)len;
+            Py_ssize_t base = (Py_ssize_t)(shmlink_topic_payload(h, pos) -
                                            (const uint8_t *)self->view.buf);
             res = Py_BuildValue("nn", base, (Py_ssize_t)len);
             break;
         }
-        if (cursor != self->cursor) { /* skipped a wrap marker, or resumed */
-            self->cursor = cursor;
-            shmlink_topic_progress(h, self->slot, cursor, self->next_seq, self->missed,
-                                   self->received);
-        }
+        uint64_t cursor = self->r.cursor;
         if (len != -EAGAIN) {
             topic_corrupt(self->name);
             break;
@@ -896,20 +848,9 @@ static PyObject *Subscriber_view_end(SubscriberObject *self, PyObject *args) {
         Py_RETURN_TRUE;
     if (self->live_views > 0)
         return raise_views_alive("message view", self->live_views), NULL;
-    const struct shmlink_topic_handle *h = &self->h;
     self->in_view = 0;
-    int intact = !shmlink_topic_overtaken(h, self->view_pos);
-    if (consume && intact) {
-        self->missed += self->view_seq - self->next_seq;
-        self->next_seq = self->view_seq + 1;
-        self->cursor = self->view_next;
-        self->received++;
-    } else {
-        /* left for the next receive (which resumes at head if it is gone) */
-        self->cursor = self->view_pos;
-    }
-    shmlink_topic_progress(h, self->slot, self->cursor, self->next_seq, self->missed,
-                           self->received);
+    int intact = shmlink_topic_view_end(&self->h, &self->r, self->view_pos, self->view_seq,
+                                        self->view_len, consume);
     return PyBool_FromLong(intact);
 }
 
@@ -961,7 +902,7 @@ static PyObject *Subscriber_get_lag(SubscriberObject *self, void *c) {
     if (!self->has_view)
         return PyLong_FromLong(0);
     uint64_t published = SHMLINK_LOAD_RELAXED(&self->h.topic->published);
-    return PyLong_FromUnsignedLongLong(published > self->next_seq ? published - self->next_seq
+    return PyLong_FromUnsignedLongLong(published > self->r.next_seq ? published - self->r.next_seq
                                                                   : 0);
 }
 static PyObject *Subscriber_get_closed(SubscriberObject *self, void *c) {
@@ -995,13 +936,13 @@ static PyMethodDef Subscriber_methods[] = {
 static PyMemberDef Subscriber_members[] = {
     {"spin_ns", T_LONGLONG, offsetof(SubscriberObject, spin_ns), 0,
      "nanoseconds a blocked receive spins before it sleeps (-1: until its deadline)"},
-    {"missed", T_ULONGLONG, offsetof(SubscriberObject, missed), READONLY,
+    {"missed", T_ULONGLONG, offsetof(SubscriberObject, r.missed), READONLY,
      "messages overwritten before this subscriber could read them"},
-    {"received", T_ULONGLONG, offsetof(SubscriberObject, received), READONLY,
+    {"received", T_ULONGLONG, offsetof(SubscriberObject, r.received), READONLY,
      "messages this subscriber received"},
-    {"next_seq", T_ULONGLONG, offsetof(SubscriberObject, next_seq), READONLY,
+    {"next_seq", T_ULONGLONG, offsetof(SubscriberObject, r.next_seq), READONLY,
      "sequence number of the next message it expects"},
-    {"slot", T_INT, offsetof(SubscriberObject, slot), READONLY, "its slot in the table"},
+    {"slot", T_INT, offsetof(SubscriberObject, r.slot), READONLY, "its slot in the table"},
     {"name", T_OBJECT, offsetof(SubscriberObject, name), READONLY, "the topic's name"},
     {NULL}};
 

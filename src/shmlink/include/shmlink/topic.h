@@ -607,6 +607,153 @@ struct shmlink_topic_reader {
     uint64_t cursor, next_seq, missed, received;
 };
 
+/* Where a batch receive puts what it reads.  copy gets the payload of the
+ * record at the reader's cursor and copies it out; the copy may be torn (a
+ * latest-mode publisher may be overwriting it), so keep then says whether
+ * to keep it (1: the record was intact) or drop it (0).  Both return 0, or
+ * a negative code that stops the receive before the record (the binding:
+ * -1, an exception): it stays for the next receive. */
+struct shmlink_topic_sink {
+    int (*copy)(void *ctx, const uint8_t *payload, uint64_t len);
+    int (*keep)(void *ctx, int keep);
+    void *ctx;
+};
+
+/* Take up to max messages without waiting, in order, into sink: records
+ * overwritten before they could be read (latest mode) are skipped and
+ * counted in r->missed, a reader overtaken resumes at the oldest record
+ * held.  The reader's position is published once at the end
+ * (shmlink_topic_progress).  Returns how many were taken (0: nothing new),
+ * -EBADMSG (corrupt positions or record), or copy's code; an error wins
+ * over a count (the records taken before it stay taken). */
+static inline int64_t shmlink_topic_recv_many(const struct shmlink_topic_handle *h,
+                                              struct shmlink_topic_reader *r,
+                                              const struct shmlink_topic_sink *sink,
+                                              uint64_t max) {
+    struct shmlink_topic *t = h->topic;
+    uint64_t cursor = r->cursor, next_seq = r->next_seq, missed = r->missed;
+    /* SYNC: pairs with the publishers' release of tail in shmlink_topic_commit. */
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail);
+    uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
+    uint64_t got = 0;
+    int err = 0;
+    while (got < max) {
+        uint64_t seq;
+        int stale = 0;
+        int64_t len = shmlink_topic_peek(h, &cursor, tail, &seq);
+        if (len == -EAGAIN)
+            break;
+        if (len == -ESTALE) {
+            stale = 1;
+        } else if (len < 0) {
+            err = -EBADMSG;
+            break;
+        } else {
+            int c = sink->copy(sink->ctx, shmlink_topic_payload(h, cursor), (uint64_t)len);
+            if (c < 0) {
+                err = c;
+                break;
+            }
+            if (shmlink_topic_overtaken(h, cursor)) {
+                sink->keep(sink->ctx, 0); /* maybe torn: never delivered */
+                stale = 1;
+            } else if (seq < next_seq || seq >= published) {
+                sink->keep(sink->ctx, 0);
+                err = -EBADMSG;
+                break;
+            } else {
+                int k = sink->keep(sink->ctx, 1);
+                if (k < 0) {
+                    err = k;
+                    break;
+                }
+                missed += seq - next_seq;
+                next_seq = seq + 1;
+                cursor += shmlink_topic_record_size((uint64_t)len);
+                got++;
+            }
+        }
+        if (stale) {
+            if (shmlink_topic_resume(h, &cursor, &tail) < 0) {
+                err = -EBADMSG;
+                break;
+            }
+            published = SHMLINK_LOAD_RELAXED(&t->published);
+        }
+    }
+    if (cursor != r->cursor) {
+        r->cursor = cursor;
+        r->next_seq = next_seq;
+        r->missed = missed;
+        r->received += got;
+        shmlink_topic_progress(h, r->slot, cursor, next_seq, missed, r->received);
+    }
+    return err ? err : (int64_t)got;
+}
+
+/* Zero-copy receive, first half: find the next intact record without
+ * copying it.  Returns its length with *pos (its position: the payload is
+ * shmlink_topic_payload(h, *pos)) and *seq set; r->cursor stays before it
+ * until shmlink_topic_view_end.  Lossless: publishers cannot overwrite it
+ * meanwhile; latest: they can, and view_end says whether they did.
+ * Otherwise -EAGAIN (nothing new; wrap markers and overtaken records passed
+ * are published as progress) or -EBADMSG. */
+static inline int64_t shmlink_topic_view_begin(const struct shmlink_topic_handle *h,
+                                               struct shmlink_topic_reader *r, uint64_t *pos,
+                                               uint64_t *seq) {
+    struct shmlink_topic *t = h->topic;
+    uint64_t cursor = r->cursor;
+    /* SYNC: pairs with the publishers' release of tail in shmlink_topic_commit. */
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail);
+    uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
+    int64_t len;
+    for (;;) {
+        len = shmlink_topic_peek(h, &cursor, tail, seq);
+        /* the header must be intact before its length is handed out */
+        if (len >= 0 && shmlink_topic_overtaken(h, cursor))
+            len = -ESTALE;
+        if (len != -ESTALE)
+            break;
+        if (shmlink_topic_resume(h, &cursor, &tail) < 0) {
+            len = -EBADMSG;
+            break;
+        }
+        published = SHMLINK_LOAD_RELAXED(&t->published);
+    }
+    if (len >= 0 && (*seq < r->next_seq || *seq >= published))
+        len = -EBADMSG;
+    if (len >= 0) {
+        *pos = cursor;
+        return len;
+    }
+    if (cursor != r->cursor) { /* skipped a wrap marker, or resumed */
+        r->cursor = cursor;
+        shmlink_topic_progress(h, r->slot, cursor, r->next_seq, r->missed, r->received);
+    }
+    return len;
+}
+
+/* Zero-copy receive, second half, for the record of len bytes at pos with
+ * sequence number seq (from shmlink_topic_view_begin): consume it (consume
+ * = 1) or leave it for the next receive.  Returns 1 if it was intact, 0 if
+ * a publisher may have overwritten it meanwhile (latest mode: then it is
+ * not consumed, and the next receive resumes past it, counting it missed). */
+static inline int shmlink_topic_view_end(const struct shmlink_topic_handle *h,
+                                         struct shmlink_topic_reader *r, uint64_t pos,
+                                         uint64_t seq, uint64_t len, int consume) {
+    int intact = !shmlink_topic_overtaken(h, pos);
+    if (consume && intact) {
+        r->missed += seq - r->next_seq;
+        r->next_seq = seq + 1;
+        r->cursor = pos + shmlink_topic_record_size(len);
+        r->received++;
+    } else {
+        r->cursor = pos; /* left for the next receive (it resumes if it is gone) */
+    }
+    shmlink_topic_progress(h, r->slot, r->cursor, r->next_seq, r->missed, r->received);
+    return intact;
+}
+
 /* Receive one message without waiting into buf (cap bytes).  Returns its
  * length, -EAGAIN (nothing new), -EMSGSIZE (larger than cap: it is
  * skipped and counted as missed), or -EBADMSG. */
