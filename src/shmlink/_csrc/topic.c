@@ -152,33 +152,17 @@ static int topic_len_ok(void *topic, Py_ssize_t len) {
     return topic_check_len((TopicObject *)topic, len);
 }
 
-/* Take pub_lock, sleeping in slices so that a close from another thread is
- * noticed.  0, 1 (taken over from a holder that died), -ETIMEDOUT,
- * -ECANCELED (the handle is closing) or -1 (exception). */
+/* Take pub_lock (the header's hooked lock wait: a close from another thread
+ * or a signal handler ends it).  0, 1 (taken over from a holder that died),
+ * -ETIMEDOUT, -ECANCELED (the handle is closing) or -1 (exception). */
 static int topic_lock(TopicObject *self, const struct timespec *deadline, int spin) {
     struct shmlink_lock *l = &self->h.topic->pub_lock;
-    uint32_t pid;
-    uint64_t start;
-    identity(&pid, &start);
-    if (shmlink_lock_try(l, pid, start) == 0)
-        return 0;
-    for (;;) {
-        if (PyErr_CheckSignals() < 0) /* see topic_wait */
-            return -1;
-        struct timespec slice;
-        shmlink_deadline_min(&slice, deadline, 0.05);
-        int rc = lock_acquire_blocking(l, &slice, spin ? 200000 : 0, &self->closing);
-        if (rc >= 0 && self->closing) {
-            shmlink_lock_release(l); /* taken as the handle closed: give it back */
-            return -ECANCELED;
-        }
-        if (rc != -ETIMEDOUT)
-            return rc;
-        if (self->closing)
-            return -ECANCELED;
-        if (deadline && shmlink_deadline_passed(deadline))
-            return -ETIMEDOUT;
+    int rc = lock_acquire_blocking(l, deadline, spin ? 200000 : 0, &self->closing);
+    if (rc >= 0 && self->closing) {
+        shmlink_lock_release(l); /* taken as the handle closed: give it back */
+        return -ECANCELED;
     }
+    return rc;
 }
 
 /* Lock-free hint for a blocked lossless publisher: every active cursor is
