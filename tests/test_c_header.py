@@ -136,16 +136,28 @@ def test_the_umbrella_includes_every_protocol_header():
 @pytest.mark.parametrize("lang", ["c11", "c++17"])
 @pytest.mark.parametrize("header", ["shmlink.h", *(f"shmlink/{h}" for h in HEADERS)])
 def test_each_header_compiles_alone(tmp_path, header, lang):
-    """A translation unit that includes only this header builds warning-free,
-    without the SHM_* compatibility names."""
+    """A translation unit that includes only this header builds warning-free."""
     cxx = lang.startswith("c++")
     compiler = "c++" if cxx else "cc"
     if shutil.which(compiler) is None:
         pytest.skip(f"no {compiler}")
     src = tmp_path / ("t.cpp" if cxx else "t.c")
     src.write_text(f'#include "{header}"\nint main(void) {{ return 0; }}\n')
-    subprocess.run([compiler, f"-std={lang}", "-DSHMLINK_NO_COMPAT", *FLAGS, "-c", str(src),
+    subprocess.run([compiler, f"-std={lang}", *FLAGS, "-c", str(src),
                     "-o", str(tmp_path / "t.o")], check=True, timeout=120)
+
+
+def test_no_unprefixed_names_in_header_or_binding():
+    """The SHM_* compatibility spellings are gone: the header and the binding
+    (src/shmlink/_csrc) use the SHMLINK_* vocabulary only."""
+    import pathlib
+    import re
+    include = pathlib.Path(INCLUDE)
+    files = [*sorted(include.rglob("*.h")), *sorted((include.parent / "_csrc").glob("*.[ch]"))]
+    assert any(f.parent.name == "_csrc" for f in files)
+    for f in files:
+        hits = re.findall(r"\bSHM_[A-Z_]+", f.read_text())
+        assert not hits, f"{f.name}: {sorted(set(hits))}"
 
 
 def _comment_above(lines: list[str], i: int) -> str:

@@ -460,3 +460,41 @@ def test_access_denied_is_typed(name):
     with pytest.raises(AccessDenied):
         Segment.open(name)
     seg.close()
+
+
+# --- argument errors of the calls that go straight to C --------------------------------------
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.5, float("nan")], ids=repr)
+def test_bad_timeout_of_c_calls_is_invalid_argument(name, timeout):
+    with shmlink.Queue.create(name, capacity=4096) as q:
+        calls = [lambda: q.send(b"x", timeout=timeout), lambda: q.recv(timeout=timeout),
+                 lambda: q.send_many([b"x"], timeout=timeout),
+                 lambda: q.recv_many(3, timeout=timeout)]
+        for call in calls:
+            with pytest.raises(shmlink.InvalidArgument, match="timeout") as exc:
+                call()
+            assert isinstance(exc.value, ValueError)
+    tname = name + "-t"
+    with shmlink.Topic.create(tname, capacity=4096) as t:
+        sub = t.subscribe()
+        calls = [lambda: t.publish(b"x", timeout=timeout), lambda: sub.recv(timeout=timeout),
+                 lambda: sub.recv_many(3, timeout=timeout),
+                 lambda: t.publish_many([b"x"], timeout=timeout)]
+        for call in calls:
+            with pytest.raises(shmlink.InvalidArgument, match="timeout"):
+                call()
+        sub.close()
+        t.unlink()
+
+
+def test_max_count_below_one_is_invalid_argument(name):
+    with shmlink.Queue.create(name, capacity=4096) as q:
+        with pytest.raises(shmlink.InvalidArgument, match="max_count"):
+            q.recv_many(0, timeout=0)
+    tname = name + "-t"
+    with shmlink.Topic.create(tname, capacity=4096) as t:
+        with t.subscribe() as sub:
+            with pytest.raises(shmlink.InvalidArgument, match="max_count"):
+                sub.recv_many(0, timeout=0)
+        t.unlink()

@@ -377,3 +377,31 @@ def test_memoryview_of_segment_keeps_close_busy_without_numpy():
         print("OK")
     ''')
     assert "SegmentBusy" in out and "OK" in out
+
+
+def test_core_module_keeps_its_state_per_module_object():
+    """_core uses multi-phase init and heap types: a second module object made
+    from the same spec has its own classes, and its handles work and raise the
+    typed errors (looked up in shmlink.errors, not cached in C globals)."""
+    code = r"""
+import importlib.util, mmap
+import shmlink, shmlink._core as core
+again = importlib.util.module_from_spec(core.__spec__)
+core.__spec__.loader.exec_module(again)
+assert again is not core and again.Memory is not core.Memory, "one module state for both"
+mm = mmap.mmap(-1, 4096)
+m = again.Memory(mm)
+m.store32(0, 7)
+assert m.load32(0) == 7 and type(m).__module__ == "shmlink._core"
+m.release()
+try:
+    m.load32(0)
+except shmlink.SegmentClosed:
+    pass
+else:
+    raise AssertionError("no SegmentClosed")
+assert type(m)(mm).wait32(0, 0, 0.0) is True  # the word is 7, not 0: no wait
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr

@@ -98,3 +98,15 @@ def test_typed_program_runs(name):
     assert "typed program: ok" in r.stdout
     left = [f for f in os.listdir(shmlink.segment.shm_dir()) if f.startswith(f"shmlink.{name}-")]
     assert left == []
+
+
+def test_core_stub_matches_the_module(tmp_path):
+    """src/shmlink/_core.pyi describes the C module: every class, method (with its
+    parameters), attribute and constant, checked against the built module."""
+    if importlib.util.find_spec("mypy") is None:
+        pytest.skip("mypy is not installed (pip install '.[test]')")
+    r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "shmlink._core",
+                        "--mypy-config-file", os.devnull],
+                       capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+                       env={**os.environ, "MYPY_CACHE_DIR": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stdout + r.stderr

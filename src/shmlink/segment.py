@@ -75,19 +75,44 @@ __all__ = ["Segment", "SegmentInfo", "Lifetime", "list_segments", "gc", "remove"
 #: (removed when its last participant closes or exits).
 Lifetime = Literal["persist", "auto"]
 
-# --- layout (mirrors struct shmlink_header in include/shmlink.h) -----------
+# --- layout (struct shmlink_header in include/shmlink/segment.h, from _core) -----
 
-MAGIC = 0x4B4E494C4D485301
+
+def _struct_of(block: str, fields: list[str]) -> struct.Struct:
+    """A little-endian ``struct.Struct`` of `fields` of a header block, in order,
+    padded to their offsets (``_core.LAYOUT``: offsetof/sizeof in C)."""
+    layout = _core.LAYOUT[block]
+    fmt, pos = "<", 0
+    for f in fields:
+        off, width = layout[f]
+        if off < pos:
+            raise AssertionError(f"{block}.{f} is not after the previous field")
+        fmt += "x" * (off - pos) + {4: "I", 8: "Q"}[width]
+        pos = off + width
+    return struct.Struct(fmt)
+
+
+def _offset(block: str, field: str) -> int:
+    """Offset of `field` within a header block (``_core.LAYOUT``)."""
+    off: int = _core.LAYOUT[block][field][0]
+    return off
+
+
+MAGIC = _core.MAGIC
 LAYOUT_VERSION = _core.LAYOUT_VERSION
 DATA_OFFSET = _core.DATA_OFFSET
 MAX_PARTICIPANTS = _core.MAX_PARTICIPANTS
 PREFIX = "shmlink."
 _TMP_MARK = ".new."  # PREFIX + _TMP_MARK + "<pid>.<rand>." + name: a segment being created
 
-_HDR = struct.Struct("<QIIQQQIIQQIII")  # up to kind_version
-_OFF_READY = 64
-_OFF_PARTICIPANTS = 128
-_PART = struct.Struct("<IIQ")
+_HDR = _struct_of("header", ["magic", "layout_version", "kind", "data_offset", "data_size",
+                             "total_size", "creator_pid", "flags", "creator_start",
+                             "created_ns", "ready", "max_participants", "kind_version"])
+_OFF_READY = _offset("header", "ready")
+_OFF_PARTICIPANTS = _offset("header", "participants")
+_PART = _struct_of("participant", ["pid", "start_time"])
+_PART_SIZE = _core.LAYOUT_SIZE["participant"]
+_PART_START = _offset("participant", "start_time")
 
 FLAG_AUTO = 0x1
 
@@ -306,11 +331,11 @@ class _Mapping:
         mem = self.memory
         for attempt in range(2):
             for i in range(MAX_PARTICIPANTS):
-                off = _OFF_PARTICIPANTS + 16 * i
+                off = _OFF_PARTICIPANTS + _PART_SIZE * i
                 cur = mem.load32(off)
-                if cur == 0 or (attempt and not _core.process_alive(cur, mem.load64(off + 8))):
+                if cur == 0 or (attempt and not _core.process_alive(cur, mem.load64(off + _PART_START))):
                     if mem.cas32(off, cur, pid):
-                        mem.store64(off + 8, start)
+                        mem.store64(off + _PART_START, start)
                         self.slot = i
                         return
         raise TooManyParticipants(
@@ -320,7 +345,7 @@ class _Mapping:
 
     def unregister(self) -> None:
         if self.slot >= 0 and not self.mm.closed:
-            off = _OFF_PARTICIPANTS + 16 * self.slot
+            off = _OFF_PARTICIPANTS + _PART_SIZE * self.slot
             pid, _ = _identity()
             self.memory.cas32(off, pid, 0)
             self.slot = -1
@@ -1239,7 +1264,7 @@ def _detach(m: _Mapping, *, auto_ok: bool) -> None:
             hm = mmap.mmap(m.fd, DATA_OFFSET, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             try:
                 mem = _core.Memory(hm)
-                mem.cas32(_OFF_PARTICIPANTS + 16 * m.slot, _identity()[0], 0)
+                mem.cas32(_OFF_PARTICIPANTS + _PART_SIZE * m.slot, _identity()[0], 0)
                 mem.release()
             finally:
                 hm.close()
@@ -1310,9 +1335,9 @@ atexit.register(_release_at_exit)
 def _live_participants(mem: Any) -> list[int]:
     pids = []
     for i in range(MAX_PARTICIPANTS):
-        off = _OFF_PARTICIPANTS + 16 * i
+        off = _OFF_PARTICIPANTS + _PART_SIZE * i
         pid = mem.load32(off)
-        if pid and _core.process_alive(pid, mem.load64(off + 8)):
+        if pid and _core.process_alive(pid, mem.load64(off + _PART_START)):
             pids.append(pid)
     return sorted(set(pids))
 
@@ -1378,10 +1403,10 @@ def inspect_path(path: str, name: str | None = None) -> SegmentInfo:
         except (IncompatibleSegment, CorruptSegment) as e:
             return SegmentInfo(name, path, "invalid", st.st_size, 0, st.st_mtime, [], [],
                                "?", in_use, str(e))
-        table = os.pread(fd, 16 * MAX_PARTICIPANTS, _OFF_PARTICIPANTS)
+        table = os.pread(fd, _PART_SIZE * MAX_PARTICIPANTS, _OFF_PARTICIPANTS)
         live, dead = [], []
         for i in range(MAX_PARTICIPANTS):
-            pid, _, start = _PART.unpack_from(table, 16 * i)
+            pid, start = _PART.unpack_from(table, _PART_SIZE * i)
             if pid:
                 (live if _core.process_alive(pid, start) else dead).append(pid)
         return SegmentInfo(name, path, KINDS[h.kind], h.data_size, h.creator_pid,

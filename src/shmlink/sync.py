@@ -27,13 +27,14 @@ from .segment import DATA_OFFSET, Lifetime, _Named
 
 __all__ = ["Mutex", "Event", "deadline_of"]
 
-# Mutex control block (offsets within the data area)
-_M_LOCK = DATA_OFFSET + 0  # struct shmlink_lock (16 bytes)
-_M_INCONSISTENT = DATA_OFFSET + 16  # 1 after a holder died, until mark_consistent()
-_M_HOLDER = DATA_OFFSET + 20  # PID of the last holder (kept after it dies)
-_M_DEAD = DATA_OFFSET + 24  # PID of the holder that died
-_M_ACQUISITIONS = DATA_OFFSET + 32  # u64 counter
-_M_SIZE = 64
+# Mutex control block (struct shmlink_mutex in include/shmlink/mutex.h, from _core)
+_M = _core.LAYOUT["mutex"]
+_M_LOCK = DATA_OFFSET + _M["lock"][0]  # struct shmlink_lock
+_M_INCONSISTENT = DATA_OFFSET + _M["inconsistent"][0]  # 1 after a holder died, until mark_consistent()
+_M_HOLDER = DATA_OFFSET + _M["holder"][0]  # PID of the last holder (kept after it dies)
+_M_DEAD = DATA_OFFSET + _M["dead"][0]  # PID of the holder that died
+_M_ACQUISITIONS = DATA_OFFSET + _M["acquisitions"][0]  # u64 counter
+_M_SIZE = _core.LAYOUT_SIZE["mutex"]
 
 # Event control block: include/shmlink/event.h, offsets exported by _core.
 _EVENT = _core.EVENT_LAYOUT

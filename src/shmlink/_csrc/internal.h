@@ -18,9 +18,19 @@
 
 #include "shmlink.h"
 
-/* ---- module.c: exceptions (shmlink.errors) ------------------------------ */
-extern PyObject *CorruptSegment, *MessageTooLarge, *IncompatibleSegment, *Timeout,
-    *SegmentClosed;
+/* ---- module.c: the module state (PEP 489 multi-phase init) ------------- */
+
+/* What a module object owns: its heap types (PyType_FromModuleAndSpec).
+ * A method reaches it through its own type: sl_state_of(self).  The
+ * exception classes are not cached: sl_error_type finds them in
+ * shmlink.errors (sys.modules) when one is raised. */
+typedef struct {
+    PyTypeObject *View, *Memory, *Ring, *Topic, *Subscriber;
+} sl_state;
+
+static inline sl_state *sl_state_of(PyObject *obj) {
+    return (sl_state *)PyType_GetModuleState(Py_TYPE(obj));
+}
 
 /* THE mapping from a return code to an exception (every C call of the
  * binding that fails ends here): rc is -1 (a Python exception is already
@@ -40,7 +50,7 @@ static inline PyObject *sl_raise_null(int rc, const char *what, PyObject *label)
     sl_raise(rc, what, label);
     return NULL;
 }
-PyObject *sl_error_type(int rc);
+PyObject *sl_error_type(int rc); /* new reference, or NULL with an exception */
 
 int raise_closed(const char *what, PyObject *label);
 int raise_closed_while_waiting(const char *what, PyObject *label);
@@ -110,26 +120,35 @@ static inline void wake_word(uint32_t *p) { shmlink_futex_wake(p, INT_MAX); }
 #define TOPIC_SIGNAL_SLICE_S 0.25
 
 /* Lock-free hint that a wait may end; the caller re-checks under its lock. */
-typedef int (*wait_cond)(void *obj, uint64_t arg);
+typedef shmlink_ready_fn wait_cond;
 
 int lock_acquire_blocking(struct shmlink_lock *l, const struct timespec *deadline,
                           int64_t spin_ns, const int *cancel);
-int spin_phase(wait_cond cond, void *obj, uint64_t arg, const struct timespec *until,
-               long long spin_ns, const int *cancel);
+/* The one event-count wait (the header's shmlink_ec_wait_for, with the GIL
+ * released while spinning and sleeping and signal handlers run between
+ * slices): 0 (re-check), -ETIMEDOUT, -ECANCELED (*closing) or -1 (a signal
+ * handler raised).  slice_s bounds a sleep; sl_ec_wait uses SIGNAL_SLICE_S,
+ * topic_wait TOPIC_SIGNAL_SLICE_S. */
+int sl_ec_wait_slice(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_t arg,
+                     const struct timespec *deadline, int64_t spin_ns, const int *closing,
+                     double slice_s);
 int sl_ec_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_t arg,
-                 const struct timespec *deadline, int64_t spin_ns, const int *closing);
+               const struct timespec *deadline, int64_t spin_ns, const int *closing);
 int topic_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_t arg,
                const struct timespec *until, long long spin_ns, const int *cancel);
 
 /* ---- memory.c ------------------------------------------------------------ */
-extern PyTypeObject ViewType, MemoryType;
+int memory_add_types(PyObject *m, sl_state *st);
 PyObject *make_view(PyObject *mapped, Py_ssize_t off, Py_ssize_t len, int readonly,
                     PyObject *owner, int *live);
 /* _core.EVENT_LAYOUT and _core.BOARD_LAYOUT (event.h, board.h offsets). */
 int memory_register_layouts(PyObject *m);
 
 /* ---- ring.c / topic.c ---------------------------------------------------- */
-int ring_register(PyObject *m);
-int topic_register(PyObject *m);
+int ring_register(PyObject *m, sl_state *st);
+int topic_register(PyObject *m, sl_state *st);
+
+/* ---- layout.c ------------------------------------------------------------ */
+int layout_register(PyObject *m);
 
 #endif

@@ -38,29 +38,26 @@ static void View_dealloc(ViewObject *self) {
     Py_CLEAR(self->owner);
     if (self->src.obj)
         PyBuffer_Release(&self->src);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
-static PyBufferProcs View_as_buffer = {
-    (getbufferproc)View_getbuffer,
-    (releasebufferproc)View_releasebuffer,
-};
+static PyType_Slot View_slots[] = {
+    {Py_tp_doc, (void *)"The exporter behind a zero-copy view: keeps the mapping mapped while "
+              "anything made from the view lives."},
+    {Py_tp_dealloc, View_dealloc},
+    {Py_bf_getbuffer, View_getbuffer},
+    {Py_bf_releasebuffer, View_releasebuffer},
+    {0, NULL}};
 
-PyTypeObject ViewType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.View",
-    .tp_basicsize = sizeof(ViewObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The exporter behind a zero-copy view: keeps the mapping mapped while "
-              "anything made from the view lives.",
-    .tp_dealloc = (destructor)View_dealloc,
-    .tp_as_buffer = &View_as_buffer,
-};
+static PyType_Spec View_spec = {"shmlink._core.View", sizeof(ViewObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION, View_slots};
 
 /* A memoryview of len bytes at off of the mapping `mapped` exports, counted
  * in *live of owner (kept alive by the view). */
 PyObject *make_view(PyObject *mapped, Py_ssize_t off, Py_ssize_t len, int readonly,
                            PyObject *owner, int *live) {
-    ViewObject *v = PyObject_New(ViewObject, &ViewType);
+    ViewObject *v = PyObject_New(ViewObject, sl_state_of(owner)->View);
     if (!v)
         return NULL;
     v->src.obj = NULL;
@@ -165,7 +162,9 @@ static void Memory_dealloc(MemoryObject *self) {
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_CLEAR(self->label);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
 /* Checked address of an aligned word of `width` bytes at off. */
@@ -199,7 +198,7 @@ static void *word_at(MemoryObject *m, Py_ssize_t off, Py_ssize_t width,
         type *p = word_at(self, off, sizeof(type), 0);                         \
         if (!p)                                                                \
             return NULL;                                                       \
-        return conv(SHM_LOAD_ACQUIRE(p));                                      \
+        return conv(SHMLINK_LOAD_ACQUIRE(p));                                      \
     }
 DEF_LOAD(load32, uint32_t, PyLong_FromUnsignedLong)
 DEF_LOAD(load64, uint64_t, PyLong_FromUnsignedLongLong)
@@ -214,7 +213,7 @@ DEF_LOAD(load64, uint64_t, PyLong_FromUnsignedLongLong)
         if (!p)                                                                \
             return NULL;                                                       \
         /* SYNC: release; pairs with the acquire of load32/load64. */          \
-        SHM_STORE_SEQ_CST(p, (type)v);                                         \
+        SHMLINK_STORE_SEQ_CST(p, (type)v);                                         \
         Py_RETURN_NONE;                                                        \
     }
 DEF_STORE(store32, uint32_t, "K")
@@ -230,7 +229,7 @@ DEF_STORE(store64, uint64_t, "K")
         if (!p)                                                                \
             return NULL;                                                       \
         type expected = (type)e;                                               \
-        return PyBool_FromLong(SHM_CAS(p, &expected, (type)d));                \
+        return PyBool_FromLong(SHMLINK_CAS(p, &expected, (type)d));                \
     }
 DEF_CAS(cas32, uint32_t)
 DEF_CAS(cas64, uint64_t)
@@ -244,13 +243,13 @@ DEF_CAS(cas64, uint64_t)
         type *p = word_at(self, off, sizeof(type), 1);                         \
         if (!p)                                                                \
             return NULL;                                                       \
-        return conv(SHM_FETCH_ADD(p, (type)d));                                \
+        return conv(SHMLINK_FETCH_ADD(p, (type)d));                                \
     }
 DEF_ADD(add32, uint32_t, PyLong_FromUnsignedLong)
 DEF_ADD(add64, uint64_t, PyLong_FromUnsignedLongLong)
 
 PyDoc_STRVAR(Memory_wait32_doc,
-"wait32(offset, expected, deadline=None)\n--\n\n"
+"wait32($self, offset, expected, deadline=None, /)\n--\n\n"
 "Sleep while the 32-bit word at offset equals expected, until woken or the\n"
 "absolute time.monotonic() deadline.  Releases the GIL; a signal runs its\n"
 "Python handler (KeyboardInterrupt propagates).  Returns False on timeout,\n"
@@ -278,7 +277,7 @@ static PyObject *Memory_wait32(MemoryObject *self, PyObject *args) {
         int reg = memory_register(self, p);
         Py_BEGIN_ALLOW_THREADS
         shmlink_deadline_min(&slice, deadline, SIGNAL_SLICE_S);
-        if (!SHM_LOAD_RELAXED(&self->closing))
+        if (!SHMLINK_LOAD_RELAXED(&self->closing))
             rc = shmlink_futex_wait(p, (uint32_t)expected, &slice);
         Py_END_ALLOW_THREADS
         memory_unregister(self, reg);
@@ -293,7 +292,7 @@ static PyObject *Memory_wait32(MemoryObject *self, PyObject *args) {
                 raise_closed_while_waiting("segment", self->label);
                 break;
             }
-            if (SHM_LOAD_ACQUIRE(p) != (uint32_t)expected) {
+            if (SHMLINK_LOAD_ACQUIRE(p) != (uint32_t)expected) {
                 res = Py_NewRef(Py_True);
                 break;
             }
@@ -322,7 +321,7 @@ static PyObject *Memory_wake32(MemoryObject *self, PyObject *args) {
 
 
 PyDoc_STRVAR(Memory_lock_acquire_doc,
-"lock_acquire(offset, deadline=None, spin_ns=0)\n--\n\n"
+"lock_acquire($self, offset, deadline=None, spin_ns=0, /)\n--\n\n"
 "Take the robust lock at offset.  Returns 0 when taken, 1 when taken from a\n"
 "holder that died (the data it guards may be half-written), None on timeout.\n"
 "Raises SegmentClosed if release() closes this handle meanwhile.");
@@ -373,8 +372,8 @@ static PyObject *Memory_lock_try(MemoryObject *self, PyObject *arg) {
     if (shmlink_lock_try(l, pid, start) == 0)
         return PyLong_FromLong(0);
     /* A dead holder is taken over even by a non-blocking attempt. */
-    uint32_t owner = SHM_LOAD_ACQUIRE(&l->owner);
-    uint64_t owner_start = SHM_LOAD_RELAXED(&l->owner_start);
+    uint32_t owner = SHMLINK_LOAD_ACQUIRE(&l->owner);
+    uint64_t owner_start = SHMLINK_LOAD_RELAXED(&l->owner_start);
     if (owner != 0 && !shmlink_process_alive(owner, owner_start) &&
         shmlink_lock_steal(l, owner, owner_start, pid, start))
         return PyLong_FromLong(1);
@@ -393,7 +392,7 @@ static PyObject *Memory_lock_release(MemoryObject *self, PyObject *arg) {
 }
 
 static PyObject *Memory_fence(MemoryObject *self, PyObject *unused) {
-    SHM_FENCE();
+    SHMLINK_FENCE();
     Py_RETURN_NONE;
 }
 
@@ -403,7 +402,7 @@ static PyObject *Memory_release(MemoryObject *self, PyObject *unused) {
     if (self->calls > 0) {
         /* Calls inside (other threads', or the one a signal handler
          * interrupted): wake them; the last to leave releases. */
-        SHM_STORE_RELAXED(&self->closing, 1);
+        SHMLINK_STORE_RELAXED(&self->closing, 1);
         for (int i = 0; i < MEMORY_MAX_WAITERS; i++)
             if (self->waiting[i])
                 wake_word(self->waiting[i]);
@@ -415,7 +414,7 @@ static PyObject *Memory_release(MemoryObject *self, PyObject *unused) {
 }
 
 PyDoc_STRVAR(Memory_view_doc,
-"view(offset, length, readonly=False)\n--\n\n"
+"view($self, offset, length, readonly=False, /)\n--\n\n"
 "A memoryview of length bytes at offset, backed by an exporter that keeps\n"
 "the mapping mapped while anything made from it lives (counted in views).");
 
@@ -502,7 +501,7 @@ static PyObject *Memory_event_stats(MemoryObject *self, PyObject *arg) {
 }
 
 PyDoc_STRVAR(Memory_event_wait_doc,
-"event_wait(offset, deadline=None, spin_ns=0)\n--\n\n"
+"event_wait($self, offset, deadline=None, spin_ns=0, /)\n--\n\n"
 "Wait until the event at offset is set (consuming it, for auto-reset), until\n"
 "the absolute time.monotonic() deadline (None = forever).  True, or False on\n"
 "timeout.  Raises SegmentClosed if release() closes this handle meanwhile.");
@@ -591,7 +590,7 @@ static int board_lock(MemoryObject *self, const struct shmlink_board_handle *h,
 }
 
 PyDoc_STRVAR(Memory_board_read_doc,
-"board_read(offset, capacity, copy=True, tries=BOARD_LAYOUT['read_tries'])\n--\n\n"
+"board_read($self, offset, capacity, copy=True, tries=32, /)\n--\n\n"
 "(version, value) of the board at offset -- or (version, length) with\n"
 "copy=False -- read whole: lock-free, or under the writers' lock when\n"
 "writers overtook the reader `tries` times.  capacity: as recorded at open.");
@@ -649,7 +648,7 @@ static PyObject *Memory_board_read(MemoryObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Memory_board_write_doc,
-"board_write(offset, capacity, data, deadline=None, spin_ns=0)\n--\n\n"
+"board_write($self, offset, capacity, data, deadline=None, spin_ns=0, /)\n--\n\n"
 "Write data as the board's new value under the writers' lock (waiting for it\n"
 "until the absolute deadline; taking it over from a writer that died), publish\n"
 "it and wake the armed waiters.  The new version, or None on timeout.");
@@ -707,7 +706,7 @@ static int board_changed(void *obj, uint64_t unused) {
 }
 
 PyDoc_STRVAR(Memory_board_wait_doc,
-"board_wait(offset, capacity, since, deadline=None, spin_ns=0)\n--\n\n"
+"board_wait($self, offset, capacity, since, deadline=None, spin_ns=0, /)\n--\n\n"
 "Wait until the board's version differs from since; return it, or None at\n"
 "the absolute deadline.  Raises SegmentClosed if release() closes this\n"
 "handle meanwhile.");
@@ -753,7 +752,7 @@ static PyObject *Memory_board_wait(MemoryObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Memory_ec_notify_doc,
-"ec_notify(offset, everyone=False)\n--\n\n"
+"ec_notify($self, offset, everyone=False, /)\n--\n\n"
 "Notify the event count (struct shmlink_eventcount) at offset after making a\n"
 "condition true: wake its sleepers if one is armed (True if a futex wake was\n"
 "made).  everyone=True: wake every sleeper, armed or not (a peer's handle is\n"
@@ -806,46 +805,46 @@ int memory_register_layouts(PyObject *m) {
 
 static PyMethodDef Memory_methods[] = {
     {"load32", (PyCFunction)Memory_load32, METH_O,
-     "load32(offset)\n--\n\nAcquire-load the aligned 32-bit word at offset."},
+     "load32($self, offset, /)\n--\n\nAcquire-load the aligned 32-bit word at offset."},
     {"load64", (PyCFunction)Memory_load64, METH_O,
-     "load64(offset)\n--\n\nAcquire-load the aligned 64-bit word at offset."},
+     "load64($self, offset, /)\n--\n\nAcquire-load the aligned 64-bit word at offset."},
     {"store32", (PyCFunction)Memory_store32, METH_VARARGS,
-     "store32(offset, value)\n--\n\nStore (sequentially consistent)."},
+     "store32($self, offset, value, /)\n--\n\nStore (sequentially consistent)."},
     {"store64", (PyCFunction)Memory_store64, METH_VARARGS,
-     "store64(offset, value)\n--\n\nStore (sequentially consistent)."},
+     "store64($self, offset, value, /)\n--\n\nStore (sequentially consistent)."},
     {"cas32", (PyCFunction)Memory_cas32, METH_VARARGS,
-     "cas32(offset, expected, desired)\n--\n\nCompare-and-swap; True if swapped."},
+     "cas32($self, offset, expected, desired, /)\n--\n\nCompare-and-swap; True if swapped."},
     {"cas64", (PyCFunction)Memory_cas64, METH_VARARGS,
-     "cas64(offset, expected, desired)\n--\n\nCompare-and-swap; True if swapped."},
+     "cas64($self, offset, expected, desired, /)\n--\n\nCompare-and-swap; True if swapped."},
     {"add32", (PyCFunction)Memory_add32, METH_VARARGS,
-     "add32(offset, delta)\n--\n\nAtomic fetch-add (wrapping); returns the old value."},
+     "add32($self, offset, delta, /)\n--\n\nAtomic fetch-add (wrapping); returns the old value."},
     {"add64", (PyCFunction)Memory_add64, METH_VARARGS,
-     "add64(offset, delta)\n--\n\nAtomic fetch-add (wrapping); returns the old value."},
+     "add64($self, offset, delta, /)\n--\n\nAtomic fetch-add (wrapping); returns the old value."},
     {"wait32", (PyCFunction)Memory_wait32, METH_VARARGS, Memory_wait32_doc},
     {"wake32", (PyCFunction)Memory_wake32, METH_VARARGS,
-     "wake32(offset, n=INT_MAX)\n--\n\nWake up to n waiters of the word; returns how many."},
+     "wake32($self, offset, n=2147483647, /)\n--\n\nWake up to n waiters of the word; returns how many."},
     {"lock_acquire", (PyCFunction)Memory_lock_acquire, METH_VARARGS,
      Memory_lock_acquire_doc},
     {"lock_try", (PyCFunction)Memory_lock_try, METH_O,
-     "lock_try(offset)\n--\n\nTake the lock if free (0) or if its holder died (1); None if held."},
+     "lock_try($self, offset, /)\n--\n\nTake the lock if free (0) or if its holder died (1); None if held."},
     {"lock_release", (PyCFunction)Memory_lock_release, METH_O,
-     "lock_release(offset)\n--\n\nRelease the lock and wake one waiter."},
+     "lock_release($self, offset, /)\n--\n\nRelease the lock and wake one waiter."},
     {"fence", (PyCFunction)Memory_fence, METH_NOARGS,
-     "fence()\n--\n\nFull memory fence."},
+     "fence($self, /)\n--\n\nFull memory fence."},
     {"release", (PyCFunction)Memory_release, METH_NOARGS,
-     "release()\n--\n\nClose this handle: later calls raise SegmentClosed.  Releases the "
+     "release($self, /)\n--\n\nClose this handle: later calls raise SegmentClosed.  Releases the "
      "buffer (True) at once, or, while wait32/lock_acquire calls are inside, wakes them "
      "(they raise SegmentClosed) and returns False: the last to leave releases it."},
     {"view", (PyCFunction)Memory_view, METH_VARARGS, Memory_view_doc},
     {"event_set", (PyCFunction)Memory_event_set, METH_O,
-     "event_set(offset)\n--\n\nSet the event at offset (event.h); True if it made a futex wake."},
+     "event_set($self, offset, /)\n--\n\nSet the event at offset (event.h); True if it made a futex wake."},
     {"event_clear", (PyCFunction)Memory_event_clear, METH_O,
-     "event_clear(offset)\n--\n\nClear the event at offset."},
+     "event_clear($self, offset, /)\n--\n\nClear the event at offset."},
     {"event_is_set", (PyCFunction)Memory_event_is_set, METH_O,
-     "event_is_set(offset)\n--\n\nWhether the event at offset is set (consumes nothing)."},
+     "event_is_set($self, offset, /)\n--\n\nWhether the event at offset is set (consumes nothing)."},
     {"event_wait", (PyCFunction)Memory_event_wait, METH_VARARGS, Memory_event_wait_doc},
     {"event_stats", (PyCFunction)Memory_event_stats, METH_O,
-     "event_stats(offset)\n--\n\n{set, auto_reset, sets, wakes, armed} of the event at offset."},
+     "event_stats($self, offset, /)\n--\n\n{set, auto_reset, sets, wakes, armed} of the event at offset."},
     {"board_read", (PyCFunction)Memory_board_read, METH_VARARGS, Memory_board_read_doc},
     {"board_write", (PyCFunction)Memory_board_write, METH_VARARGS, Memory_board_write_doc},
     {"board_wait", (PyCFunction)Memory_board_wait, METH_VARARGS, Memory_board_wait_doc},
@@ -862,17 +861,27 @@ static PyGetSetDef Memory_getset[] = {
     {"closed", (getter)Memory_get_closed, NULL, "True once release() was called", NULL},
     {NULL}};
 
-PyTypeObject MemoryType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.Memory",
-    .tp_basicsize = sizeof(MemoryObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Memory(buffer)\n--\n\nAtomic access to the aligned words of a "
-              "shared buffer.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Memory_init,
-    .tp_dealloc = (destructor)Memory_dealloc,
-    .tp_methods = Memory_methods,
-    .tp_members = Memory_members,
-    .tp_getset = Memory_getset,
-};
+static PyType_Slot Memory_slots[] = {
+    {Py_tp_doc, (void *)"Memory(buffer)\n--\n\nAtomic access to the aligned words of a "
+              "shared buffer."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, Memory_init},
+    {Py_tp_dealloc, Memory_dealloc},
+    {Py_tp_methods, Memory_methods},
+    {Py_tp_members, Memory_members},
+    {Py_tp_getset, Memory_getset},
+    {0, NULL}};
 
+static PyType_Spec Memory_spec = {"shmlink._core.Memory", sizeof(MemoryObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE, Memory_slots};
+
+
+/* Called from the module's exec slot: the View and Memory types. */
+int memory_add_types(PyObject *m, sl_state *st) {
+    st->View = (PyTypeObject *)PyType_FromModuleAndSpec(m, &View_spec, NULL);
+    if (!st->View)
+        return -1;
+    st->Memory = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Memory_spec, NULL);
+    if (!st->Memory || PyModule_AddType(m, st->Memory) < 0)
+        return -1;
+    return 0;
+}

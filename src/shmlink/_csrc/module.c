@@ -9,36 +9,50 @@
  *   memory.c    Memory (atomic words, futex wait, robust lock) and View
  *   ring.c      Ring (shmlink.Queue)
  *   topic.c     Topic and Subscriber (shmlink.Topic)
+ *   layout.c    LAYOUT: offsets and sizes of the header structs, for Python
  */
 #include "internal.h"
 
-/* Exceptions from shmlink.errors, looked up at import. */
-PyObject *CorruptSegment, *MessageTooLarge, *IncompatibleSegment, *Timeout, *SegmentClosed;
-
-PyObject *TooManyParticipants, *InvalidArgument, *SegmentBusy;
-
+/* The exception class of a return code: a new reference (NULL with an
+ * exception set if shmlink.errors cannot be had).  Looked up when raised,
+ * in the interpreter's own shmlink.errors: no class is cached in C. */
 PyObject *sl_error_type(int rc) {
+    const char *name;
     switch (rc) {
     case -ECANCELED:
     case -EPIPE:
-        return SegmentClosed;
+        name = "SegmentClosed";
+        break;
     case -ETIMEDOUT:
-        return Timeout;
+        name = "Timeout";
+        break;
     case -EBADMSG:
-        return CorruptSegment;
+        name = "CorruptSegment";
+        break;
     case -EPROTO:
-        return IncompatibleSegment;
+        name = "IncompatibleSegment";
+        break;
     case -EMSGSIZE:
-        return MessageTooLarge;
+        name = "MessageTooLarge";
+        break;
     case -ENOSPC:
-        return TooManyParticipants;
+        name = "TooManyParticipants";
+        break;
     case -EINVAL:
-        return InvalidArgument;
+        name = "InvalidArgument";
+        break;
     case -EBUSY:
-        return SegmentBusy;
+        name = "SegmentBusy";
+        break;
     default:
-        return PyExc_OSError;
+        return Py_NewRef(PyExc_OSError);
     }
+    PyObject *errors = PyImport_ImportModule("shmlink.errors"); /* sys.modules, once imported */
+    if (!errors)
+        return NULL;
+    PyObject *cls = PyObject_GetAttrString(errors, name);
+    Py_DECREF(errors);
+    return cls;
 }
 
 int sl_raisef(int rc, const char *fmt, ...) {
@@ -51,6 +65,10 @@ int sl_raisef(int rc, const char *fmt, ...) {
     if (!msg)
         return -1;
     PyObject *type = sl_error_type(rc);
+    if (!type) {
+        Py_DECREF(msg);
+        return -1;
+    }
     if (type == PyExc_OSError) {
         PyObject *args = Py_BuildValue("(iO)", -rc, msg);
         if (args) {
@@ -90,11 +108,14 @@ int sl_raise(int rc, const char *what, PyObject *label) {
     }
 }
 
-/* This process's identity, recomputed lazily after fork. */
+/* This process's identity, recomputed lazily after fork.  Process-wide on
+ * purpose (not module state): every interpreter of the process is the same
+ * process, and the atfork handler that clears it is registered once. */
 uint32_t self_pid;
 uint64_t self_start;
 
 static void reset_identity_after_fork(void) { self_pid = 0; }
+static void register_atfork(void) { pthread_atfork(NULL, NULL, reset_identity_after_fork); }
 
 
 /* Parse a deadline (None or monotonic seconds) into *ts; returns the pointer
@@ -130,7 +151,7 @@ int parse_timeout(PyObject *obj, struct timespec *ts, struct timespec **deadline
     if (d == -1.0 && PyErr_Occurred())
         return -1;
     if (!(d >= 0)) {
-        PyErr_Format(PyExc_ValueError, "timeout must be None or >= 0 seconds, not %R", obj);
+        sl_raisef(-EINVAL, "timeout must be None or >= 0 seconds, not %R", obj);
         return -1;
     }
     if (d == 0) {
@@ -290,52 +311,73 @@ static PyObject *py_process_alive(PyObject *mod, PyObject *args) {
 
 static PyMethodDef module_methods[] = {
     {"process_start_time", py_process_start_time, METH_O,
-     "process_start_time(pid)\n--\n\nStart time of pid in clock ticks since boot; 0 if gone."},
+     "process_start_time($module, pid, /)\n--\n\nStart time of pid in clock ticks since boot; 0 if gone."},
     {"process_alive", py_process_alive, METH_VARARGS,
-     "process_alive(pid, start_time=0)\n--\n\nTrue if (pid, start_time) is a live process."},
+     "process_alive($module, pid, start_time=0, /)\n--\n\nTrue if (pid, start_time) is a live process."},
     {NULL}};
 
-static struct PyModuleDef coremodule = {
-    PyModuleDef_HEAD_INIT, "shmlink._core",
-    "The native core of shmlink: atomics, futex waits, the robust lock and the "
-    "message ring.  Private: use the shmlink package.",
-    -1, module_methods};
-
-PyMODINIT_FUNC PyInit__core(void) {
+static int core_exec(PyObject *m) {
+    sl_state *st = PyModule_GetState(m);
+    /* shmlink.errors is where every exception comes from: fail the import
+     * now rather than at the first error if it cannot be imported. */
     PyObject *errors = PyImport_ImportModule("shmlink.errors");
     if (!errors)
-        return NULL;
-    CorruptSegment = PyObject_GetAttrString(errors, "CorruptSegment");
-    MessageTooLarge = PyObject_GetAttrString(errors, "MessageTooLarge");
-    IncompatibleSegment = PyObject_GetAttrString(errors, "IncompatibleSegment");
-    Timeout = PyObject_GetAttrString(errors, "Timeout");
-    SegmentClosed = PyObject_GetAttrString(errors, "SegmentClosed");
-    TooManyParticipants = PyObject_GetAttrString(errors, "TooManyParticipants");
-    InvalidArgument = PyObject_GetAttrString(errors, "InvalidArgument");
-    SegmentBusy = PyObject_GetAttrString(errors, "SegmentBusy");
+        return -1;
     Py_DECREF(errors);
-    if (!CorruptSegment || !MessageTooLarge || !IncompatibleSegment || !Timeout || !SegmentClosed ||
-        !TooManyParticipants || !InvalidArgument || !SegmentBusy)
-        return NULL;
-    if (PyType_Ready(&MemoryType) < 0 || PyType_Ready(&ViewType) < 0)
-        return NULL;
-    pthread_atfork(NULL, NULL, reset_identity_after_fork);
-    PyObject *m = PyModule_Create(&coremodule);
-    if (!m)
-        return NULL;
-    if (PyModule_AddObjectRef(m, "Memory", (PyObject *)&MemoryType) < 0 ||
-        PyModule_AddIntConstant(m, "LAYOUT_VERSION", SHMLINK_LAYOUT_VERSION) < 0 ||
+    static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+    pthread_once(&atfork_once, register_atfork);
+    if (memory_add_types(m, st) < 0 || ring_register(m, st) < 0 || topic_register(m, st) < 0 ||
+        layout_register(m) < 0 || memory_register_layouts(m) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(m, "LAYOUT_VERSION", SHMLINK_LAYOUT_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "DATA_OFFSET", SHMLINK_DATA_OFFSET) < 0 ||
         PyModule_AddIntConstant(m, "MAX_PARTICIPANTS", SHMLINK_MAX_PARTICIPANTS) < 0 ||
         PyModule_AddIntConstant(m, "RING_HEADER", (long)SHMLINK_RING_DATA_OFFSET) < 0 ||
         PyModule_AddIntConstant(m, "RECORD_HEADER", SHMLINK_RECORD_HEADER) < 0 ||
-        PyModule_AddIntConstant(m, "LOCK_SIZE", sizeof(struct shmlink_lock) ) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    if (ring_register(m) < 0 || topic_register(m) < 0 || memory_register_layouts(m) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+        PyModule_AddIntConstant(m, "LOCK_SIZE", sizeof(struct shmlink_lock)) < 0)
+        return -1;
+    return 0;
 }
+
+static int core_traverse(PyObject *m, visitproc visit, void *arg) {
+    sl_state *st = PyModule_GetState(m);
+    Py_VISIT(st->View);
+    Py_VISIT(st->Memory);
+    Py_VISIT(st->Ring);
+    Py_VISIT(st->Topic);
+    Py_VISIT(st->Subscriber);
+    return 0;
+}
+
+static int core_clear(PyObject *m) {
+    sl_state *st = PyModule_GetState(m);
+    Py_CLEAR(st->View);
+    Py_CLEAR(st->Memory);
+    Py_CLEAR(st->Ring);
+    Py_CLEAR(st->Topic);
+    Py_CLEAR(st->Subscriber);
+    return 0;
+}
+
+static void core_free(void *m) { core_clear((PyObject *)m); }
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+    {0, NULL}};
+
+static struct PyModuleDef coremodule = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shmlink._core",
+    .m_doc = "The native core of shmlink: atomics, futex waits, the robust lock, the "
+             "message ring and the topic.  Private: use the shmlink package.",
+    .m_size = sizeof(sl_state),
+    .m_methods = module_methods,
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
+};
+
+/* Multi-phase initialisation (PEP 489): the module object and its state are
+ * made by the import system, then core_exec fills them in. */
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&coremodule); }

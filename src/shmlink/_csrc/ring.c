@@ -68,13 +68,13 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kw) {
     int rc = shmlink_ring_attach(&self->h, (char *)self->view.buf + offset,
                                  (uint64_t)size);
     if (rc == -EPROTO) {
-        PyErr_SetString(IncompatibleSegment,
+        sl_raisef(-EPROTO,
                         "the queue's ring has an unknown magic or version; it "
                         "was made by another program or shmlink version");
         return -1;
     }
     if (rc < 0) {
-        PyErr_SetString(CorruptSegment,
+        sl_raisef(-EBADMSG,
                         "the queue's ring constants are inconsistent with its "
                         "size; the segment is corrupt: remove it and recreate");
         return -1;
@@ -86,27 +86,30 @@ static void Ring_dealloc(RingObject *self) {
     Py_CLEAR(self->label);
     if (self->has_view)
         PyBuffer_Release(&self->view);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
-static int corrupt(void) {
-    PyErr_SetString(CorruptSegment,
-                    "the queue's head, tail or a record header is "
-                    "inconsistent (overwritten by a foreign or buggy "
-                    "writer); remove the queue and recreate it");
-    return -1;
+/* A return code of the header (or -1 with an exception) as an exception. */
+static int ring_raise(RingObject *self, int rc) {
+    if (rc == -EBADMSG)
+        return sl_raisef(rc, "queue %R: its head, tail or a record header is inconsistent "
+                         "(overwritten by a foreign or buggy writer); remove the queue and "
+                         "recreate it", self->label ? self->label : Py_None);
+    return sl_raise(rc, "queue", self->label);
 }
 
 /* Lock-free wait conditions (hints: the caller re-checks under its lock). */
 static int cond_has_data(void *obj, uint64_t unused) {
     RingObject *r = (RingObject *)obj;
-    return SHM_LOAD_ACQUIRE(&r->h.ring->tail) != SHM_LOAD_ACQUIRE(&r->h.ring->head);
+    return SHMLINK_LOAD_ACQUIRE(&r->h.ring->tail) != SHMLINK_LOAD_ACQUIRE(&r->h.ring->head);
 }
 
 static int cond_has_room(void *obj, uint64_t need) {
     RingObject *r = (RingObject *)obj;
-    uint64_t tail = SHM_LOAD_ACQUIRE(&r->h.ring->tail);
-    uint64_t head = SHM_LOAD_ACQUIRE(&r->h.ring->head);
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&r->h.ring->tail);
+    uint64_t head = SHMLINK_LOAD_ACQUIRE(&r->h.ring->head);
     uint64_t used = tail - head;
     if (used > r->h.capacity)
         return 1; /* corrupt: let the locked path report it */
@@ -131,22 +134,13 @@ static int ring_lock(RingObject *self, struct shmlink_lock *l,
         rc = -ECANCELED;
     }
     if (rc == -ECANCELED)
-        return raise_closed_while_waiting("queue", self->label);
+        return ring_raise(self, rc);
     return rc;
-}
-
-static inline int push_locked(RingObject *self, const void *data, uint64_t len,
-                              uint64_t *tail_io) {
-    return shmlink_ring_push_locked(&self->h, tail_io, data, len);
-}
-
-static inline void commit_tail(RingObject *self, uint64_t tail, uint64_t count) {
-    shmlink_ring_commit(&self->h, tail, count);
 }
 
 static int check_len(RingObject *self, Py_ssize_t len) {
     if ((uint64_t)len > self->h.max_message) {
-        PyErr_Format(MessageTooLarge,
+        sl_raisef(-EMSGSIZE,
                      "message of %zd bytes is larger than this queue's "
                      "max_message_size of %llu; split it or create the queue "
                      "with a larger capacity / max_message_size",
@@ -161,75 +155,59 @@ static int ring_len_ok(void *ring, Py_ssize_t len) {
     return check_len((RingObject *)ring, len);
 }
 
+/* The header's gather callback over an array of Py_buffer. */
+static void gather_buffers(void *ctx, uint64_t i, const void **data, uint64_t *len) {
+    const Py_buffer *bufs = (const Py_buffer *)ctx;
+    *data = bufs[i].buf;
+    *len = (uint64_t)bufs[i].len;
+}
+
 /* Send a batch of buffers; returns how many were sent (all unless timeout),
- * or -1 with an exception.  timed_out set when the deadline passed. */
+ * or -1 with an exception.  timed_out set when the deadline passed.  The
+ * sequence is the header's (shmlink_ring_send_many_unlock); this loop only
+ * takes the lock and waits for room. */
 static Py_ssize_t ring_send_buffers(RingObject *self, Py_buffer *bufs,
                                     Py_ssize_t n, const struct timespec *deadline,
                                     int64_t spin_ns, int *timed_out) {
     struct shmlink_ring *r = self->h.ring;
-    Py_ssize_t done = 0;
+    uint64_t done = 0;
     *timed_out = 0;
-    while (done < n) {
+    while (done < (uint64_t)n) {
         int rc = ring_lock(self, &r->prod_lock, deadline, spin_ns);
         if (rc == -1)
             return -1;
         if (rc == -ETIMEDOUT) {
             *timed_out = 1;
-            return done;
+            return (Py_ssize_t)done;
         }
-        uint64_t tail0 = SHM_LOAD_RELAXED(&r->tail), tail = tail0;
-        const uint64_t round_start = tail0;
-        Py_ssize_t before = done;
-        int prc = 0;
-        while (done < n) {
-            uint64_t at = tail;
-            prc = push_locked(self, bufs[done].buf, (uint64_t)bufs[done].len, &tail);
-            if (prc == -EAGAIN && tail != at) {
-                /* Only a wrap marker went in: publish what we have, and if
-                 * the ring was drained up to the marker, step over it. */
-                commit_tail(self, tail, (uint64_t)(done - before));
-                before = done;
-                tail0 = tail;
-                uint32_t pid;
-                uint64_t start;
-                identity(&pid, &start);
-                if (shmlink_ring_consume_wrap(&self->h, at, tail, pid, start))
-                    continue;
-            }
-            if (prc < 0)
-                break;
-            done++;
-        }
-        if (tail != tail0)
-            commit_tail(self, tail, (uint64_t)(done - before));
-        shmlink_lock_release(&r->prod_lock);
-        if (tail != round_start)
-            shmlink_ec_notify(&r->data_ec);
-        if (prc == -EBADMSG)
-            return corrupt();
+        uint32_t pid;
+        uint64_t start;
+        identity(&pid, &start);
+        int prc = shmlink_ring_send_many_unlock(&self->h, gather_buffers, bufs, (uint64_t)n,
+                                                &done, pid, start);
         if (prc == -EAGAIN) {
-            if (deadline && deadline->tv_sec == 0 && deadline->tv_nsec == 0) {
+            if (no_wait(deadline)) {
                 *timed_out = 1; /* try_ form */
-                return done;
+                return (Py_ssize_t)done;
             }
             int wrc = sl_ec_wait(&r->space_ec, cond_has_room, self,
-                                shmlink_ring_record_size((uint64_t)bufs[done].len),
-                                deadline, spin_ns, &self->closing);
-            if (wrc == -ECANCELED)
-                return raise_closed_while_waiting("queue", self->label);
-            if (wrc == -1)
-                return -1;
+                                 shmlink_ring_record_size((uint64_t)bufs[done].len),
+                                 deadline, spin_ns, &self->closing);
             if (wrc == -ETIMEDOUT) {
                 *timed_out = 1;
-                return done;
+                return (Py_ssize_t)done;
             }
+            if (wrc < 0)
+                return ring_raise(self, wrc);
+        } else if (prc < 0) {
+            return ring_raise(self, prc);
         }
     }
-    return done;
+    return (Py_ssize_t)done;
 }
 
 PyDoc_STRVAR(Ring_send_doc,
-"send(data, deadline=None, spin_ns=0)\n--\n\n"
+"send($self, data, deadline=None, spin_ns=0, /)\n--\n\n"
 "Append one message, waiting for room until deadline.  True when sent,\n"
 "False on timeout.  deadline 0 means do not wait.");
 
@@ -274,7 +252,7 @@ static PyObject *Ring_try_send_impl(RingObject *self, PyObject *arg) {
 }
 
 PyDoc_STRVAR(Ring_send_many_doc,
-"send_many(messages, deadline=None, spin_ns=0)\n--\n\n"
+"send_many($self, messages, deadline=None, spin_ns=0, /)\n--\n\n"
 "Append each bytes-like object of the sequence, in order, as few lock\n"
 "round trips as room allows; or each row of a 2-D C-contiguous buffer.\n"
 "Returns how many were sent: all of them, or fewer when the deadline passed.");
@@ -330,81 +308,43 @@ static PyObject *Ring_send_many_impl(RingObject *self, PyObject *args) {
     return sent < 0 ? NULL : PyLong_FromSsize_t(sent);
 }
 
-/* What one locked receive does with each record. */
-enum pop_mode { POP_BYTES, POP_INTO };
+/* What one locked receive does with each record (the header's deliver
+ * callback, called with cons_lock held and the GIL): append it as bytes to
+ * list, or store it as bytes in *one, or copy it into into[into_len]. */
+struct deliver_ctx {
+    PyObject *list;
+    PyObject **one;
+    void *into;
+    Py_ssize_t into_len;
+    Py_ssize_t len; /* length of the last record seen */
+};
 
-/* Pop up to max records with cons_lock held.  For POP_BYTES appends bytes
- * to list; for POP_INTO copies one record into into/into_len and stores its
- * length in *out_len.  Returns records taken, or -EBADMSG, or -EMSGSIZE
- * (POP_INTO: record larger than the buffer; *out_len = its length), or -1
- * (Python exception). */
-static Py_ssize_t pop_locked(RingObject *self, Py_ssize_t max, PyObject *list,
-                             PyObject **one, void *into, Py_ssize_t into_len,
-                             Py_ssize_t *out_len, int *moved) {
-    struct shmlink_ring *r = self->h.ring;
-    uint64_t head = SHM_LOAD_RELAXED(&r->head);
-    uint64_t head0 = head;
-    /* SYNC: pairs with the producers' release of tail in commit_tail. */
-    uint64_t tail = SHM_LOAD_ACQUIRE(&r->tail);
-    Py_ssize_t taken = 0;
-    Py_ssize_t result = 0;
-    while (taken < max) {
-        int64_t len = shmlink_ring_peek(&self->h, &head, tail);
-        if (len == -EAGAIN)
-            break;
-        if (len < 0) {
-            result = -EBADMSG;
-            break;
-        }
-        const uint8_t *src = self->h.data + (head % self->h.capacity) + SHMLINK_RECORD_HEADER;
-        if (list || one) {
-            PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
-            if (!b) {
-                result = -1;
-                break;
-            }
-            if (len > 65536) {
-                Py_BEGIN_ALLOW_THREADS
-                memcpy(PyBytes_AS_STRING(b), src, (size_t)len);
-                Py_END_ALLOW_THREADS
-            } else {
-                memcpy(PyBytes_AS_STRING(b), src, (size_t)len);
-            }
-            if (one) {
-                *one = b;
-            } else {
-                int arc = PyList_Append(list, b);
-                Py_DECREF(b);
-                if (arc < 0) {
-                    result = -1;
-                    break;
-                }
-            }
-        } else {
-            *out_len = (Py_ssize_t)len;
-            if (len > into_len) {
-                result = -EMSGSIZE;
-                break;
-            }
-            memcpy(into, src, (size_t)len);
-        }
-        head += shmlink_ring_record_size((uint64_t)len);
-        taken++;
+static int deliver_record(void *ctx, const uint8_t *src, uint64_t len) {
+    struct deliver_ctx *c = (struct deliver_ctx *)ctx;
+    c->len = (Py_ssize_t)len;
+    if (!c->list && !c->one) {
+        if (c->len > c->into_len)
+            return -EMSGSIZE;
+        memcpy(c->into, src, (size_t)len);
+        return 0;
     }
-    if (head != head0) {
-        /* Counted before the commit (a kill in between leaves `received`
-         * ahead, so len() reads low, never high). */
-        SHM_STORE_RELAXED(&r->received, SHM_LOAD_RELAXED(&r->received) + (uint64_t)taken);
-        /* SYNC: frees the space; pairs with the producers' acquire of head
-         * in push_locked / cond_has_room. */
-        SHM_STORE_RELEASE(&r->head, head);
-        *moved = 1;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (!b)
+        return -1;
+    if (len > 65536) {
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(PyBytes_AS_STRING(b), src, (size_t)len);
+        Py_END_ALLOW_THREADS
+    } else {
+        memcpy(PyBytes_AS_STRING(b), src, (size_t)len);
     }
-    /* Messages taken before a corrupt record are delivered; the corrupt
-     * record stays at head and the next receive reports it. */
-    if (result == -EBADMSG && taken > 0)
-        return taken;
-    return result < 0 ? result : taken;
+    if (c->one) {
+        *c->one = b;
+        return 0;
+    }
+    int arc = PyList_Append(c->list, b);
+    Py_DECREF(b);
+    return arc < 0 ? -1 : 0;
 }
 
 /* Receive: blocks until at least one record or the deadline.  Returns the
@@ -420,39 +360,33 @@ static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
             return -1;
         if (rc == -ETIMEDOUT)
             return 0;
-        int moved = 0;
-        Py_ssize_t n = pop_locked(self, max, list, one, into, into_len, out_len, &moved);
-        shmlink_lock_release(&r->cons_lock);
-        if (moved)
-            shmlink_ec_notify(&r->space_ec);
-        if (n == -1)
-            return -1;
-        if (n == -EBADMSG)
-            return corrupt();
+        struct deliver_ctx c = {list, one, into, into_len, 0};
+        int64_t n = shmlink_ring_recv_many_unlock(&self->h, deliver_record, &c, (uint64_t)max);
         if (n == -EMSGSIZE) {
-            PyErr_Format(MessageTooLarge,
-                         "the next message has %zd bytes but the buffer holds "
-                         "only %zd; it stays in the queue: receive it into a "
-                         "larger buffer",
-                         *out_len, into_len);
-            return -1;
+            *out_len = c.len;
+            return sl_raisef(-EMSGSIZE,
+                             "the next message has %zd bytes but the buffer holds only %zd; "
+                             "it stays in the queue: receive it into a larger buffer",
+                             c.len, into_len);
         }
+        if (n < 0)
+            return ring_raise(self, (int)n);
+        if (n > 0 && out_len)
+            *out_len = c.len;
         if (n > 0)
-            return n;
-        if (deadline && deadline->tv_sec == 0 && deadline->tv_nsec == 0)
+            return (Py_ssize_t)n;
+        if (no_wait(deadline))
             return 0;
         int wrc = sl_ec_wait(&r->data_ec, cond_has_data, self, 0, deadline, spin_ns, &self->closing);
-        if (wrc == -ECANCELED)
-            return raise_closed_while_waiting("queue", self->label);
-        if (wrc == -1)
-            return -1;
         if (wrc == -ETIMEDOUT)
             return 0;
+        if (wrc < 0)
+            return ring_raise(self, wrc);
     }
 }
 
 PyDoc_STRVAR(Ring_recv_doc,
-"recv(deadline=None, spin_ns=0)\n--\n\n"
+"recv($self, deadline=None, spin_ns=0, /)\n--\n\n"
 "Take the oldest message as bytes, waiting until deadline; None on timeout.");
 
 /* Receive one message as bytes (or None on timeout). */
@@ -481,7 +415,7 @@ static PyObject *Ring_try_recv_impl(RingObject *self, PyObject *unused) {
 }
 
 PyDoc_STRVAR(Ring_recv_many_doc,
-"recv_many(max_count, deadline=None, spin_ns=0)\n--\n\n"
+"recv_many($self, max_count, deadline=None, spin_ns=0, /)\n--\n\n"
 "Wait until at least one message is there (or the deadline), then take up\n"
 "to max_count in one locked pass.  Returns a list (empty on timeout).");
 
@@ -492,7 +426,7 @@ static PyObject *Ring_recv_many_impl(RingObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "n|OL", &max, &dl, &spin))
         return NULL;
     if (max < 1) {
-        PyErr_SetString(PyExc_ValueError, "max_count must be at least 1");
+        sl_raisef(-EINVAL, "max_count must be at least 1, not %zd", max);
         return NULL;
     }
     struct timespec ts, *deadline;
@@ -510,7 +444,7 @@ static PyObject *Ring_recv_many_impl(RingObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Ring_recv_into_doc,
-"recv_into(buffer, deadline=None, spin_ns=0)\n--\n\n"
+"recv_into($self, buffer, deadline=None, spin_ns=0, /)\n--\n\n"
 "Copy the oldest message into a writable buffer; returns its length, or\n"
 "None on timeout.  A message larger than the buffer stays in the queue and\n"
 "MessageTooLarge is raised.");
@@ -536,7 +470,7 @@ static PyObject *Ring_recv_into_impl(RingObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Ring_view_begin_doc,
-"view_begin(deadline=None, spin_ns=0)\n--\n\n"
+"view_begin($self, deadline=None, spin_ns=0, /)\n--\n\n"
 "Zero-copy receive, first half: wait for a message and hold the consumer\n"
 "lock; returns (offset, length) of its payload within the buffer, or None\n"
 "on timeout.  Other consumers wait until view_end() or view_abort().");
@@ -562,55 +496,33 @@ static PyObject *Ring_view_begin_impl(RingObject *self, PyObject *args) {
             return NULL;
         if (rc == -ETIMEDOUT)
             Py_RETURN_NONE;
-        uint64_t head = SHM_LOAD_RELAXED(&r->head);
-        uint64_t tail = SHM_LOAD_ACQUIRE(&r->tail); /* SYNC: producers' tail release */
-        int64_t len = shmlink_ring_peek(&self->h, &head, tail);
-        if (len >= 0) {
+        uint64_t head, next;
+        int64_t len = shmlink_ring_view_begin_locked(&self->h, &head, &next);
+        if (len >= 0) { /* cons_lock stays held until view_end */
             self->in_view = 1;
             self->view_head = head;
-            self->view_next = head + shmlink_ring_record_size((uint64_t)len);
+            self->view_next = next;
             Py_ssize_t base = (Py_ssize_t)((self->h.data - (uint8_t *)self->view.buf) +
                                            (Py_ssize_t)(head % self->h.capacity) +
                                            SHMLINK_RECORD_HEADER);
             return Py_BuildValue("nn", base, (Py_ssize_t)len);
         }
-        int moved = 0;
-        if (len == -EAGAIN && head != SHM_LOAD_RELAXED(&r->head)) {
-            SHM_STORE_RELEASE(&r->head, head); /* consumed a wrap marker */
-            moved = 1;
-        }
-        shmlink_lock_release(&r->cons_lock);
-        if (moved)
-            shmlink_ec_notify(&r->space_ec);
-        if (len != -EAGAIN) {
-            corrupt();
-            return NULL;
-        }
-        if (deadline && deadline->tv_sec == 0 && deadline->tv_nsec == 0)
+        if (len != -EAGAIN)
+            return ring_raise(self, (int)len), NULL;
+        if (no_wait(deadline))
             Py_RETURN_NONE;
         int wrc = sl_ec_wait(&r->data_ec, cond_has_data, self, 0, deadline, spin, &self->closing);
-        if (wrc == -ECANCELED)
-            return raise_closed_while_waiting("queue", self->label), NULL;
-        if (wrc == -1)
-            return NULL;
         if (wrc == -ETIMEDOUT)
             Py_RETURN_NONE;
+        if (wrc < 0)
+            return ring_raise(self, wrc), NULL;
     }
 }
 
 /* End the open zero-copy receive (the caller checked live_views). */
 static void ring_view_end(RingObject *self, int consume) {
-    struct shmlink_ring *r = self->h.ring;
     self->in_view = 0;
-    if (consume) {
-        SHM_STORE_RELAXED(&r->received, SHM_LOAD_RELAXED(&r->received) + 1);
-        /* SYNC: frees the record; pairs with the producers' head acquire. */
-        SHM_STORE_RELEASE(&r->head, self->view_next);
-    } else if (self->view_head != SHM_LOAD_RELAXED(&r->head)) {
-        SHM_STORE_RELEASE(&r->head, self->view_head); /* skipped wrap markers */
-    }
-    shmlink_lock_release(&r->cons_lock);
-    shmlink_ec_notify(&r->space_ec);
+    shmlink_ring_view_end(&self->h, self->view_head, self->view_next, consume);
 }
 
 static PyObject *Ring_view_end(RingObject *self, PyObject *args) {
@@ -626,7 +538,7 @@ static PyObject *Ring_view_end(RingObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Ring_view_doc,
-"view(offset, length)\n--\n\n"
+"view($self, offset, length, /)\n--\n\n"
 "A read-only memoryview of the open zero-copy receive's payload (from\n"
 "view_begin).  view_end() raises BufferError while anything made from it\n"
 "(a numpy array, a slice) is alive.");
@@ -646,8 +558,8 @@ static PyObject *Ring_view(RingObject *self, PyObject *args) {
 
 static PyObject *Ring_stats_impl(RingObject *self, PyObject *unused) {
     struct shmlink_ring *r = self->h.ring;
-    uint64_t head = SHM_LOAD_ACQUIRE(&r->head), tail = SHM_LOAD_ACQUIRE(&r->tail);
-    uint64_t sent = SHM_LOAD_RELAXED(&r->sent), received = SHM_LOAD_RELAXED(&r->received);
+    uint64_t head = SHMLINK_LOAD_ACQUIRE(&r->head), tail = SHMLINK_LOAD_ACQUIRE(&r->tail);
+    uint64_t sent = SHMLINK_LOAD_RELAXED(&r->sent), received = SHMLINK_LOAD_RELAXED(&r->received);
     uint64_t used = tail - head;
     if (used > self->h.capacity)
         used = self->h.capacity; /* inconsistent: report full, recv reports corruption */
@@ -655,7 +567,7 @@ static PyObject *Ring_stats_impl(RingObject *self, PyObject *unused) {
                          "max_message", (unsigned long long)self->h.max_message,
                          "used", (unsigned long long)used, "sent", (unsigned long long)sent,
                          "received", (unsigned long long)received,
-                         "producer_pid", SHM_LOAD_RELAXED(&r->prod_lock.owner));
+                         "producer_pid", SHMLINK_LOAD_RELAXED(&r->prod_lock.owner));
 }
 
 /* No call is inside a closing ring any more: give the mapping back. */
@@ -672,7 +584,7 @@ static void ring_finish(RingObject *self) {
 static PyObject *Ring_close(RingObject *self, PyObject *unused) {
     if (!self->has_view)
         Py_RETURN_TRUE;
-    SHM_STORE_RELAXED(&self->closing, 1);
+    SHMLINK_STORE_RELAXED(&self->closing, 1);
     if (self->calls > 0) {
         /* Calls inside: wake every word they may sleep on; each sees
          * `closing`, raises SegmentClosed, and the last one out releases. */
@@ -688,7 +600,7 @@ static PyObject *Ring_close(RingObject *self, PyObject *unused) {
 }
 
 PyDoc_STRVAR(ring_init_doc,
-"ring_init(buffer, offset, size, max_message=0)\n--\n\n"
+"ring_init($module, buffer, offset, size, max_message=0, /)\n--\n\n"
 "Lay out an empty ring in buffer[offset:offset+size] (before the segment\n"
 "is marked ready).  Returns (capacity, max_message).");
 
@@ -718,7 +630,7 @@ static PyObject *ring_init(PyObject *mod, PyObject *args) {
 /* ---- Queue.send / Queue.recv in one C call ----------------------------- */
 
 PyDoc_STRVAR(Ring_qsend_doc,
-"qsend(data, *, timeout=None)\n--\n\n"
+"qsend($self, data, /, *, timeout=None)\n--\n\n"
 "Queue.send in one C call: append one message, waiting while the queue is\n"
 "full; raise shmlink.Timeout if there is no room within timeout seconds.");
 
@@ -742,7 +654,7 @@ static PyObject *Ring_qsend_impl(RingObject *self, PyObject *const *args, Py_ssi
     if (n < 0)
         return NULL;
     if (n == 0) {
-        PyErr_Format(Timeout, "queue %R stayed full for %R s; nothing was sent",
+        sl_raisef(-ETIMEDOUT, "queue %R stayed full for %R s; nothing was sent",
                      self->label ? self->label : Py_None, timeout ? timeout : Py_None);
         return NULL;
     }
@@ -750,7 +662,7 @@ static PyObject *Ring_qsend_impl(RingObject *self, PyObject *const *args, Py_ssi
 }
 
 PyDoc_STRVAR(Ring_qrecv_doc,
-"qrecv(*, timeout=None)\n--\n\n"
+"qrecv($self, /, *, timeout=None)\n--\n\n"
 "Queue.recv in one C call: take the oldest message as bytes, waiting until\n"
 "one arrives; raise shmlink.Timeout if none does within timeout seconds.");
 
@@ -768,7 +680,7 @@ static PyObject *Ring_qrecv_impl(RingObject *self, PyObject *const *args, Py_ssi
         return one;
     Py_XDECREF(one);
     if (n == 0)
-        PyErr_Format(Timeout, "queue %R: no message within %R s",
+        sl_raisef(-ETIMEDOUT, "queue %R: no message within %R s",
                      self->label ? self->label : Py_None, timeout ? timeout : Py_None);
     return NULL;
 }
@@ -828,22 +740,22 @@ static PyMethodDef Ring_methods[] = {
     {"qrecv", (PyCFunction)(void (*)(void))Ring_qrecv, METH_FASTCALL | METH_KEYWORDS,
      Ring_qrecv_doc},
     {"try_send", (PyCFunction)Ring_try_send, METH_O,
-     "try_send(data)\n--\n\nAppend one message if there is room now; True if sent."},
+     "try_send($self, data, /)\n--\n\nAppend one message if there is room now; True if sent."},
     {"send_many", (PyCFunction)Ring_send_many, METH_VARARGS, Ring_send_many_doc},
     {"recv", (PyCFunction)(void (*)(void))Ring_recv, METH_FASTCALL, Ring_recv_doc},
     {"try_recv", (PyCFunction)Ring_try_recv, METH_NOARGS,
-     "try_recv()\n--\n\nTake the oldest message if there is one now, else None."},
+     "try_recv($self, /)\n--\n\nTake the oldest message if there is one now, else None."},
     {"recv_many", (PyCFunction)Ring_recv_many, METH_VARARGS, Ring_recv_many_doc},
     {"recv_into", (PyCFunction)Ring_recv_into, METH_VARARGS, Ring_recv_into_doc},
     {"view_begin", (PyCFunction)Ring_view_begin, METH_VARARGS, Ring_view_begin_doc},
     {"view_end", (PyCFunction)Ring_view_end, METH_VARARGS,
-     "view_end(consume=True)\n--\n\nFinish a zero-copy receive: consume the "
+     "view_end($self, consume=True, /)\n--\n\nFinish a zero-copy receive: consume the "
      "record (or leave it, consume=False) and release the consumer lock."},
     {"stats", (PyCFunction)Ring_stats, METH_NOARGS,
-     "stats()\n--\n\nA dict of capacity, max_message, used bytes, sent and received."},
+     "stats($self, /)\n--\n\nA dict of capacity, max_message, used bytes, sent and received."},
     {"view", (PyCFunction)Ring_view, METH_VARARGS, Ring_view_doc},
     {"close", (PyCFunction)Ring_close, METH_NOARGS,
-     "close()\n--\n\nClose the handle: later calls raise SegmentClosed.  Releases the "
+     "close($self, /)\n--\n\nClose the handle: later calls raise SegmentClosed.  Releases the "
      "buffer (ending an open zero-copy receive unconsumed) and returns True, or, while "
      "calls are inside, wakes them (they raise SegmentClosed) and returns False: the last "
      "to leave releases it."},
@@ -861,29 +773,27 @@ static PyGetSetDef Ring_getset[] = {
     {"closed", (getter)Ring_get_closed, NULL, "True once close() was called", NULL},
     {NULL}};
 
-static PyTypeObject RingType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.Ring",
-    .tp_basicsize = sizeof(RingObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Ring(buffer, offset, size)\n--\n\nA handle on the message ring "
-              "laid out by ring_init in buffer[offset:offset+size].",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Ring_init,
-    .tp_dealloc = (destructor)Ring_dealloc,
-    .tp_methods = Ring_methods,
-    .tp_members = Ring_members,
-    .tp_getset = Ring_getset,
-};
+static PyType_Slot Ring_slots[] = {
+    {Py_tp_doc, (void *)"Ring(buffer, offset, size)\n--\n\nA handle on the message ring "
+              "laid out by ring_init in buffer[offset:offset+size]."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, Ring_init},
+    {Py_tp_dealloc, Ring_dealloc},
+    {Py_tp_methods, Ring_methods},
+    {Py_tp_members, Ring_members},
+    {Py_tp_getset, Ring_getset},
+    {0, NULL}};
+
+static PyType_Spec Ring_spec = {"shmlink._core.Ring", sizeof(RingObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE, Ring_slots};
 
 static PyMethodDef ring_functions[] = {
     {"ring_init", ring_init, METH_VARARGS, ring_init_doc},
     {NULL}};
 
-/* Called from PyInit__core. */
-int ring_register(PyObject *m) {
-    if (PyType_Ready(&RingType) < 0)
-        return -1;
-    if (PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0 ||
+/* Called from the module's exec slot. */
+int ring_register(PyObject *m, sl_state *st) {
+    st->Ring = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Ring_spec, NULL);
+    if (!st->Ring || PyModule_AddType(m, st->Ring) < 0 ||
         PyModule_AddFunctions(m, ring_functions) < 0)
         return -1;
     return 0;

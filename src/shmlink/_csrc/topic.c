@@ -14,9 +14,6 @@
 /* ======================================================================== */
 
 
-/* shmlink.errors: SegmentClosed, TooManyParticipants, Timeout */
-static PyObject *TopicClosedError, *TopicFullError, *TopicTimeoutError;
-
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
@@ -35,23 +32,20 @@ typedef struct {
     struct shmlink_topic_handle h;
     PyObject *name;
     long long spin_ns;
-    int slot;
-    uint32_t pid, gen;
-    /* private copies: authoritative; the slot's copies are for publishers */
-    uint64_t cursor, next_seq, missed, received;
+    /* slot, pid, gen, cursor, next_seq, missed, received: private copies,
+     * authoritative; the slot's copies are for publishers */
+    struct shmlink_topic_reader r;
     int busy;    /* a call is in progress (it may be waiting, GIL released) */
     int cancel;  /* interrupt(): waits end at once, receives return nothing */
     int closing; /* close() from another thread: the waiting call raises */
     int in_view; /* a zero-copy receive is open */
     int live_views; /* live exporters of the open zero-copy receive */
-    uint64_t view_pos, view_next, view_seq;
+    uint64_t view_pos, view_len, view_seq;
 } SubscriberObject;
 
 
-static PyTypeObject TopicType, SubscriberType;
-
 static int topic_corrupt(PyObject *name) {
-    PyErr_Format(CorruptSegment,
+    sl_raisef(-EBADMSG,
                  "topic %R: its positions, subscriber table or a record header are "
                  "inconsistent (overwritten by a foreign or buggy writer); remove the "
                  "topic and recreate it",
@@ -60,9 +54,8 @@ static int topic_corrupt(PyObject *name) {
 }
 
 static int topic_closed_while_waiting(PyObject *name) {
-    PyErr_Format(TopicClosedError,
-                 "topic %R was closed by another thread while this call waited", name);
-    return -1;
+    return sl_raisef(-ECANCELED, "topic %R was closed by another thread while this call "
+                     "waited", name);
 }
 
 
@@ -91,14 +84,14 @@ static int Topic_init(TopicObject *self, PyObject *args, PyObject *kw) {
     }
     int rc = shmlink_topic_attach(&self->h, (char *)self->view.buf + offset, (uint64_t)size);
     if (rc == -EPROTO) {
-        PyErr_Format(IncompatibleSegment,
+        sl_raisef(-EPROTO,
                      "topic %R has an unknown magic or version; it was made by another "
                      "program or shmlink version",
                      name);
         return -1;
     }
     if (rc < 0) {
-        PyErr_Format(CorruptSegment,
+        sl_raisef(-EBADMSG,
                      "topic %R: its constants are inconsistent with its size; the segment "
                      "is corrupt: remove it and recreate it",
                      name);
@@ -112,7 +105,9 @@ static void Topic_dealloc(TopicObject *self) {
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_XDECREF(self->name);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
 static int topic_ready(TopicObject *self) {
@@ -143,7 +138,7 @@ static void topic_finish(TopicObject *self) {
 
 static int topic_check_len(TopicObject *self, Py_ssize_t len) {
     if ((uint64_t)len > self->h.max_message) {
-        PyErr_Format(MessageTooLarge,
+        sl_raisef(-EMSGSIZE,
                      "message of %zd bytes is larger than topic %R's max_message_size of "
                      "%llu; split it, or create the topic with a larger capacity / "
                      "max_message_size",
@@ -157,42 +152,26 @@ static int topic_len_ok(void *topic, Py_ssize_t len) {
     return topic_check_len((TopicObject *)topic, len);
 }
 
-/* Take pub_lock, sleeping in slices so that a close from another thread is
- * noticed.  0, 1 (taken over from a holder that died), -ETIMEDOUT,
- * -ECANCELED (the handle is closing) or -1 (exception). */
+/* Take pub_lock (the header's hooked lock wait: a close from another thread
+ * or a signal handler ends it).  0, 1 (taken over from a holder that died),
+ * -ETIMEDOUT, -ECANCELED (the handle is closing) or -1 (exception). */
 static int topic_lock(TopicObject *self, const struct timespec *deadline, int spin) {
     struct shmlink_lock *l = &self->h.topic->pub_lock;
-    uint32_t pid;
-    uint64_t start;
-    identity(&pid, &start);
-    if (shmlink_lock_try(l, pid, start) == 0)
-        return 0;
-    for (;;) {
-        if (PyErr_CheckSignals() < 0) /* see topic_wait */
-            return -1;
-        struct timespec slice;
-        shmlink_deadline_min(&slice, deadline, 0.05);
-        int rc = lock_acquire_blocking(l, &slice, spin ? 200000 : 0, &self->closing);
-        if (rc >= 0 && self->closing) {
-            shmlink_lock_release(l); /* taken as the handle closed: give it back */
-            return -ECANCELED;
-        }
-        if (rc != -ETIMEDOUT)
-            return rc;
-        if (self->closing)
-            return -ECANCELED;
-        if (deadline && shmlink_deadline_passed(deadline))
-            return -ETIMEDOUT;
+    int rc = lock_acquire_blocking(l, deadline, spin ? 200000 : 0, &self->closing);
+    if (rc >= 0 && self->closing) {
+        shmlink_lock_release(l); /* taken as the handle closed: give it back */
+        return -ECANCELED;
     }
+    return rc;
 }
 
 /* Lock-free hint for a blocked lossless publisher: every active cursor is
  * at or past `required` (or something needs the locked path's attention). */
 static int cond_pub_room(void *obj, uint64_t required) {
     TopicObject *self = (TopicObject *)obj;
-    if (SHM_LOAD_RELAXED(&self->closing))
+    if (SHMLINK_LOAD_RELAXED(&self->closing))
         return 1;
-    uint64_t floor, tail = SHM_LOAD_ACQUIRE(&self->h.topic->tail);
+    uint64_t floor, tail = SHMLINK_LOAD_ACQUIRE(&self->h.topic->tail);
     if (shmlink_topic_scan_floor(&self->h, tail, &floor, 0) < 0)
         return 1;
     return floor >= required;
@@ -200,11 +179,17 @@ static int cond_pub_room(void *obj, uint64_t required) {
 
 /* Publish n buffers in order.  Returns how many were published (all of
  * them unless *timed_out), or -1 with an exception. */
+/* The header's gather callback over an array of Py_buffer. */
+static void gather_buffers(void *ctx, uint64_t i, const void **data, uint64_t *len) {
+    const Py_buffer *bufs = (const Py_buffer *)ctx;
+    *data = bufs[i].buf;
+    *len = (uint64_t)bufs[i].len;
+}
+
 static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_ssize_t n,
                                         const struct timespec *deadline, int *timed_out) {
     const struct shmlink_topic_handle *h = &self->h;
     struct shmlink_topic *t = h->topic;
-    int lossless = h->mode == SHMLINK_TOPIC_LOSSLESS;
     int try_only = no_wait(deadline);
     int check_alive = 0;
     Py_ssize_t done = 0;
@@ -219,49 +204,17 @@ static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_s
             *timed_out = 1;
             return done;
         }
-        int prc = 0, rescanned = 0, any = 0;
-        if (rc == 1 && shmlink_topic_repair(h) < 0)
+        int prc;
+        uint64_t required = 0, got = (uint64_t)done;
+        if (rc == 1 && shmlink_topic_repair(h) < 0) {
+            shmlink_lock_release(&t->pub_lock);
             prc = -EBADMSG;
-        uint64_t committed = SHM_LOAD_RELAXED(&t->tail), tail = committed;
-        uint64_t head = SHM_LOAD_RELAXED(&t->head), seq = SHM_LOAD_RELAXED(&t->published);
-        uint64_t floor = lossless ? SHM_LOAD_RELAXED(&t->floor) : UINT64_MAX;
-        uint64_t required = 0;
-        if (head > tail || tail - head > h->capacity || ((head | tail) & 15u))
-            prc = -EBADMSG;
-        while (prc == 0 && done < n) {
-            int r = shmlink_topic_put(h, &tail, committed, &head, floor, bufs[done].buf,
-                                      (uint32_t)bufs[done].len, seq, &required);
-            if (r == 0) {
-                seq++;
-                done++;
-                rescanned = 0;
-            } else if (r == 1) {
-                /* a wrap marker: the record goes at the start of the ring */
-            } else if (r == -EINPROGRESS) {
-                shmlink_topic_commit(h, tail, seq);
-                committed = tail;
-                any = 1;
-            } else if (r == -EAGAIN && !rescanned) {
-                rescanned = 1;
-                if (check_alive) {
-                    shmlink_topic_evict_dead(h, required);
-                    check_alive = 0;
-                }
-                if (shmlink_topic_scan_floor(h, committed, &floor, 1) < 0)
-                    prc = -EBADMSG;
-                else
-                    SHM_STORE_RELAXED(&t->floor, floor);
-            } else {
-                prc = r;
-            }
+        } else {
+            prc = shmlink_topic_publish_many_unlock(h, gather_buffers, bufs, (uint64_t)n, &got,
+                                                    check_alive, &required);
+            check_alive = 0;
         }
-        if (tail != committed) {
-            shmlink_topic_commit(h, tail, seq);
-            any = 1;
-        }
-        shmlink_lock_release(&t->pub_lock);
-        if (any)
-            shmlink_ec_notify(&t->data_ec);
+        done = (Py_ssize_t)got;
         if (prc == -EBADMSG)
             return topic_corrupt(self->name);
         if (prc == -EAGAIN) {
@@ -292,7 +245,7 @@ static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_s
 }
 
 PyDoc_STRVAR(Topic_publish_doc,
-"publish(data, *, timeout=None)\n--\n\n"
+"publish($self, data, /, *, timeout=None)\n--\n\n"
 "Publish one bytes-like message to every subscriber.  Lossless mode waits\n"
 "(timeout seconds; None = forever) for the slowest live subscriber to make\n"
 "room; latest mode never waits.  Raises Timeout (nothing was published) or\n"
@@ -316,7 +269,7 @@ static PyObject *Topic_publish_impl(TopicObject *self, PyObject *const *args, Py
         if (k == 1)
             res = Py_NewRef(Py_None);
         else if (k == 0)
-            PyErr_Format(TopicTimeoutError,
+            sl_raisef(-ETIMEDOUT,
                          "topic %R: the slowest subscriber left no room for %S s; nothing "
                          "was published",
                          self->name, tmo);
@@ -342,7 +295,7 @@ static PyObject *Topic_try_publish_impl(TopicObject *self, PyObject *arg) {
 }
 
 PyDoc_STRVAR(Topic_publish_many_doc,
-"publish_many(messages, timeout=None)\n--\n\n"
+"publish_many($self, messages, timeout=None, /)\n--\n\n"
 "Publish each bytes-like object of the sequence, in order, taking the\n"
 "publisher lock as few times as room allows.  Returns how many were\n"
 "published: all, or fewer when the timeout ran out (lossless mode).");
@@ -366,7 +319,7 @@ static PyObject *Topic_publish_many_impl(TopicObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Topic_subscribe_doc,
-"subscribe(oldest=False, timeout=None)\n--\n\n"
+"subscribe($self, oldest=False, timeout=None, /)\n--\n\n"
 "Claim a subscriber slot and return a Subscriber that reads from the next\n"
 "message published (or, oldest=True, from the oldest one still held).\n"
 "None if the publisher lock could not be taken within timeout.");
@@ -379,10 +332,11 @@ static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
     struct timespec ts, *deadline;
     if (parse_timeout(tmo, &ts, &deadline) < 0)
         return NULL;
-    SubscriberObject *s = (SubscriberObject *)SubscriberType.tp_alloc(&SubscriberType, 0);
+    PyTypeObject *sub_type = sl_state_of((PyObject *)self)->Subscriber;
+    SubscriberObject *s = (SubscriberObject *)sub_type->tp_alloc(sub_type, 0);
     if (!s)
         return NULL;
-    s->slot = -1;
+    s->r.slot = -1;
     if (PyObject_GetBuffer(self->view.obj, &s->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         Py_DECREF(s);
         return NULL;
@@ -417,7 +371,7 @@ static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
     if (slot < 0) {
         Py_DECREF(s);
         if (slot == -ENOSPC)
-            PyErr_Format(TopicFullError,
+            sl_raisef(-ENOSPC,
                          "topic %R: all %u subscriber slots are held by live subscribers; "
                          "close some, or create the topic with a larger max_subscribers",
                          self->name, self->h.max_subscribers);
@@ -425,23 +379,23 @@ static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
             topic_corrupt(self->name);
         return NULL;
     }
-    s->slot = slot;
-    s->pid = pid;
-    s->gen = gen;
-    s->cursor = cursor;
-    s->next_seq = seq;
+    s->r.slot = slot;
+    s->r.pid = pid;
+    s->r.gen = gen;
+    s->r.cursor = cursor;
+    s->r.next_seq = seq;
     return (PyObject *)s;
 }
 
 static PyObject *Topic_state_impl(TopicObject *self, PyObject *unused) {
     const struct shmlink_topic_handle *h = &self->h;
     struct shmlink_topic *t = h->topic;
-    uint64_t tail = SHM_LOAD_ACQUIRE(&t->tail), head = SHM_LOAD_ACQUIRE(&t->head);
-    uint64_t published = SHM_LOAD_RELAXED(&t->published);
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail), head = SHMLINK_LOAD_ACQUIRE(&t->head);
+    uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
     uint64_t held = tail >= head ? tail - head : 0;
     if (held > h->capacity)
         held = h->capacity; /* inconsistent: the receive paths report it */
-    uint32_t hwm = SHM_LOAD_RELAXED(&t->sub_hwm);
+    uint32_t hwm = SHMLINK_LOAD_RELAXED(&t->sub_hwm);
     if (hwm > h->max_subscribers)
         hwm = h->max_subscribers;
     PyObject *subs = PyList_New(0);
@@ -449,17 +403,17 @@ static PyObject *Topic_state_impl(TopicObject *self, PyObject *unused) {
         return NULL;
     for (uint32_t i = 0; i < hwm; i++) {
         struct shmlink_topic_sub *s = &h->subs[i];
-        if (SHM_LOAD_ACQUIRE(&s->active) == 0)
+        if (SHMLINK_LOAD_ACQUIRE(&s->active) == 0)
             continue;
-        uint32_t pid = SHM_LOAD_RELAXED(&s->pid);
-        uint64_t start = SHM_LOAD_RELAXED(&s->start_time);
-        uint64_t next = SHM_LOAD_RELAXED(&s->next_seq);
+        uint32_t pid = SHMLINK_LOAD_RELAXED(&s->pid);
+        uint64_t start = SHMLINK_LOAD_RELAXED(&s->start_time);
+        uint64_t next = SHMLINK_LOAD_RELAXED(&s->next_seq);
         PyObject *d = Py_BuildValue(
             "{sIsIsOsKsKsK}", "slot", i, "pid", pid, "alive",
             shmlink_process_alive(pid, start) ? Py_True : Py_False, "lag",
             (unsigned long long)(published > next ? published - next : 0), "missed",
-            (unsigned long long)SHM_LOAD_RELAXED(&s->missed), "received",
-            (unsigned long long)SHM_LOAD_RELAXED(&s->received));
+            (unsigned long long)SHMLINK_LOAD_RELAXED(&s->missed), "received",
+            (unsigned long long)SHMLINK_LOAD_RELAXED(&s->received));
         if (!d || PyList_Append(subs, d) < 0) {
             Py_XDECREF(d);
             Py_DECREF(subs);
@@ -472,14 +426,14 @@ static PyObject *Topic_state_impl(TopicObject *self, PyObject *unused) {
         "capacity", (unsigned long long)h->capacity, "max_message_size",
         (unsigned long long)h->max_message, "max_subscribers", h->max_subscribers, "published",
         (unsigned long long)published, "held_bytes", (unsigned long long)held, "evicted",
-        (unsigned long long)SHM_LOAD_RELAXED(&t->evicted), "publisher_pid",
-        SHM_LOAD_RELAXED(&t->pub_lock.owner), "subscribers", subs);
+        (unsigned long long)SHMLINK_LOAD_RELAXED(&t->evicted), "publisher_pid",
+        SHMLINK_LOAD_RELAXED(&t->pub_lock.owner), "subscribers", subs);
 }
 
 static PyObject *Topic_close(TopicObject *self, PyObject *unused) {
     if (!self->has_view)
         Py_RETURN_TRUE;
-    SHM_STORE_RELAXED(&self->closing, 1);
+    SHMLINK_STORE_RELAXED(&self->closing, 1);
     if (self->calls > 0) {
         /* Calls inside (waiting for room or for the publisher lock): wake
          * them; each raises SegmentClosed, the last one out releases. */
@@ -512,7 +466,7 @@ static PyObject *Topic_state(TopicObject *self, PyObject *unused) {
 static PyObject *Topic_get_published(TopicObject *self, void *c) {
     if (!topic_ready(self))
         return NULL;
-    return PyLong_FromUnsignedLongLong(SHM_LOAD_RELAXED(&self->h.topic->published));
+    return PyLong_FromUnsignedLongLong(SHMLINK_LOAD_RELAXED(&self->h.topic->published));
 }
 static PyObject *Topic_get_capacity(TopicObject *self, void *c) {
     return PyLong_FromUnsignedLongLong(self->h.capacity);
@@ -534,14 +488,14 @@ static PyMethodDef Topic_methods[] = {
     {"publish", (PyCFunction)(void (*)(void))Topic_publish, METH_FASTCALL | METH_KEYWORDS,
      Topic_publish_doc},
     {"try_publish", (PyCFunction)Topic_try_publish, METH_O,
-     "try_publish(data)\n--\n\nPublish one message if that needs no waiting; True if published."},
+     "try_publish($self, data, /)\n--\n\nPublish one message if that needs no waiting; True if published."},
     {"publish_many", (PyCFunction)Topic_publish_many, METH_VARARGS, Topic_publish_many_doc},
     {"subscribe", (PyCFunction)Topic_subscribe, METH_VARARGS, Topic_subscribe_doc},
     {"state", (PyCFunction)Topic_state, METH_NOARGS,
-     "state()\n--\n\nA dict: mode, capacity, published, held bytes, evictions, and each "
+     "state($self, /)\n--\n\nA dict: mode, capacity, published, held bytes, evictions, and each "
      "active subscriber's slot, pid, liveness, lag, missed and received counts."},
     {"close", (PyCFunction)Topic_close, METH_NOARGS,
-     "close()\n--\n\nClose the handle: later calls raise SegmentClosed, calls inside are "
+     "close($self, /)\n--\n\nClose the handle: later calls raise SegmentClosed, calls inside are "
      "woken and raise SegmentClosed; the buffer is released now, or by the last call to "
      "leave.  Returns True."},
     {NULL}};
@@ -561,19 +515,18 @@ static PyGetSetDef Topic_getset[] = {
     {"closed", (getter)Topic_get_closed, NULL, "True once close() released the buffer", NULL},
     {NULL}};
 
-static PyTypeObject TopicType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.Topic",
-    .tp_basicsize = sizeof(TopicObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Topic(buffer, offset, size, name=None)\n--\n\nA handle on the topic laid out "
-              "by topic_init in buffer[offset:offset+size]: publish, subscribe, state.",
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Topic_init,
-    .tp_dealloc = (destructor)Topic_dealloc,
-    .tp_methods = Topic_methods,
-    .tp_members = Topic_members,
-    .tp_getset = Topic_getset,
-};
+static PyType_Slot Topic_slots[] = {
+    {Py_tp_doc, (void *)"Topic(buffer, offset, size, name=None)\n--\n\nA handle on the topic laid out "
+              "by topic_init in buffer[offset:offset+size]: publish, subscribe, state."},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_init, Topic_init},
+    {Py_tp_dealloc, Topic_dealloc},
+    {Py_tp_methods, Topic_methods},
+    {Py_tp_members, Topic_members},
+    {Py_tp_getset, Topic_getset},
+    {0, NULL}};
+
+static PyType_Spec Topic_spec = {"shmlink._core.Topic", sizeof(TopicObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE, Topic_slots};
 
 /* ------------------------------------------------------------------------ */
 /* Subscriber: one cursor, read without locks.                              */
@@ -584,12 +537,14 @@ static void Subscriber_dealloc(SubscriberObject *self) {
         uint32_t pid;
         uint64_t start;
         identity(&pid, &start);
-        if (self->slot >= 0 && pid == self->pid) /* not in a forked child */
-            shmlink_topic_release_slot(&self->h, self->slot, self->pid, self->gen);
+        if (self->r.slot >= 0 && pid == self->r.pid) /* not in a forked child */
+            shmlink_topic_release_slot(&self->h, self->r.slot, self->r.pid, self->r.gen);
         PyBuffer_Release(&self->view);
     }
     Py_XDECREF(self->name);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
 /* No call is inside a closed subscriber any more: free the slot and give
@@ -600,8 +555,8 @@ static void sub_finish(SubscriberObject *self) {
     uint32_t pid;
     uint64_t start;
     identity(&pid, &start);
-    if (self->slot >= 0 && pid == self->pid) /* not in a forked child */
-        shmlink_topic_release_slot(&self->h, self->slot, self->pid, self->gen);
+    if (self->r.slot >= 0 && pid == self->r.pid) /* not in a forked child */
+        shmlink_topic_release_slot(&self->h, self->r.slot, self->r.pid, self->r.gen);
     self->in_view = 0;
     PyBuffer_Release(&self->view);
     self->has_view = 0;
@@ -618,7 +573,7 @@ static inline void sub_leave(SubscriberObject *self) {
 /* Checks at the start of a receive; marks the subscriber busy. */
 static int sub_enter(SubscriberObject *self) {
     if (!self->has_view || self->closing) {
-        PyErr_Format(TopicClosedError, "this subscriber of topic %R is closed; subscribe again",
+        sl_raisef(-EPIPE, "this subscriber of topic %R is closed; subscribe again",
                      self->name ? self->name : Py_None);
         return -1;
     }
@@ -639,15 +594,15 @@ static int sub_enter(SubscriberObject *self) {
     uint32_t pid;
     uint64_t start;
     identity(&pid, &start);
-    if (pid != self->pid) {
-        PyErr_Format(TopicClosedError,
+    if (pid != self->r.pid) {
+        sl_raisef(-EPIPE,
                      "this subscriber of topic %R belongs to process %u; subscribe again in "
                      "this process",
-                     self->name, self->pid);
+                     self->name, self->r.pid);
         return -1;
     }
-    if (SHM_LOAD_RELAXED(&self->h.subs[self->slot].active) != self->gen) {
-        PyErr_Format(TopicClosedError,
+    if (SHMLINK_LOAD_RELAXED(&self->h.subs[self->r.slot].active) != self->r.gen) {
+        sl_raisef(-EPIPE,
                      "this subscriber of topic %R lost its slot: another process saw this "
                      "one as dead (PID and start time did not match) and evicted it; "
                      "subscribe again",
@@ -660,7 +615,7 @@ static int sub_enter(SubscriberObject *self) {
 
 static int cond_sub_data(void *obj, uint64_t cursor) {
     SubscriberObject *self = (SubscriberObject *)obj;
-    return SHM_LOAD_ACQUIRE(&self->h.topic->tail) != cursor;
+    return SHMLINK_LOAD_ACQUIRE(&self->h.topic->tail) != cursor;
 }
 
 /* After a wait ended by cancel: 0 (interrupt: return nothing), or -1 with
@@ -674,86 +629,61 @@ static int sub_cancelled(SubscriberObject *self) {
 /* Take up to max messages, waiting until there is at least one, the
  * deadline, or cancel.  max == 1 with one != NULL: the message into *one;
  * else appended to list.  Returns how many (0: timeout or cancel), or -1. */
+/* The header's sink (shmlink_topic_recv_many) for a receive into Python:
+ * each record becomes a bytes object, kept into *one or appended to list
+ * when the header says it was intact. */
+struct take_sink {
+    PyObject *list;
+    PyObject **one;
+    PyObject *last; /* the copy awaiting keep */
+};
+
+static int take_copy(void *ctx, const uint8_t *payload, uint64_t len) {
+    struct take_sink *t = (struct take_sink *)ctx;
+    t->last = PyBytes_FromStringAndSize((const char *)payload, (Py_ssize_t)len);
+    return t->last ? 0 : -1;
+}
+
+static int take_keep(void *ctx, int keep) {
+    struct take_sink *t = (struct take_sink *)ctx;
+    PyObject *b = t->last;
+    t->last = NULL;
+    if (!keep) {
+        Py_DECREF(b);
+        return 0;
+    }
+    if (t->one) {
+        *t->one = b;
+        return 0;
+    }
+    int rc = PyList_Append(t->list, b);
+    Py_DECREF(b);
+    return rc < 0 ? -1 : 0;
+}
+
+/* Take up to max messages, waiting until there is at least one, the
+ * deadline, or cancel.  max == 1 with one != NULL: the message into *one;
+ * else appended to list.  Returns how many (0: timeout or cancel), or -1. */
 static Py_ssize_t sub_take(SubscriberObject *self, Py_ssize_t max, PyObject *list,
                            PyObject **one, const struct timespec *deadline) {
     const struct shmlink_topic_handle *h = &self->h;
     struct shmlink_topic *t = h->topic;
+    struct take_sink ts = {list, one, NULL};
+    const struct shmlink_topic_sink sink = {take_copy, take_keep, &ts};
     for (;;) {
-        uint64_t cursor = self->cursor, next_seq = self->next_seq, missed = self->missed;
-        /* SYNC: pairs with the publishers' release of tail in shmlink_topic_commit. */
-        uint64_t tail = SHM_LOAD_ACQUIRE(&t->tail);
-        uint64_t published = SHM_LOAD_RELAXED(&t->published);
-        Py_ssize_t got = 0;
-        int err = 0;
-        while (got < max) {
-            uint64_t seq;
-            int stale = 0;
-            int64_t len = shmlink_topic_peek(h, &cursor, tail, &seq);
-            if (len == -EAGAIN)
-                break;
-            if (len == -ESTALE) {
-                stale = 1;
-            } else if (len < 0) {
-                err = -EBADMSG;
-                break;
-            } else {
-                PyObject *b = PyBytes_FromStringAndSize(
-                    (const char *)shmlink_topic_payload(h, cursor), (Py_ssize_t)len);
-                if (!b) {
-                    err = -1;
-                    break;
-                }
-                if (shmlink_topic_overtaken(h, cursor)) {
-                    Py_DECREF(b); /* maybe torn: never delivered */
-                    stale = 1;
-                } else if (seq < next_seq || seq >= published) {
-                    Py_DECREF(b);
-                    err = -EBADMSG;
-                    break;
-                } else {
-                    if (one) {
-                        *one = b;
-                    } else {
-                        int a = PyList_Append(list, b);
-                        Py_DECREF(b);
-                        if (a < 0) {
-                            err = -1;
-                            break;
-                        }
-                    }
-                    missed += seq - next_seq;
-                    next_seq = seq + 1;
-                    cursor += shmlink_topic_record_size((uint64_t)len);
-                    got++;
-                }
-            }
-            if (stale) {
-                if (shmlink_topic_resume(h, &cursor, &tail) < 0) {
-                    err = -EBADMSG;
-                    break;
-                }
-                published = SHM_LOAD_RELAXED(&t->published);
-            }
-        }
-        if (cursor != self->cursor) {
-            self->cursor = cursor;
-            self->next_seq = next_seq;
-            self->missed = missed;
-            self->received += (uint64_t)got;
-            shmlink_topic_progress(h, self->slot, cursor, next_seq, missed, self->received);
-        }
-        if (err == -1)
+        int64_t got = shmlink_topic_recv_many(h, &self->r, &sink, (uint64_t)max);
+        if (got == -1)
             return -1;
-        if (err == -EBADMSG)
+        if (got == -EBADMSG)
             return topic_corrupt(self->name);
         if (got)
-            return got;
+            return (Py_ssize_t)got;
         if (no_wait(deadline))
             return 0;
         if (self->cancel)
             return sub_cancelled(self);
-        int w = topic_wait(&t->data_ec, cond_sub_data, self, cursor, deadline, self->spin_ns,
-                           &self->cancel);
+        int w = topic_wait(&t->data_ec, cond_sub_data, self, self->r.cursor, deadline,
+                           self->spin_ns, &self->cancel);
         if (w == -1)
             return -1;
         if (w == -ECANCELED)
@@ -779,7 +709,7 @@ static PyObject *sub_recv_one(SubscriberObject *self, const struct timespec *dea
 }
 
 PyDoc_STRVAR(Subscriber_recv_doc,
-"recv(*, timeout=None)\n--\n\n"
+"recv($self, /, *, timeout=None)\n--\n\n"
 "The next message as bytes, waiting up to timeout seconds (None = forever).\n"
 "Raises Timeout when none came.  Messages overwritten before they could be\n"
 "read (latest mode) are skipped and counted in `missed`.  (Returns None\n"
@@ -796,7 +726,7 @@ static PyObject *Subscriber_recv(SubscriberObject *self, PyObject *const *args,
     PyObject *res = sub_recv_one(self, deadline);
     if (res == Py_None && !self->cancel) {
         Py_DECREF(res);
-        PyErr_Format(TopicTimeoutError, "topic %R: no message within %S s", self->name,
+        sl_raisef(-ETIMEDOUT, "topic %R: no message within %S s", self->name,
                      tmo ? tmo : Py_None);
         return NULL;
     }
@@ -809,7 +739,7 @@ static PyObject *Subscriber_try_recv(SubscriberObject *self, PyObject *unused) {
 }
 
 PyDoc_STRVAR(Subscriber_recv_many_doc,
-"recv_many(max_count, timeout=None)\n--\n\n"
+"recv_many($self, max_count, timeout=None, /)\n--\n\n"
 "Wait until at least one message is there (or the timeout), then take up to\n"
 "max_count at once.  Returns a list (empty on timeout or interrupt()).");
 
@@ -819,7 +749,7 @@ static PyObject *Subscriber_recv_many(SubscriberObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "n|O", &max, &tmo))
         return NULL;
     if (max < 1) {
-        PyErr_SetString(PyExc_ValueError, "max_count must be at least 1");
+        sl_raisef(-EINVAL, "max_count must be at least 1, not %zd", max);
         return NULL;
     }
     struct timespec ts, *deadline;
@@ -838,7 +768,7 @@ static PyObject *Subscriber_recv_many(SubscriberObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Subscriber_view_begin_doc,
-"view_begin(timeout=None)\n--\n\n"
+"view_begin($self, timeout=None, /)\n--\n\n"
 "Zero-copy receive, first half: wait for the next message and return\n"
 "(offset, length) of its payload within the buffer, or None on timeout.\n"
 "Lossless mode: publishers cannot overwrite it until view_end().  Latest\n"
@@ -857,41 +787,19 @@ static PyObject *Subscriber_view_begin(SubscriberObject *self, PyObject *args) {
     struct shmlink_topic *t = h->topic;
     PyObject *res = NULL;
     for (;;) {
-        uint64_t cursor = self->cursor;
-        uint64_t tail = SHM_LOAD_ACQUIRE(&t->tail); /* SYNC: publishers' tail release */
-        uint64_t published = SHM_LOAD_RELAXED(&t->published);
-        uint64_t seq;
-        int64_t len;
-        for (;;) {
-            len = shmlink_topic_peek(h, &cursor, tail, &seq);
-            /* the header must be intact before its length is handed out */
-            if (len >= 0 && shmlink_topic_overtaken(h, cursor))
-                len = -ESTALE;
-            if (len != -ESTALE)
-                break;
-            if (shmlink_topic_resume(h, &cursor, &tail) < 0) {
-                len = -EBADMSG;
-                break;
-            }
-            published = SHM_LOAD_RELAXED(&t->published);
-        }
-        if (len >= 0 && (seq < self->next_seq || seq >= published))
-            len = -EBADMSG;
+        uint64_t pos, seq;
+        int64_t len = shmlink_topic_view_begin(h, &self->r, &pos, &seq);
         if (len >= 0) {
             self->in_view = 1;
-            self->view_pos = cursor;
+            self->view_pos = pos;
             self->view_seq = seq;
-            self->view_next = cursor + shmlink_topic_record_size((uint64_t)len);
-            Py_ssize_t base = (Py_ssize_t)(shmlink_topic_payload(h, cursor) -
+            self->view_len = (uint64_t)len;
+            Py_ssize_t base = (Py_ssize_t)(shmlink_topic_payload(h, pos) -
                                            (const uint8_t *)self->view.buf);
             res = Py_BuildValue("nn", base, (Py_ssize_t)len);
             break;
         }
-        if (cursor != self->cursor) { /* skipped a wrap marker, or resumed */
-            self->cursor = cursor;
-            shmlink_topic_progress(h, self->slot, cursor, self->next_seq, self->missed,
-                                   self->received);
-        }
+        uint64_t cursor = self->r.cursor;
         if (len != -EAGAIN) {
             topic_corrupt(self->name);
             break;
@@ -924,20 +832,9 @@ static PyObject *Subscriber_view_end(SubscriberObject *self, PyObject *args) {
         Py_RETURN_TRUE;
     if (self->live_views > 0)
         return raise_views_alive("message view", self->live_views), NULL;
-    const struct shmlink_topic_handle *h = &self->h;
     self->in_view = 0;
-    int intact = !shmlink_topic_overtaken(h, self->view_pos);
-    if (consume && intact) {
-        self->missed += self->view_seq - self->next_seq;
-        self->next_seq = self->view_seq + 1;
-        self->cursor = self->view_next;
-        self->received++;
-    } else {
-        /* left for the next receive (which resumes at head if it is gone) */
-        self->cursor = self->view_pos;
-    }
-    shmlink_topic_progress(h, self->slot, self->cursor, self->next_seq, self->missed,
-                           self->received);
+    int intact = shmlink_topic_view_end(&self->h, &self->r, self->view_pos, self->view_seq,
+                                        self->view_len, consume);
     return PyBool_FromLong(intact);
 }
 
@@ -952,7 +849,7 @@ static PyObject *Subscriber_interrupt(SubscriberObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Subscriber_view_doc,
-"view(offset, length)\n--\n\n"
+"view($self, offset, length, /)\n--\n\n"
 "A read-only memoryview of the open zero-copy receive's payload (from\n"
 "view_begin).  view_end() raises BufferError while anything made from it\n"
 "(a numpy array, a slice) is alive.");
@@ -973,8 +870,8 @@ static PyObject *Subscriber_view(SubscriberObject *self, PyObject *args) {
 static PyObject *Subscriber_close(SubscriberObject *self, PyObject *unused) {
     if (!self->has_view)
         Py_RETURN_TRUE;
-    SHM_STORE_RELAXED(&self->closing, 1);
-    SHM_STORE_RELAXED(&self->cancel, 1);
+    SHMLINK_STORE_RELAXED(&self->closing, 1);
+    SHMLINK_STORE_RELAXED(&self->cancel, 1);
     if (self->busy) {
         /* A call is inside (another thread's, or the one a signal handler
          * interrupted): wake it; it raises SegmentClosed and releases. */
@@ -988,8 +885,8 @@ static PyObject *Subscriber_close(SubscriberObject *self, PyObject *unused) {
 static PyObject *Subscriber_get_lag(SubscriberObject *self, void *c) {
     if (!self->has_view)
         return PyLong_FromLong(0);
-    uint64_t published = SHM_LOAD_RELAXED(&self->h.topic->published);
-    return PyLong_FromUnsignedLongLong(published > self->next_seq ? published - self->next_seq
+    uint64_t published = SHMLINK_LOAD_RELAXED(&self->h.topic->published);
+    return PyLong_FromUnsignedLongLong(published > self->r.next_seq ? published - self->r.next_seq
                                                                   : 0);
 }
 static PyObject *Subscriber_get_closed(SubscriberObject *self, void *c) {
@@ -1003,19 +900,19 @@ static PyMethodDef Subscriber_methods[] = {
     {"recv", (PyCFunction)(void (*)(void))Subscriber_recv, METH_FASTCALL | METH_KEYWORDS,
      Subscriber_recv_doc},
     {"try_recv", (PyCFunction)Subscriber_try_recv, METH_NOARGS,
-     "try_recv()\n--\n\nThe next message if there is one now, else None."},
+     "try_recv($self, /)\n--\n\nThe next message if there is one now, else None."},
     {"recv_many", (PyCFunction)Subscriber_recv_many, METH_VARARGS, Subscriber_recv_many_doc},
     {"view_begin", (PyCFunction)Subscriber_view_begin, METH_VARARGS, Subscriber_view_begin_doc},
     {"view_end", (PyCFunction)Subscriber_view_end, METH_VARARGS,
-     "view_end(consume=True)\n--\n\nFinish a zero-copy receive: move past the message "
+     "view_end($self, consume=True, /)\n--\n\nFinish a zero-copy receive: move past the message "
      "(or leave it, consume=False).  Returns False if a publisher may have overwritten "
      "it meanwhile (latest mode); it then counts as missed."},
     {"interrupt", (PyCFunction)Subscriber_interrupt, METH_VARARGS,
-     "interrupt(on=True)\n--\n\nWhile on, waits end at once and receives return nothing "
+     "interrupt($self, on=True, /)\n--\n\nWhile on, waits end at once and receives return nothing "
      "(a thread blocked in recv returns).  interrupt(False) undoes it."},
     {"view", (PyCFunction)Subscriber_view, METH_VARARGS, Subscriber_view_doc},
     {"close", (PyCFunction)Subscriber_close, METH_NOARGS,
-     "close()\n--\n\nClose the subscriber: later calls raise SegmentClosed; a call "
+     "close($self, /)\n--\n\nClose the subscriber: later calls raise SegmentClosed; a call "
      "inside is woken and raises SegmentClosed.  The slot is freed and the buffer "
      "released now, or when that call leaves.  Returns True."},
     {NULL}};
@@ -1023,13 +920,13 @@ static PyMethodDef Subscriber_methods[] = {
 static PyMemberDef Subscriber_members[] = {
     {"spin_ns", T_LONGLONG, offsetof(SubscriberObject, spin_ns), 0,
      "nanoseconds a blocked receive spins before it sleeps (-1: until its deadline)"},
-    {"missed", T_ULONGLONG, offsetof(SubscriberObject, missed), READONLY,
+    {"missed", T_ULONGLONG, offsetof(SubscriberObject, r.missed), READONLY,
      "messages overwritten before this subscriber could read them"},
-    {"received", T_ULONGLONG, offsetof(SubscriberObject, received), READONLY,
+    {"received", T_ULONGLONG, offsetof(SubscriberObject, r.received), READONLY,
      "messages this subscriber received"},
-    {"next_seq", T_ULONGLONG, offsetof(SubscriberObject, next_seq), READONLY,
+    {"next_seq", T_ULONGLONG, offsetof(SubscriberObject, r.next_seq), READONLY,
      "sequence number of the next message it expects"},
-    {"slot", T_INT, offsetof(SubscriberObject, slot), READONLY, "its slot in the table"},
+    {"slot", T_INT, offsetof(SubscriberObject, r.slot), READONLY, "its slot in the table"},
     {"name", T_OBJECT, offsetof(SubscriberObject, name), READONLY, "the topic's name"},
     {NULL}};
 
@@ -1040,20 +937,19 @@ static PyGetSetDef Subscriber_getset[] = {
     {"busy", (getter)Subscriber_get_busy, NULL, "True while a call is in progress", NULL},
     {NULL}};
 
-static PyTypeObject SubscriberType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmlink._core.Subscriber",
-    .tp_basicsize = sizeof(SubscriberObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A topic subscriber: one cursor, read without locks.  Made by "
-              "Topic.subscribe().",
-    .tp_dealloc = (destructor)Subscriber_dealloc,
-    .tp_methods = Subscriber_methods,
-    .tp_members = Subscriber_members,
-    .tp_getset = Subscriber_getset,
-};
+static PyType_Slot Subscriber_slots[] = {
+    {Py_tp_doc, (void *)"A topic subscriber: one cursor, read without locks.  Made by "
+              "Topic.subscribe()."},
+    {Py_tp_dealloc, Subscriber_dealloc},
+    {Py_tp_methods, Subscriber_methods},
+    {Py_tp_members, Subscriber_members},
+    {Py_tp_getset, Subscriber_getset},
+    {0, NULL}};
+
+static PyType_Spec Subscriber_spec = {"shmlink._core.Subscriber", sizeof(SubscriberObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION, Subscriber_slots};
 
 PyDoc_STRVAR(topic_init_doc,
-"topic_init(buffer, offset, size, mode, max_message=0, max_subscribers=64)\n--\n\n"
+"topic_init($module, buffer, offset, size, mode, max_message=0, max_subscribers=64, /)\n--\n\n"
 "Lay out an empty topic in buffer[offset:offset+size] (before the segment\n"
 "is marked ready); mode is 'lossless' or 'latest'.  Returns (capacity,\n"
 "max_message).");
@@ -1098,25 +994,17 @@ static PyObject *topic_footprint(PyObject *mod, PyObject *args) {
 static PyMethodDef topic_functions[] = {
     {"topic_init", topic_init, METH_VARARGS, topic_init_doc},
     {"topic_footprint", topic_footprint, METH_VARARGS,
-     "topic_footprint(capacity, max_subscribers)\n--\n\nBytes a topic needs: control "
+     "topic_footprint($module, capacity, max_subscribers, /)\n--\n\nBytes a topic needs: control "
      "block, subscriber table and ring."},
     {NULL}};
 
-/* Called from PyInit__core. */
-int topic_register(PyObject *m) {
-    PyObject *errors = PyImport_ImportModule("shmlink.errors");
-    if (!errors)
+/* Called from the module's exec slot. */
+int topic_register(PyObject *m, sl_state *st) {
+    st->Topic = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Topic_spec, NULL);
+    if (!st->Topic || PyModule_AddType(m, st->Topic) < 0)
         return -1;
-    TopicClosedError = PyObject_GetAttrString(errors, "SegmentClosed");
-    TopicFullError = PyObject_GetAttrString(errors, "TooManyParticipants");
-    TopicTimeoutError = PyObject_GetAttrString(errors, "Timeout");
-    Py_DECREF(errors);
-    if (!TopicClosedError || !TopicFullError || !TopicTimeoutError)
-        return -1;
-    if (PyType_Ready(&TopicType) < 0 || PyType_Ready(&SubscriberType) < 0)
-        return -1;
-    if (PyModule_AddObjectRef(m, "Topic", (PyObject *)&TopicType) < 0 ||
-        PyModule_AddObjectRef(m, "Subscriber", (PyObject *)&SubscriberType) < 0 ||
+    st->Subscriber = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Subscriber_spec, NULL);
+    if (!st->Subscriber || PyModule_AddType(m, st->Subscriber) < 0 ||
         PyModule_AddIntConstant(m, "TOPIC_HEADER", (long)SHMLINK_TOPIC_SUBS_OFFSET) < 0 ||
         PyModule_AddIntConstant(m, "TOPIC_RECORD_HEADER", SHMLINK_TOPIC_RECORD_HEADER) < 0 ||
         PyModule_AddIntConstant(m, "TOPIC_SLOT_SIZE", SHMLINK_CACHE_LINE) < 0 ||

@@ -47,24 +47,25 @@ _MSG_HDR = _pack(_MSG)
 _CLOSE_FRAME = _pack(_CLOSE)
 _WAKE_FRAME = _pack(_WAKE)
 
-# --- connection segment layout ----------------------------------------------------
+# --- connection segment layout (struct shmlink_conn_block in include/shmlink/connection.h) ---
 
-_C_MAGIC_VALUE = 0x4E4E4F43  # "CONN"
-_C_VERSION = 1
-_C_MAGIC = _D + 0  # u32
-_C_VERSION_OFF = _D + 4  # u32
-_C_RING_SIZE = _D + 8  # u64: bytes of each ring region (control block included)
+_CB = _core.LAYOUT["connection"]
+_C_MAGIC_VALUE = _core.CONN_MAGIC  # "CONN"
+_C_VERSION = _core.CONN_VERSION
+_C_MAGIC = _D + _CB["magic"][0]  # u32
+_C_VERSION_OFF = _D + _CB["version"][0]  # u32
+_C_RING_SIZE = _D + _CB["ring_size"][0]  # u64: bytes of each ring region (control block included)
 # line 1: written by the client
-_C_CLIENT_PID = _D + 64  # u32
-_C_CLIENT_CLOSED = _D + 68  # u32: 1 once the client closed its side
-_C_CLIENT_START = _D + 72  # u64
+_C_CLIENT_PID = _D + _CB["client_pid"][0]  # u32
+_C_CLIENT_CLOSED = _D + _CB["client_closed"][0]  # u32: 1 once the client closed its side
+_C_CLIENT_START = _D + _CB["client_start"][0]  # u64
 # line 2: written by the server
-_C_SERVER_PID = _D + 128  # u32, written before the accept CAS
-_C_SERVER_CLOSED = _D + 132  # u32
-_C_SERVER_START = _D + 136  # u64
+_C_SERVER_PID = _D + _CB["server_pid"][0]  # u32, written before the accept CAS
+_C_SERVER_CLOSED = _D + _CB["server_closed"][0]  # u32
+_C_SERVER_START = _D + _CB["server_start"][0]  # u64
 # line 3: the accept state (futex word)
-_C_STATE = _D + 192  # u32, one of the _ST_* values
-_C_RINGS = 256  # data-area offset of the client->server ring; server->client follows
+_C_STATE = _D + _CB["state"][0]  # u32, one of the _ST_* values
+_C_RINGS = _core.CONN_RINGS  # data-area offset of the client->server ring; server->client follows
 
 _ST_PENDING = 0
 _ST_ACCEPTED = 1
@@ -73,23 +74,24 @@ _ST_ABANDONED = 3  # the client gave up (timeout, Ctrl-C) or died before the acc
 _ST_NAMES = {_ST_PENDING: "pending", _ST_ACCEPTED: "accepted", _ST_REFUSED: "refused",
              _ST_ABANDONED: "abandoned"}
 
-_EC_OFFSET = 192  # data_ec within struct shmlink_ring (include/shmlink.h)
+_EC_OFFSET = _core.LAYOUT["ring"]["data_ec"][0]  # data_ec within struct shmlink_ring
 
-# --- listener segment layout ------------------------------------------------------
+# --- listener segment layout (struct shmlink_listener_block in include/shmlink/connection.h) ---
 
-_L_MAGIC_VALUE = 0x524E534C  # "LSNR"
-_L_VERSION = 1
-_L_MAGIC = _D + 0  # u32
-_L_VERSION_OFF = _D + 4  # u32
-_L_PID = _D + 8  # u32: the server (the listener's creator)
-_L_CLOSED = _D + 12  # u32: 1 once the server closed the listener
-_L_START = _D + 16  # u64
-_L_CAPACITY = _D + 24  # u64: each connection's ring capacity, bytes
-_L_MAX_MESSAGE = _D + 32  # u64: largest frame (0 = capacity - 8)
-_L_BACKLOG = _D + 40  # u32
-_L_MODE = _D + 44  # u32: permission bits of connection segments
-_L_ACCEPTED = _D + 48  # u64: connections accepted so far
-_L_RING = 128  # data-area offset of the accept ring
+_LB = _core.LAYOUT["listener"]
+_L_MAGIC_VALUE = _core.LISTENER_MAGIC  # "LSNR"
+_L_VERSION = _core.LISTENER_VERSION
+_L_MAGIC = _D + _LB["magic"][0]  # u32
+_L_VERSION_OFF = _D + _LB["version"][0]  # u32
+_L_PID = _D + _LB["pid"][0]  # u32: the server (the listener's creator)
+_L_CLOSED = _D + _LB["closed"][0]  # u32: 1 once the server closed the listener
+_L_START = _D + _LB["start"][0]  # u64
+_L_CAPACITY = _D + _LB["capacity"][0]  # u64: each connection's ring capacity, bytes
+_L_MAX_MESSAGE = _D + _LB["max_message"][0]  # u64: largest frame (0 = capacity - 8)
+_L_BACKLOG = _D + _LB["backlog"][0]  # u32
+_L_MODE = _D + _LB["mode"][0]  # u32: permission bits of connection segments
+_L_ACCEPTED = _D + _LB["accepted"][0]  # u64: connections accepted so far
+_L_RING = _core.LISTENER_RING  # data-area offset of the accept ring
 
 _SUFFIX_RE = re.compile(r"c[0-9]{1,10}-[0-9a-f]{8}\Z")
 _SUFFIX_MAX = 2 + 10 + 1 + 8  # "c" + pid + "-" + 8 hex digits (+ the dot)

@@ -99,24 +99,4 @@
 #define SHMLINK_CPU_RELAX() __asm__ __volatile__("" ::: "memory")
 #endif
 
-/* ---- COMPAT: remove once src/shmlink/_core.c uses the SHMLINK_ names ---- */
-/* The first version of the header spelled the vocabulary SHM_*.  Define
- * SHMLINK_NO_COMPAT to check that a program no longer needs these. */
-#ifndef SHMLINK_NO_COMPAT
-#define SHM_LOAD_RELAXED SHMLINK_LOAD_RELAXED
-#define SHM_STORE_RELAXED SHMLINK_STORE_RELAXED
-#define SHM_LOAD_ACQUIRE SHMLINK_LOAD_ACQUIRE
-#define SHM_STORE_RELEASE SHMLINK_STORE_RELEASE
-#define SHM_CAS SHMLINK_CAS
-#define SHM_FETCH_ADD SHMLINK_FETCH_ADD
-#define SHM_EXCHANGE SHMLINK_EXCHANGE
-#define SHM_LOAD_SEQ_CST SHMLINK_LOAD_SEQ_CST
-#define SHM_STORE_SEQ_CST SHMLINK_STORE_SEQ_CST
-#define SHM_FENCE SHMLINK_FENCE
-#define SHM_FENCE_ACQUIRE SHMLINK_FENCE_ACQUIRE
-#define SHM_FENCE_RELEASE SHMLINK_FENCE_RELEASE
-#define SHM_CPU_RELAX SHMLINK_CPU_RELAX
-#endif
-/* ---- end COMPAT --------------------------------------------------------- */
-
 #endif /* SHMLINK_ATOMIC_H */

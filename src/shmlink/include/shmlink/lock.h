@@ -128,30 +128,68 @@ static inline int shmlink_lock_wait_once(struct shmlink_lock *l,
 }
 
 /* Take the lock, waiting until the absolute deadline (NULL = forever):
- * spin briefly, sleep one liveness slice (or until the holder releases),
- * spin again, ...  Spinning after each wake matters: a holder that
- * releases and retakes the lock in a loop would otherwise win every time
- * against a waiter that needs a futex wake-up to run.  0, 1 (taken over
- * from a holder that died), -ETIMEDOUT or -EINTR. */
-static inline int shmlink_lock_acquire(struct shmlink_lock *l, uint32_t pid,
-                                       uint64_t start, const struct timespec *deadline) {
+ * spin (up to spin_ns; -1: a millisecond), sleep one liveness slice (or
+ * until the holder releases), spin again, ...  Spinning after each wake
+ * matters: a holder that releases and retakes the lock in a loop would
+ * otherwise win every time against a waiter that needs a futex wake-up to
+ * run.  A holder that died is taken over (at once if already dead, else
+ * after its liveness slice).  hooks (shmlink/wait.h; may be NULL) run
+ * around each spin-and-sleep round and poll after it; hooks->cancel ends
+ * the wait.  Returns 0, 1 (taken over from a holder that died),
+ * -ETIMEDOUT, -ECANCELED, poll's code, or (no hooks) -EINTR. */
+static inline int shmlink_lock_acquire_hooked(struct shmlink_lock *l, uint32_t pid,
+                                              uint64_t start, const struct timespec *deadline,
+                                              int64_t spin_ns,
+                                              const struct shmlink_wait_hooks *hooks) {
     if (shmlink_lock_try(l, pid, start) == 0)
         return 0;
     int rc = shmlink_lock_try_or_steal(l, pid, start); /* a holder dead already */
     while (rc == -EBUSY) {
-        uint64_t until = shmlink_now_ns() + SHMLINK_LOCK_SPIN_NS;
-        for (unsigned round = 0;; round++) {
-            if (SHMLINK_LOAD_RELAXED(&l->owner) == 0 && shmlink_lock_try(l, pid, start) == 0)
-                return 0;
-            if ((round & 15u) == 15u && shmlink_now_ns() >= until)
-                break;
-            shmlink_spin_pause(round);
+        if (shmlink_hook_cancelled_(hooks))
+            return -ECANCELED;
+        int taken = 0;
+        shmlink_hook_leave_(hooks);
+        if (shmlink_lock_try(l, pid, start) == 0) /* freed since: no spin, no sleep */
+            taken = 1;
+        else if (spin_ns != 0) {
+            uint64_t until = shmlink_now_ns() + (uint64_t)(spin_ns < 0 ? 1000000 : spin_ns);
+            for (unsigned round = 0;; round++) {
+                if (SHMLINK_LOAD_RELAXED(&l->owner) == 0 && shmlink_lock_try(l, pid, start) == 0) {
+                    taken = 1;
+                    break;
+                }
+                if (shmlink_hook_cancelled_(hooks))
+                    break;
+                if ((round & 15u) == 15u && shmlink_now_ns() >= until)
+                    break;
+                shmlink_spin_pause(round);
+            }
         }
-        rc = shmlink_lock_wait_once(l, pid, start, deadline);
-        if (rc == 0)
-            rc = -EBUSY;
+        if (!taken && !shmlink_hook_cancelled_(hooks))
+            rc = shmlink_lock_wait_once(l, pid, start, deadline);
+        shmlink_hook_enter_(hooks);
+        if (taken)
+            return 0;
+        if (shmlink_hook_cancelled_(hooks))
+            return -ECANCELED;
+        if (rc == 1 || rc == -ETIMEDOUT)
+            return rc;
+        if (rc == -EINTR && !hooks)
+            return -EINTR;
+        int p = shmlink_hook_poll_(hooks); /* once per slice or signal */
+        if (p)
+            return p;
+        rc = -EBUSY;
     }
     return rc;
+}
+
+/* shmlink_lock_acquire_hooked with a short spin and no hooks: the form C
+ * programs use.  0, 1 (taken over from a holder that died), -ETIMEDOUT or
+ * -EINTR. */
+static inline int shmlink_lock_acquire(struct shmlink_lock *l, uint32_t pid,
+                                       uint64_t start, const struct timespec *deadline) {
+    return shmlink_lock_acquire_hooked(l, pid, start, deadline, SHMLINK_LOCK_SPIN_NS, NULL);
 }
 
 static inline void shmlink_lock_release(struct shmlink_lock *l) {

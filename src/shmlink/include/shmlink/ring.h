@@ -287,32 +287,160 @@ static inline void shmlink_ring_commit(const struct shmlink_ring_handle *h,
     SHMLINK_STORE_RELAXED(&r->sent, SHMLINK_LOAD_RELAXED(&r->sent) + count);
 }
 
-/* With prod_lock held by the caller: append one message and publish it,
- * then release prod_lock and wake consumers.  Returns 0, -EAGAIN (full:
- * a wrap marker may have been committed, which is progress all the same)
- * or -EBADMSG.  len <= max_message is the caller's to check. */
-static inline int shmlink_ring_send_unlock(const struct shmlink_ring_handle *h,
-                                           const void *data, uint64_t len,
-                                           uint32_t pid, uint64_t start) {
+/* ---- batches: the one home of the ring's send and receive sequences ---- */
+
+/* Gather callback of a batch send: the i-th message (0 <= i < n). */
+typedef void (*shmlink_ring_gather_fn)(void *ctx, uint64_t i, const void **data,
+                                       uint64_t *len);
+
+/* With prod_lock held by the caller: append messages *done, *done + 1, ...
+ * n - 1 while there is room (as few commits as wrap markers allow), then
+ * release prod_lock and wake consumers if anything was committed.  *done
+ * counts the messages sent (across calls: start it at 0).  Returns 0 (all
+ * sent), -EAGAIN (full: wait for space_ec and call again with the lock
+ * retaken), -EMSGSIZE (message *done is larger than max_message) or
+ * -EBADMSG (head/tail inconsistent).  A wrap marker alone is committed when
+ * the record does not fit before the end; if the ring was drained up to it,
+ * the producer steps head over it itself (shmlink_ring_consume_wrap). */
+static inline int shmlink_ring_send_many_unlock(const struct shmlink_ring_handle *h,
+                                                shmlink_ring_gather_fn gather, void *ctx,
+                                                uint64_t n, uint64_t *done, uint32_t pid,
+                                                uint64_t start) {
     struct shmlink_ring *r = h->ring;
     /* relaxed: tail is ours while we hold prod_lock */
     uint64_t tail0 = SHMLINK_LOAD_RELAXED(&r->tail), tail = tail0;
-    int rc = shmlink_ring_push_locked(h, &tail, data, len);
-    if (rc == -EAGAIN && tail != tail0) {
-        /* only a wrap marker went in: publish it, and step over it if the
-         * ring was drained up to it, then try once more */
-        shmlink_ring_commit(h, tail, 0);
-        if (shmlink_ring_consume_wrap(h, tail0, tail, pid, start)) {
-            tail0 = tail;
-            rc = shmlink_ring_push_locked(h, &tail, data, len);
+    const uint64_t round_start = tail0;
+    uint64_t before = *done;
+    int rc = 0;
+    while (*done < n) {
+        const void *data;
+        uint64_t len;
+        gather(ctx, *done, &data, &len);
+        if (len > h->max_message) {
+            rc = -EMSGSIZE;
+            break;
         }
+        uint64_t at = tail;
+        rc = shmlink_ring_push_locked(h, &tail, data, len);
+        if (rc == -EAGAIN && tail != at) {
+            /* Only a wrap marker went in: publish what we have, and if the
+             * ring was drained up to the marker, step over it and retry. */
+            shmlink_ring_commit(h, tail, *done - before);
+            before = *done;
+            tail0 = tail;
+            if (shmlink_ring_consume_wrap(h, at, tail, pid, start))
+                continue;
+        }
+        if (rc < 0)
+            break;
+        (*done)++;
     }
     if (tail != tail0)
-        shmlink_ring_commit(h, tail, rc == 0 ? 1 : 0);
+        shmlink_ring_commit(h, tail, *done - before);
     shmlink_lock_release(&r->prod_lock);
-    if (tail != tail0)
+    if (tail != round_start)
         shmlink_ec_notify(&r->data_ec);
     return rc;
+}
+
+/* Deliver callback of a batch receive: the payload of one record, valid
+ * only during the call (the caller still holds cons_lock).  Returns 0 to
+ * consume it and go on, or a negative code to stop before it (the record
+ * stays queued): -EMSGSIZE (it does not fit the caller's buffer) or the
+ * caller's own error (-1: a Python exception, in the binding). */
+typedef int (*shmlink_ring_deliver_fn)(void *ctx, const uint8_t *payload, uint64_t len);
+
+/* With cons_lock held by the caller: hand up to max records to deliver, in
+ * order, then publish the new head (records and wrap markers passed), count
+ * them in `received`, release cons_lock and wake producers if head moved.
+ * Returns how many were taken (0: empty), or a negative code when none
+ * was: -EBADMSG (the record at head is corrupt; it stays there and the next
+ * receive reports it), or deliver's code.  A code after some records were
+ * taken is reported as the count, except deliver's own errors (< 0 and not
+ * -EMSGSIZE), returned as they are (the records taken stay taken). */
+static inline int64_t shmlink_ring_recv_many_unlock(const struct shmlink_ring_handle *h,
+                                                    shmlink_ring_deliver_fn deliver,
+                                                    void *ctx, uint64_t max) {
+    struct shmlink_ring *r = h->ring;
+    /* relaxed: head is ours while we hold cons_lock */
+    uint64_t head0 = SHMLINK_LOAD_RELAXED(&r->head), head = head0;
+    /* SYNC: pairs with the producers' release of tail in shmlink_ring_commit. */
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&r->tail);
+    uint64_t taken = 0;
+    int64_t result = 0;
+    while (taken < max) {
+        int64_t len = shmlink_ring_peek(h, &head, tail);
+        if (len == -EAGAIN)
+            break;
+        if (len < 0) {
+            result = -EBADMSG;
+            break;
+        }
+        const uint8_t *src = h->data + (head % h->capacity) + SHMLINK_RECORD_HEADER;
+        int d = deliver(ctx, src, (uint64_t)len);
+        if (d < 0) {
+            result = d;
+            break;
+        }
+        head += shmlink_ring_record_size((uint64_t)len);
+        taken++;
+    }
+    if (head != head0) {
+        /* Counted before the commit: a consumer killed in between leaves
+         * `received` ahead (len() reads low), like a producer's `sent`
+         * lagging; len() never reports a message that is not there. */
+        SHMLINK_STORE_RELAXED(&r->received, SHMLINK_LOAD_RELAXED(&r->received) + taken);
+        /* SYNC: frees the space; pairs with the producers' acquire of head
+         * in shmlink_ring_push_locked: our copies are done before they
+         * overwrite. */
+        SHMLINK_STORE_RELEASE(&r->head, head);
+    }
+    shmlink_lock_release(&r->cons_lock);
+    if (head != head0)
+        shmlink_ec_notify(&r->space_ec);
+    if (result < 0 && (taken == 0 || (result != -EBADMSG && result != -EMSGSIZE)))
+        return result;
+    return (int64_t)taken;
+}
+
+struct shmlink_ring_one_ {
+    const void *data;
+    uint64_t len;
+};
+
+static inline void shmlink_ring_gather_one_(void *ctx, uint64_t i, const void **data,
+                                            uint64_t *len) {
+    const struct shmlink_ring_one_ *one = (const struct shmlink_ring_one_ *)ctx;
+    (void)i;
+    *data = one->data;
+    *len = one->len;
+}
+
+/* With prod_lock held by the caller: append one message and publish it,
+ * then release prod_lock and wake consumers.  Returns 0, -EAGAIN (full:
+ * a wrap marker may have been committed, which is progress all the same),
+ * -EMSGSIZE or -EBADMSG. */
+static inline int shmlink_ring_send_unlock(const struct shmlink_ring_handle *h,
+                                           const void *data, uint64_t len,
+                                           uint32_t pid, uint64_t start) {
+    struct shmlink_ring_one_ one = {data, len};
+    uint64_t done = 0;
+    return shmlink_ring_send_many_unlock(h, shmlink_ring_gather_one_, &one, 1, &done, pid,
+                                         start);
+}
+
+struct shmlink_ring_copy_ {
+    void *buf;
+    uint64_t cap, len;
+};
+
+static inline int shmlink_ring_copy_out_(void *ctx, const uint8_t *payload, uint64_t len) {
+    struct shmlink_ring_copy_ *c = (struct shmlink_ring_copy_ *)ctx;
+    c->len = len;
+    if (len > c->cap)
+        return -EMSGSIZE;
+    memcpy(c->buf, payload, (size_t)len);
+    return 0;
 }
 
 /* With cons_lock held by the caller: take one message into buf (cap
@@ -321,31 +449,63 @@ static inline int shmlink_ring_send_unlock(const struct shmlink_ring_handle *h,
  * -EBADMSG. */
 static inline int64_t shmlink_ring_recv_unlock(const struct shmlink_ring_handle *h,
                                                void *buf, uint64_t cap) {
+    struct shmlink_ring_copy_ c = {buf, cap, 0};
+    int64_t n = shmlink_ring_recv_many_unlock(h, shmlink_ring_copy_out_, &c, 1);
+    if (n == 0)
+        return -EAGAIN;
+    return n < 0 ? n : (int64_t)c.len;
+}
+
+/* ---- zero-copy receive: the record stays in place, cons_lock held ------ */
+
+/* With cons_lock held by the caller: find the next record.  Returns its
+ * length, with *view_head (its position, after any wrap markers) and
+ * *view_next (the head after it) set, cons_lock STILL HELD: read the
+ * payload at h->data + *view_head % capacity + SHMLINK_RECORD_HEADER, then
+ * call shmlink_ring_view_end.  Otherwise cons_lock is released: -EAGAIN
+ * (empty; wrap markers passed are consumed) or -EBADMSG. */
+static inline int64_t shmlink_ring_view_begin_locked(const struct shmlink_ring_handle *h,
+                                                     uint64_t *view_head,
+                                                     uint64_t *view_next) {
     struct shmlink_ring *r = h->ring;
-    /* relaxed: head is ours while we hold cons_lock */
     uint64_t head0 = SHMLINK_LOAD_RELAXED(&r->head), head = head0;
     /* SYNC: pairs with the producers' release of tail in shmlink_ring_commit. */
     uint64_t tail = SHMLINK_LOAD_ACQUIRE(&r->tail);
     int64_t len = shmlink_ring_peek(h, &head, tail);
-    if (len >= 0 && (uint64_t)len > cap) {
-        len = -EMSGSIZE;
-    } else if (len >= 0) {
-        memcpy(buf, h->data + (head % h->capacity) + SHMLINK_RECORD_HEADER, (size_t)len);
-        head += shmlink_ring_record_size((uint64_t)len);
-        /* Counted before the commit: a consumer killed in between leaves
-         * `received` ahead (len() reads low), like a producer's `sent`
-         * lagging; len() never reports a message that is not there. */
-        SHMLINK_STORE_RELAXED(&r->received, SHMLINK_LOAD_RELAXED(&r->received) + 1);
+    if (len >= 0) {
+        *view_head = head;
+        *view_next = head + shmlink_ring_record_size((uint64_t)len);
+        return len;
     }
-    if (len != -EBADMSG && head != head0) {
-        /* SYNC: pairs with the producers' acquire of head in
-         * shmlink_ring_push_locked: our copy is done before they overwrite. */
+    int moved = 0;
+    if (len == -EAGAIN && head != head0) {
+        /* SYNC: consumed a wrap marker; pairs with the producers' head acquire. */
         SHMLINK_STORE_RELEASE(&r->head, head);
+        moved = 1;
     }
     shmlink_lock_release(&r->cons_lock);
-    if (head != head0)
+    if (moved)
         shmlink_ec_notify(&r->space_ec);
     return len;
+}
+
+/* End a zero-copy receive begun by shmlink_ring_view_begin_locked: consume
+ * the record (consume = 1) or leave it for the next receive (wrap markers
+ * before it stay consumed), release cons_lock, wake producers. */
+static inline void shmlink_ring_view_end(const struct shmlink_ring_handle *h,
+                                         uint64_t view_head, uint64_t view_next,
+                                         int consume) {
+    struct shmlink_ring *r = h->ring;
+    if (consume) {
+        SHMLINK_STORE_RELAXED(&r->received, SHMLINK_LOAD_RELAXED(&r->received) + 1);
+        /* SYNC: frees the record; pairs with the producers' head acquire. */
+        SHMLINK_STORE_RELEASE(&r->head, view_next);
+    } else if (view_head != SHMLINK_LOAD_RELAXED(&r->head)) {
+        /* SYNC: skipped wrap markers; pairs with the producers' head acquire. */
+        SHMLINK_STORE_RELEASE(&r->head, view_head);
+    }
+    shmlink_lock_release(&r->cons_lock);
+    shmlink_ec_notify(&r->space_ec);
 }
 
 /* Send one message without waiting.  pid/start identify the caller

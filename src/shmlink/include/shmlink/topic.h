@@ -607,6 +607,153 @@ struct shmlink_topic_reader {
     uint64_t cursor, next_seq, missed, received;
 };
 
+/* Where a batch receive puts what it reads.  copy gets the payload of the
+ * record at the reader's cursor and copies it out; the copy may be torn (a
+ * latest-mode publisher may be overwriting it), so keep then says whether
+ * to keep it (1: the record was intact) or drop it (0).  Both return 0, or
+ * a negative code that stops the receive before the record (the binding:
+ * -1, an exception): it stays for the next receive. */
+struct shmlink_topic_sink {
+    int (*copy)(void *ctx, const uint8_t *payload, uint64_t len);
+    int (*keep)(void *ctx, int keep);
+    void *ctx;
+};
+
+/* Take up to max messages without waiting, in order, into sink: records
+ * overwritten before they could be read (latest mode) are skipped and
+ * counted in r->missed, a reader overtaken resumes at the oldest record
+ * held.  The reader's position is published once at the end
+ * (shmlink_topic_progress).  Returns how many were taken (0: nothing new),
+ * -EBADMSG (corrupt positions or record), or copy's code; an error wins
+ * over a count (the records taken before it stay taken). */
+static inline int64_t shmlink_topic_recv_many(const struct shmlink_topic_handle *h,
+                                              struct shmlink_topic_reader *r,
+                                              const struct shmlink_topic_sink *sink,
+                                              uint64_t max) {
+    struct shmlink_topic *t = h->topic;
+    uint64_t cursor = r->cursor, next_seq = r->next_seq, missed = r->missed;
+    /* SYNC: pairs with the publishers' release of tail in shmlink_topic_commit. */
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail);
+    uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
+    uint64_t got = 0;
+    int err = 0;
+    while (got < max) {
+        uint64_t seq;
+        int stale = 0;
+        int64_t len = shmlink_topic_peek(h, &cursor, tail, &seq);
+        if (len == -EAGAIN)
+            break;
+        if (len == -ESTALE) {
+            stale = 1;
+        } else if (len < 0) {
+            err = -EBADMSG;
+            break;
+        } else {
+            int c = sink->copy(sink->ctx, shmlink_topic_payload(h, cursor), (uint64_t)len);
+            if (c < 0) {
+                err = c;
+                break;
+            }
+            if (shmlink_topic_overtaken(h, cursor)) {
+                sink->keep(sink->ctx, 0); /* maybe torn: never delivered */
+                stale = 1;
+            } else if (seq < next_seq || seq >= published) {
+                sink->keep(sink->ctx, 0);
+                err = -EBADMSG;
+                break;
+            } else {
+                int k = sink->keep(sink->ctx, 1);
+                if (k < 0) {
+                    err = k;
+                    break;
+                }
+                missed += seq - next_seq;
+                next_seq = seq + 1;
+                cursor += shmlink_topic_record_size((uint64_t)len);
+                got++;
+            }
+        }
+        if (stale) {
+            if (shmlink_topic_resume(h, &cursor, &tail) < 0) {
+                err = -EBADMSG;
+                break;
+            }
+            published = SHMLINK_LOAD_RELAXED(&t->published);
+        }
+    }
+    if (cursor != r->cursor) {
+        r->cursor = cursor;
+        r->next_seq = next_seq;
+        r->missed = missed;
+        r->received += got;
+        shmlink_topic_progress(h, r->slot, cursor, next_seq, missed, r->received);
+    }
+    return err ? err : (int64_t)got;
+}
+
+/* Zero-copy receive, first half: find the next intact record without
+ * copying it.  Returns its length with *pos (its position: the payload is
+ * shmlink_topic_payload(h, *pos)) and *seq set; r->cursor stays before it
+ * until shmlink_topic_view_end.  Lossless: publishers cannot overwrite it
+ * meanwhile; latest: they can, and view_end says whether they did.
+ * Otherwise -EAGAIN (nothing new; wrap markers and overtaken records passed
+ * are published as progress) or -EBADMSG. */
+static inline int64_t shmlink_topic_view_begin(const struct shmlink_topic_handle *h,
+                                               struct shmlink_topic_reader *r, uint64_t *pos,
+                                               uint64_t *seq) {
+    struct shmlink_topic *t = h->topic;
+    uint64_t cursor = r->cursor;
+    /* SYNC: pairs with the publishers' release of tail in shmlink_topic_commit. */
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail);
+    uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
+    int64_t len;
+    for (;;) {
+        len = shmlink_topic_peek(h, &cursor, tail, seq);
+        /* the header must be intact before its length is handed out */
+        if (len >= 0 && shmlink_topic_overtaken(h, cursor))
+            len = -ESTALE;
+        if (len != -ESTALE)
+            break;
+        if (shmlink_topic_resume(h, &cursor, &tail) < 0) {
+            len = -EBADMSG;
+            break;
+        }
+        published = SHMLINK_LOAD_RELAXED(&t->published);
+    }
+    if (len >= 0 && (*seq < r->next_seq || *seq >= published))
+        len = -EBADMSG;
+    if (len >= 0) {
+        *pos = cursor;
+        return len;
+    }
+    if (cursor != r->cursor) { /* skipped a wrap marker, or resumed */
+        r->cursor = cursor;
+        shmlink_topic_progress(h, r->slot, cursor, r->next_seq, r->missed, r->received);
+    }
+    return len;
+}
+
+/* Zero-copy receive, second half, for the record of len bytes at pos with
+ * sequence number seq (from shmlink_topic_view_begin): consume it (consume
+ * = 1) or leave it for the next receive.  Returns 1 if it was intact, 0 if
+ * a publisher may have overwritten it meanwhile (latest mode: then it is
+ * not consumed, and the next receive resumes past it, counting it missed). */
+static inline int shmlink_topic_view_end(const struct shmlink_topic_handle *h,
+                                         struct shmlink_topic_reader *r, uint64_t pos,
+                                         uint64_t seq, uint64_t len, int consume) {
+    int intact = !shmlink_topic_overtaken(h, pos);
+    if (consume && intact) {
+        r->missed += seq - r->next_seq;
+        r->next_seq = seq + 1;
+        r->cursor = pos + shmlink_topic_record_size(len);
+        r->received++;
+    } else {
+        r->cursor = pos; /* left for the next receive (it resumes if it is gone) */
+    }
+    shmlink_topic_progress(h, r->slot, r->cursor, r->next_seq, r->missed, r->received);
+    return intact;
+}
+
 /* Receive one message without waiting into buf (cap bytes).  Returns its
  * length, -EAGAIN (nothing new), -EMSGSIZE (larger than cap: it is
  * skipped and counted as missed), or -EBADMSG. */
@@ -657,55 +804,102 @@ static inline int64_t shmlink_topic_try_recv(const struct shmlink_topic_handle *
     return rc;
 }
 
-/* With pub_lock held by the caller: publish one message, then release
- * pub_lock and wake subscribers.  With evict_dead, a lossless topic without
- * room first evicts the subscribers holding it back whose process died (it
- * reads /proc: not on every spin).  Returns 0, -EAGAIN (lossless: no room
- * now), -EBADMSG.  len <= max_message is the caller's to check. */
-static inline int shmlink_topic_publish_unlock(const struct shmlink_topic_handle *h,
-                                               const void *data, uint64_t len,
-                                               int evict_dead) {
+/* Gather callback of a batch publish: the i-th message (0 <= i < n). */
+typedef void (*shmlink_topic_gather_fn)(void *ctx, uint64_t i, const void **data,
+                                        uint64_t *len);
+
+/* With pub_lock held by the caller: publish messages *done .. n - 1 in
+ * order while there is room (committing whenever a record must wait for
+ * its place), then release pub_lock and wake subscribers if anything was
+ * committed.  *done counts the messages published (start it at 0).  With
+ * evict_dead, a lossless topic without room first evicts the subscribers
+ * holding it back whose process died (it reads /proc: not on every spin).
+ * Returns 0 (all published), -EAGAIN (lossless: no room now; wait on
+ * space_ec until every active cursor is at or past *required, retake the
+ * lock and call again), -EMSGSIZE (message *done is larger than
+ * max_message) or -EBADMSG. */
+static inline int shmlink_topic_publish_many_unlock(const struct shmlink_topic_handle *h,
+                                                    shmlink_topic_gather_fn gather, void *ctx,
+                                                    uint64_t n, uint64_t *done,
+                                                    int evict_dead, uint64_t *required) {
     struct shmlink_topic *t = h->topic;
     /* relaxed: tail, head, published and floor are ours under pub_lock */
     uint64_t committed = SHMLINK_LOAD_RELAXED(&t->tail), tail = committed;
     uint64_t head = SHMLINK_LOAD_RELAXED(&t->head), seq = SHMLINK_LOAD_RELAXED(&t->published);
-    uint64_t floor = UINT64_MAX, required;
-    int rc = -EBADMSG, rescanned = 0;
-    if (head <= tail && tail - head <= h->capacity && !((head | tail) & 15u)) {
-        if (h->mode == SHMLINK_TOPIC_LOSSLESS)
-            floor = SHMLINK_LOAD_RELAXED(&t->floor);
-        for (;;) {
-            rc = shmlink_topic_put(h, &tail, committed, &head, floor, data, (uint32_t)len,
-                                   seq, &required);
-            if (rc == 1)
-                continue;
-            if (rc == -EINPROGRESS) {
-                shmlink_topic_commit(h, tail, seq);
-                committed = tail;
-                continue;
-            }
-            if (rc == -EAGAIN && !rescanned) {
-                rescanned = 1;
-                if (evict_dead)
-                    shmlink_topic_evict_dead(h, required);
-                if (shmlink_topic_scan_floor(h, committed, &floor, 1) < 0) {
-                    rc = -EBADMSG;
-                    break;
-                }
-                SHMLINK_STORE_RELAXED(&t->floor, floor);
-                continue;
-            }
+    uint64_t floor = h->mode == SHMLINK_TOPIC_LOSSLESS ? SHMLINK_LOAD_RELAXED(&t->floor)
+                                                       : UINT64_MAX;
+    int rc = 0, rescanned = 0, any = 0;
+    *required = 0;
+    if (head > tail || tail - head > h->capacity || ((head | tail) & 15u))
+        rc = -EBADMSG;
+    while (rc == 0 && *done < n) {
+        const void *data;
+        uint64_t len;
+        gather(ctx, *done, &data, &len);
+        if (len > h->max_message) {
+            rc = -EMSGSIZE;
             break;
         }
+        int r = shmlink_topic_put(h, &tail, committed, &head, floor, data, (uint32_t)len, seq,
+                                  required);
+        if (r == 0) {
+            seq++;
+            (*done)++;
+            rescanned = 0;
+        } else if (r == 1) {
+            /* a wrap marker: the record goes at the start of the ring */
+        } else if (r == -EINPROGRESS) {
+            shmlink_topic_commit(h, tail, seq);
+            committed = tail;
+            any = 1;
+        } else if (r == -EAGAIN && !rescanned) {
+            rescanned = 1;
+            if (evict_dead) {
+                shmlink_topic_evict_dead(h, *required);
+                evict_dead = 0;
+            }
+            if (shmlink_topic_scan_floor(h, committed, &floor, 1) < 0)
+                rc = -EBADMSG;
+            else
+                SHMLINK_STORE_RELAXED(&t->floor, floor);
+        } else {
+            rc = r;
+        }
     }
-    if (rc == 0)
-        seq++;
-    if (tail != committed)
+    if (tail != committed) {
         shmlink_topic_commit(h, tail, seq);
+        any = 1;
+    }
     shmlink_lock_release(&t->pub_lock);
-    if (tail != committed)
+    if (any)
         shmlink_ec_notify(&t->data_ec);
     return rc;
+}
+
+struct shmlink_topic_one_ {
+    const void *data;
+    uint64_t len;
+};
+
+static inline void shmlink_topic_gather_one_(void *ctx, uint64_t i, const void **data,
+                                             uint64_t *len) {
+    const struct shmlink_topic_one_ *one = (const struct shmlink_topic_one_ *)ctx;
+    (void)i;
+    *data = one->data;
+    *len = one->len;
+}
+
+/* With pub_lock held by the caller: publish one message, then release
+ * pub_lock and wake subscribers (shmlink_topic_publish_many_unlock with one
+ * message).  Returns 0, -EAGAIN (lossless: no room now), -EMSGSIZE or
+ * -EBADMSG. */
+static inline int shmlink_topic_publish_unlock(const struct shmlink_topic_handle *h,
+                                               const void *data, uint64_t len,
+                                               int evict_dead) {
+    struct shmlink_topic_one_ one = {data, len};
+    uint64_t done = 0, required;
+    return shmlink_topic_publish_many_unlock(h, shmlink_topic_gather_one_, &one, 1, &done,
+                                             evict_dead, &required);
 }
 
 /* Take pub_lock, sleeping until the deadline; a lock taken over from a

@@ -98,15 +98,140 @@ static inline void shmlink_spin_pause(unsigned round) {
  * that ran out its whole slice (a chance for liveness checks), else 0. */
 typedef int64_t (*shmlink_attempt_fn)(void *arg, int slice_expired);
 
+/* ---- hooks: how a host with its own rules (the Python binding) waits ---- */
+
+/* A wait run by a host that must do something around each spin or sleep
+ * (the Python binding: release the GIL before, take it back after) and
+ * between two slices (run signal handlers, notice a handle closing).  Any
+ * member may be NULL/0. */
+struct shmlink_wait_hooks {
+    void (*leave)(void *ctx); /* before spinning or sleeping */
+    void (*enter)(void *ctx); /* after */
+    /* Between leave/enter rounds (after enter), once per slice or signal:
+     * 0 to go on, or a negative code that ends the wait with that code. */
+    int (*poll)(void *ctx);
+    /* Read (relaxed) while spinning and before each sleep: nonzero ends the
+     * wait with -ECANCELED.  The host wakes the sleeper's word to make it
+     * see this at once. */
+    const int *cancel;
+    void *ctx;
+};
+
+/* A lock-free hint that the condition may be true (the caller re-checks
+ * under its lock afterwards). */
+typedef int (*shmlink_ready_fn)(void *obj, uint64_t arg);
+
+static inline int shmlink_hook_cancelled_(const struct shmlink_wait_hooks *k) {
+    return k && k->cancel && SHMLINK_LOAD_RELAXED(k->cancel);
+}
+static inline void shmlink_hook_leave_(const struct shmlink_wait_hooks *k) {
+    if (k && k->leave)
+        k->leave(k->ctx);
+}
+static inline void shmlink_hook_enter_(const struct shmlink_wait_hooks *k) {
+    if (k && k->enter)
+        k->enter(k->ctx);
+}
+static inline int shmlink_hook_poll_(const struct shmlink_wait_hooks *k) {
+    return k && k->poll ? k->poll(k->ctx) : 0;
+}
+
+/* Wait until ready(obj, arg) may be true, by the discipline above with a
+ * readiness hint in place of the attempt:
+ *   spin (spin_ns: 0 none, -1 until the deadline) polling ready, in rounds
+ *   of at most a millisecond between leave/enter, relaxing the CPU then
+ *   yielding it (a peer on our CPU must run: pure spinning costs it ~100
+ *   us a round trip), with poll between rounds; then
+ *   arm `ec`, RE-CHECK ready, sleep at most slice_s, and after a slice or
+ *   a signal poll and re-check ready.
+ * Returns 0 (ready, or woken: re-attempt), -ETIMEDOUT, -ECANCELED
+ * (hooks->cancel) or poll's code. */
+static inline int shmlink_ec_wait_for(struct shmlink_eventcount *ec, shmlink_ready_fn ready,
+                                      void *obj, uint64_t arg,
+                                      const struct timespec *deadline, int64_t spin_ns,
+                                      double slice_s, const struct shmlink_wait_hooks *hooks) {
+    if (spin_ns != 0) {
+        uint64_t start = shmlink_now_ns();
+        for (;;) {
+            int met = 0;
+            uint64_t round_end = shmlink_now_ns() + 1000000u;
+            shmlink_hook_leave_(hooks);
+            for (unsigned i = 0;; i++) {
+                if (ready(obj, arg) || shmlink_hook_cancelled_(hooks)) {
+                    met = 1;
+                    break;
+                }
+                shmlink_spin_pause(i);
+                if ((i & 31u) == 31u) {
+                    uint64_t t = shmlink_now_ns();
+                    if (t > round_end || (spin_ns > 0 && t - start > (uint64_t)spin_ns))
+                        break;
+                    if (shmlink_deadline_passed(deadline))
+                        break;
+                }
+            }
+            shmlink_hook_enter_(hooks);
+            if (shmlink_hook_cancelled_(hooks))
+                return -ECANCELED;
+            if (met)
+                return 0;
+            int p = shmlink_hook_poll_(hooks);
+            if (p)
+                return p;
+            if (shmlink_deadline_passed(deadline))
+                return -ETIMEDOUT;
+            if (spin_ns > 0 && shmlink_now_ns() - start > (uint64_t)spin_ns)
+                break;
+        }
+    }
+    for (;;) {
+        int rc = 0, met = 0;
+        shmlink_hook_leave_(hooks);
+        uint32_t armed = shmlink_ec_arm(ec);
+        if (ready(obj, arg)) { /* the re-check: after arming, before sleeping */
+            met = 1;
+        } else if (shmlink_hook_cancelled_(hooks)) {
+            rc = -EINTR; /* seen below, after enter */
+        } else {
+            struct timespec slice;
+            shmlink_deadline_min(&slice, deadline, slice_s);
+            rc = shmlink_ec_wait(ec, armed, &slice);
+            if (rc == -ETIMEDOUT && !shmlink_deadline_passed(deadline))
+                rc = -EINTR; /* a slice ended: poll, re-check */
+        }
+        shmlink_hook_enter_(hooks);
+        if (met)
+            return 0;
+        if (shmlink_hook_cancelled_(hooks))
+            return -ECANCELED;
+        if (rc == -ETIMEDOUT)
+            return -ETIMEDOUT;
+        if (rc != -EINTR)
+            return 0; /* woken, or the count moved: re-attempt */
+        int p = shmlink_hook_poll_(hooks);
+        if (p)
+            return p;
+        if (shmlink_hook_cancelled_(hooks)) /* poll may have closed the handle */
+            return -ECANCELED;
+        if (ready(obj, arg))
+            return 0;
+    }
+}
+
 /* The discipline above: attempt, spin up to spin_ns attempting, arm `ec`,
  * attempt again, sleep one slice (at most slice_s seconds), repeat.
  * Returns the first attempt result other than -EAGAIN, or -ETIMEDOUT when
- * the deadline passes, or -EINTR when a signal interrupts a sleep (the
- * caller runs its handlers, then calls again with the same deadline). */
-static inline int64_t shmlink_wait_until(struct shmlink_eventcount *ec,
-                                         shmlink_attempt_fn attempt, void *arg,
-                                         uint64_t spin_ns, double slice_s,
-                                         const struct timespec *deadline) {
+ * the deadline passes.  Without hooks, a signal that interrupts a sleep
+ * returns -EINTR (the caller runs its handlers, then calls again with the
+ * same deadline); with hooks, poll runs instead (after every sleep that a
+ * signal or the slice ended) and a nonzero result ends the wait with it,
+ * and hooks->cancel ends it with -ECANCELED.  Attempts run between
+ * enter and leave (the binding: with the GIL). */
+static inline int64_t shmlink_wait_until_hooked(struct shmlink_eventcount *ec,
+                                                shmlink_attempt_fn attempt, void *arg,
+                                                uint64_t spin_ns, double slice_s,
+                                                const struct timespec *deadline,
+                                                const struct shmlink_wait_hooks *hooks) {
     int64_t rc = attempt(arg, 0);
     if (rc != -EAGAIN)
         return rc;
@@ -129,12 +254,21 @@ static inline int64_t shmlink_wait_until(struct shmlink_eventcount *ec,
             return rc;
         if (shmlink_deadline_passed(deadline))
             return -ETIMEDOUT;
+        if (shmlink_hook_cancelled_(hooks))
+            return -ECANCELED;
         struct timespec slice;
         shmlink_deadline_min(&slice, deadline, slice_s);
+        shmlink_hook_leave_(hooks);
         int w = shmlink_ec_wait(ec, armed, &slice);
-        if (w == -EINTR)
-            return -EINTR;
+        shmlink_hook_enter_(hooks);
         expired = w == -ETIMEDOUT;
+        if (w == -EINTR && !hooks)
+            return -EINTR;
+        if (w == -EINTR || expired) {
+            int p = shmlink_hook_poll_(hooks);
+            if (p)
+                return p;
+        }
         if (!expired) {
             /* Woken (the notifier cleared the armed bit): look before
              * arming again, so a wait that now succeeds leaves the bit
@@ -144,6 +278,14 @@ static inline int64_t shmlink_wait_until(struct shmlink_eventcount *ec,
                 return rc;
         }
     }
+}
+
+/* shmlink_wait_until_hooked without hooks: the form C programs use. */
+static inline int64_t shmlink_wait_until(struct shmlink_eventcount *ec,
+                                         shmlink_attempt_fn attempt, void *arg,
+                                         uint64_t spin_ns, double slice_s,
+                                         const struct timespec *deadline) {
+    return shmlink_wait_until_hooked(ec, attempt, arg, spin_ns, slice_s, deadline, NULL);
 }
 
 SHMLINK_END_DECLS
