@@ -233,6 +233,11 @@ static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_s
             if (w == -ECANCELED)
                 return topic_closed_while_waiting(self->name);
             if (w == -ETIMEDOUT) {
+                /* The wait ended at its slice, not at a signal slice: a
+                 * signal that landed outside the sleep is handled here, or
+                 * a publisher that waits forever would never see it. */
+                if (PyErr_CheckSignals() < 0)
+                    return -1;
                 if (deadline && shmlink_deadline_passed(deadline)) {
                     *timed_out = 1;
                     return done;
