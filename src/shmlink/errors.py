@@ -15,6 +15,7 @@ __all__ = [
     "SegmentNotFound",
     "SegmentExists",
     "AccessDenied",
+    "ForeignOwner",
     "Timeout",
     "IncompatibleSegment",
     "WrongKind",
@@ -60,6 +61,23 @@ class SegmentExists(ShmlinkError, FileExistsError):
 
 class AccessDenied(ShmlinkError, PermissionError):
     """The operating system refused access (mode bits, owner, read-only mapping)."""
+
+
+class ForeignOwner(AccessDenied):
+    """The object's file belongs to a user this process does not trust.
+
+    ``/dev/shm`` is writable by every local user, so anyone can create a
+    name first (*squatting*) and wait for another user's ``open`` or
+    ``create_or_open`` to use it.  By default a process only opens objects
+    owned by its own effective user or by root; trust other owners with
+    :func:`shmlink.trust` or ``$SHMLINK_TRUST`` (see the threat model in
+    ``docs/design.md``).  ``owner_uid`` and ``owner`` name the file's owner.
+    """
+
+    def __init__(self, message: str, *, owner_uid: int = -1, owner: str = "") -> None:
+        super().__init__(message)
+        self.owner_uid = owner_uid
+        self.owner = owner
 
 
 class Timeout(ShmlinkError, TimeoutError):

@@ -486,7 +486,10 @@ class Queue(_Named):
     def recv_object(self, *, timeout: float | None = None) -> Any:
         """Receive a message sent with :meth:`send_object`.
 
-        Only unpickle messages from processes you trust.
+        It unpickles, and unpickling runs whatever code the sender put in the pickle:
+        use it only with peers you trust (``open`` refuses objects of other users
+        unless you :func:`~shmlink.trust` them; any process of a trusted user, or of
+        anyone for a ``0o666`` object, can send).
         """
         return pickle.loads(self.recv(timeout=timeout))
 

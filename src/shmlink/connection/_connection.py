@@ -529,7 +529,10 @@ class Connection(_ReaderRole, _Named):
     def recv_object(self, *, timeout: float | None = None) -> Any:
         """Receive an object sent with :meth:`send_object`.
 
-        Only unpickle messages from processes you trust.
+        It unpickles, and unpickling runs whatever code the sender put in the pickle:
+        use it only with peers you trust (``open`` refuses objects of other users
+        unless you :func:`~shmlink.trust` them; any process of a trusted user, or of
+        anyone for a ``0o666`` object, can send).
 
         Parameters
         ----------
@@ -635,6 +638,11 @@ class Connection(_ReaderRole, _Named):
 
     def request_object(self, obj: Any, *, timeout: float | None = None) -> Any:
         """:meth:`request` with a pickled object; the response is unpickled too.
+
+        It unpickles, and unpickling runs whatever code the sender put in the pickle:
+        use it only with peers you trust (``open`` refuses objects of other users
+        unless you :func:`~shmlink.trust` them; any process of a trusted user, or of
+        anyone for a ``0o666`` object, can send).
 
         Parameters
         ----------

@@ -1,0 +1,111 @@
+"""Races: gc against openers, open() against foreign locks, Ctrl-C at any instruction.
+
+The interrupt tests run a child that hammers one call with SIGINTs from a
+timer of random short intervals; after each interrupt the child checks
+that the object is still usable and that no lock leaked (other processes
+are not wedged).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+import shmlink
+from shmlink.segment import PREFIX
+from support import CTX, join_all, python_env, run_python
+
+
+@pytest.fixture
+def private_dir(monkeypatch):
+    """A shared-memory directory of this test's own (gc there touches nobody else)."""
+    d = tempfile.mkdtemp(prefix="shmlink-races-", dir="/dev/shm")
+    monkeypatch.setenv("SHMLINK_DIR", d)
+    yield d
+    for e in os.listdir(d):
+        os.unlink(os.path.join(d, e))
+    os.rmdir(d)
+
+
+def _gc_forever(d: str, seconds: float) -> None:
+    os.environ["SHMLINK_DIR"] = d
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        shmlink.gc()
+
+
+def _dead_participant(seg: shmlink.Segment) -> None:
+    """Record a participant that died without closing: gc may remove the segment."""
+    from shmlink.segment import _OFF_PARTICIPANTS, MAX_PARTICIPANTS
+    mem = seg._mapping().memory
+    off = _OFF_PARTICIPANTS + 16 * (MAX_PARTICIPANTS - 1)
+    mem.store32(off, 4_194_000)  # above any pid_max in use here: never alive
+    mem.store64(off + 8, 1)
+
+
+def test_gc_never_removes_a_segment_an_opener_holds(private_dir):
+    gc_proc = CTX.Process(target=_gc_forever, args=(private_dir, 60.0))
+    gc_proc.start()
+    lost = opened = 0
+    try:
+        for i in range(300):
+            n = f"race-{i}"
+            with shmlink.Segment.create(n, 64) as s:
+                _dead_participant(s)
+            try:
+                seg = shmlink.Segment.open(n, timeout=5)
+            except shmlink.SegmentNotFound:
+                continue  # gc was first: fine
+            opened += 1
+            st = os.fstat(seg._mapping().fd)
+            time.sleep(0.002)  # gc runs meanwhile: it must see the segment in use
+            try:
+                now = os.stat(seg.path)
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                    lost += 1
+            except FileNotFoundError:
+                lost += 1
+            seg.close()
+            try:
+                shmlink.remove(n)
+            except shmlink.SegmentNotFound:
+                pass
+    finally:
+        gc_proc.kill()
+        gc_proc.join(10)
+    assert opened > 0
+    assert lost == 0, f"{lost} of {opened} opened segments were removed by gc while open"
+
+
+def test_open_honours_timeout_while_another_process_holds_an_exclusive_lock(name):
+    seg = shmlink.Segment.create(name, 64, mode=0o644)
+    path = seg.path
+    seg.close()
+    p = subprocess.Popen([sys.executable, "-c",
+                          "import fcntl, os, sys, time\n"
+                          "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                          "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                          "print('held', flush=True)\n"
+                          "time.sleep(30)\n", path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        r = run_python(
+            "import shmlink, sys, time\n"
+            "t = time.monotonic()\n"
+            "try:\n    shmlink.Segment.open(sys.argv[1], timeout=1)\n"
+            "except shmlink.Timeout as e:\n"
+            "    print('timeout', round(time.monotonic() - t, 1), 'exclusive lock' in str(e))\n",
+            name, timeout=30, env=python_env())
+        out = r.stdout.split()
+        assert out[:1] == ["timeout"], (r.stdout, r.stderr)
+        assert 1.0 <= float(out[1]) < 3.0 and out[2] == "True"
+    finally:
+        p.kill()
+        p.wait(10)
+    # and once the lock is gone, the open works
+    shmlink.Segment.open(name, timeout=1).close()
