@@ -109,3 +109,54 @@ def test_open_honours_timeout_while_another_process_holds_an_exclusive_lock(name
         p.wait(10)
     # and once the lock is gone, the open works
     shmlink.Segment.open(name, timeout=1).close()
+
+
+def _hammer(kind: str, name: str, seconds: float = 4.0, seed: int = 0) -> tuple[int, int]:
+    r = subprocess.run([sys.executable, "-m", "workers.races", kind, name, str(seconds),
+                        str(seed)], capture_output=True, text=True, timeout=seconds + 60,
+                       env=python_env())
+    assert r.returncode == 0 and r.stdout.startswith("ok"), (r.stdout, r.stderr[-3000:])
+    _, calls, hits = r.stdout.split()
+    return int(calls), int(hits)
+
+
+def test_ctrl_c_anywhere_in_queue_recv_view(name):
+    with shmlink.Queue.create(name, 1 << 16) as q:
+        calls, hits = _hammer("queue", name, seed=1)
+        assert hits > 50, (calls, hits)
+        # and another process is not wedged: it receives at once
+        q.send(b"after")
+        r = run_python("import shmlink, sys\n"
+                       "print(shmlink.Queue.open(sys.argv[1]).recv(timeout=2).decode())\n",
+                       name, env=python_env())
+        assert r.stdout.strip() == "after", r.stderr
+
+
+def test_ctrl_c_anywhere_in_mutex_acquire(name):
+    m = shmlink.Mutex.create(name)  # (a Mutex's with-block would take the lock)
+    try:
+        calls, hits = _hammer("mutex", name, seed=2)
+        assert hits > 50, (calls, hits)
+        assert not m.locked()
+    finally:
+        m.close()
+
+
+def test_ctrl_c_anywhere_in_connection_request(name):
+    from workers.races import echo_server
+    ready = CTX.Event()
+    srv = CTX.Process(target=echo_server, args=(name, ready))
+    srv.start()
+    try:
+        assert ready.wait(30)
+        calls, hits = _hammer("request", name, seed=3)
+        assert hits > 50, (calls, hits)
+    finally:
+        join_all([srv], timeout=30)
+
+
+def test_ctrl_c_anywhere_in_subscriber_recv_view(name):
+    with shmlink.Topic.create(name, 1 << 16, delivery="lossless") as t:
+        calls, hits = _hammer("subscriber", name, seed=4)
+        assert hits > 50, (calls, hits)
+        t.publish(b"still works")

@@ -22,10 +22,12 @@ Guarantees:
 from __future__ import annotations
 
 import pickle
-from typing import Any, Iterable, Iterator, Literal
+import weakref
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from . import _core
 from .errors import (
+    InvalidState,
     InvalidArgument,
     InvalidSize,
     SegmentClosed,
@@ -70,7 +72,7 @@ class MessageView:
     again (copy what you need inside the block).
     """
 
-    __slots__ = ("_queue", "_view", "_done")
+    __slots__ = ("_queue", "_view", "_done", "__weakref__")
 
     def __init__(self, queue: "Queue", view: memoryview) -> None:
         self._queue = queue
@@ -91,8 +93,10 @@ class MessageView:
         """
         if self._done:
             return
-        self._view.release()
-        self._queue._ring.view_end(consume)  # BufferError while copies of the view live
+        try:
+            self._view.release()
+        finally:  # a KeyboardInterrupt after the release still ends the receive
+            self._queue._ring.view_end(consume)  # BufferError while copies of the view live
         self._done = True
 
     def __enter__(self) -> memoryview:
@@ -136,7 +140,9 @@ class Queue(_Named):
 
     KIND = "queue"
     _ring: Any = None
-    _view: "MessageView | None" = None
+    # the open zero-copy receive, weakly: one its caller dropped (a Ctrl-C
+    # between recv_view returning and the with-block) is released by __del__
+    _viewref: "Callable[[], MessageView | None]" = staticmethod(lambda: None)
     _spin = WAIT_STRATEGIES["hybrid"]
     _wait: WaitMode = "hybrid"
 
@@ -234,7 +240,7 @@ class Queue(_Named):
         ring.spin = self._spin
 
     def _detach_kind(self) -> None:
-        view = self._view
+        view = self._viewref()
         if view is not None and not view._done:
             from .errors import SegmentBusy
             raise SegmentBusy(
@@ -452,17 +458,31 @@ class Queue(_Named):
             If none arrived within ``timeout`` seconds.
         """
         ring = self._r()
-        got = ring.view_begin(deadline_of(timeout), self._spin)
-        if got is None:
-            raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
-        offset, length = got
+        open_ = self._viewref()
+        if open_ is not None and not open_._done:
+            raise InvalidState(
+                f"queue {self._name!r}: a zero-copy receive is already open on this handle; "
+                "release it (leave its with-block) before taking the next")
+        view = mv = None
         try:
-            view = ring.view(offset, length)
+            # Everything after view_begin takes the consumer lock is inside
+            # this try: a KeyboardInterrupt at any instruction gives it back
+            # (the C core records the open receive itself, so view_end
+            # knows whether there is one to end).
+            got = ring.view_begin(deadline_of(timeout), self._spin)
+            if got is None:
+                raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
+            view = ring.view(*got)
+            mv = MessageView(self, view)
+            self._viewref = weakref.ref(mv)
+            return mv
         except BaseException:
-            ring.view_end(False)
+            if mv is not None:
+                mv._done = True
+            if view is not None:
+                view.release()
+            ring.view_end(False)  # no-op when no receive is open
             raise
-        self._view = MessageView(self, view)
-        return self._view
 
     def recv_text(self, *, encoding: str = "utf-8", timeout: float | None = None) -> str:
         """Receive a message and decode it.

@@ -65,7 +65,7 @@ from ._layout import (
     _slice_end,
     _unpack,
 )
-from ._reader import _TIMEOUT, ResponseFuture, _ReaderRole
+from ._reader import _NOWAIT, _TIMEOUT, ResponseFuture, _ReaderRole
 
 __all__ = ["Connection"]
 
@@ -461,7 +461,14 @@ class Connection(_ReaderRole, _Named):
         if inbox:
             return inbox.popleft()[_FRAME_SIZE:]
         rl = self._rlock
-        if rl.acquire(False):
+        got: list[bool] = []
+        try:
+            got.extend(map(rl.acquire, _NOWAIT))  # see _reader._NOWAIT
+        except BaseException:
+            if got and got[0]:
+                rl.release()
+            raise
+        if got[0]:
             try:
                 if inbox:
                     f = inbox.popleft()
@@ -503,7 +510,14 @@ class Connection(_ReaderRole, _Named):
         if inbox:
             return inbox.popleft()[_FRAME_SIZE:]
         rl = self._rlock
-        if not rl.acquire(False):
+        got: list[bool] = []
+        try:
+            got.extend(map(rl.acquire, _NOWAIT))  # see _reader._NOWAIT
+        except BaseException:
+            if got and got[0]:
+                rl.release()
+            raise
+        if not got[0]:
             return None
         try:
             if inbox:
@@ -595,37 +609,46 @@ class Connection(_ReaderRole, _Named):
         frame = _pack(rid << 8 | _REQ) + data
         fut = ResponseFuture()
         pending = self._pending
-        pending[rid] = fut  # before the request goes out: the response finds it
+        got: list[bool] = []
         try:
+            pending[rid] = fut  # before the request goes out: the response finds it
             rl = self._rlock
-            if self._err is None and rl.acquire(False):
+            if self._err is None:
+                got.extend(map(rl.acquire, _NOWAIT))  # see _reader._NOWAIT
+            if got and got[0]:
                 # The hot path: one try_send and one Ring.recv, with the reader
                 # role held (close() waits for it, so the send needs no lock).
                 try:
-                    try:
-                        sent = self._out.try_send(frame)
-                    except MessageTooLarge:
-                        raise self._too_large(frame) from None
-                    if sent:
-                        end = self._slice
-                        if deadline is not None and deadline < end:
-                            end = deadline
-                        f = self._in.recv(end, self._spin)
-                        if f is not None:
-                            self._route(f)
-                            f = fut.result()
-                        if f is None:
-                            f = self._read(fut.result, deadline)
-                finally:
-                    rl.release()
-                    if self._nwaiting or self._closing:
-                        self._left()
+                    sent = self._out.try_send(frame)
+                except MessageTooLarge:
+                    raise self._too_large(frame) from None
+                if sent:
+                    end = self._slice
+                    if deadline is not None and deadline < end:
+                        end = deadline
+                    f = self._in.recv(end, self._spin)
+                    if f is not None:
+                        self._route(f)
+                        f = fut.result()
+                    if f is None:
+                        f = self._read(fut.result, deadline)
+                got[0] = False  # before the release: an interrupt after it finds it done
+                rl.release()
+                if self._nwaiting or self._closing:
+                    self._left()
                 if sent:
                     return self._response(f, timeout)
             self._send_frame(frame, deadline)
             f = self._take(fut.result, deadline)
             return self._response(None if f is _TIMEOUT else f, timeout)
         finally:
+            # The role first: nothing here may run a call before it is given
+            # back (a KeyboardInterrupt can land after any call).
+            if got and got[0]:
+                got[0] = False
+                rl.release()
+                if self._nwaiting or self._closing:
+                    self._left()
             pending.pop(rid, None)  # answered, or given up: a late response is dropped
 
     def _response(self, f: bytes | None, timeout: float | None) -> bytes:
@@ -728,7 +751,16 @@ class Connection(_ReaderRole, _Named):
         while True:
             if self._stop:
                 return served
-            if not rl.acquire(False):
+            got: list[bool] = []
+            try:
+                got.extend(map(rl.acquire, _NOWAIT))  # see _reader._NOWAIT
+                if got[0]:
+                    self._rowner = _get_ident()
+            except BaseException:
+                if got and got[0]:
+                    self._leave()
+                raise
+            if not got[0]:
                 # another thread reads: it hands requests over
                 try:
                     f = self._take(self._pop_request, _monotonic() + SLICE)
@@ -742,7 +774,6 @@ class Connection(_ReaderRole, _Named):
                     continue
                 served += self._answer(handler, f)
                 continue
-            self._rowner = _get_ident()
             try:
                 reqs = self._requests
                 ring = self._in

@@ -1,0 +1,128 @@
+"""Children for tests/test_races.py: one call hammered with KeyboardInterrupts.
+
+:func:`hammer` runs in a subprocess (``python -c``): it arms a one-shot
+timer of a random short interval whose handler raises KeyboardInterrupt,
+makes the call, disarms, and then checks the invariants of the object (no
+lock leaked, next call works).  It prints one line: ``ok <calls>
+<interrupts>``, or raises (non-zero exit) when an invariant broke.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+
+import shmlink
+
+
+def _boom(*_):
+    raise KeyboardInterrupt
+
+
+class _Armed:
+    """Arm the timer on entry, disarm on exit; count interrupts that landed."""
+
+    def __init__(self, rnd: random.Random, most_s: float) -> None:
+        self.rnd = rnd
+        self.most = most_s
+        self.hits = 0
+
+    def run(self, op) -> None:
+        try:
+            try:
+                signal.setitimer(signal.ITIMER_REAL, self.rnd.uniform(1e-6, self.most))
+                op()
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except KeyboardInterrupt:
+            self.hits += 1
+
+
+def hammer(kind: str, name: str, seconds: float, seed: int, peer: str = "") -> None:
+    signal.signal(signal.SIGALRM, _boom)
+    rnd = random.Random(seed)
+    armed = _Armed(rnd, 2e-4)
+    end = time.monotonic() + seconds
+    calls = 0
+    if kind == "queue":
+        q = shmlink.Queue.open(name)
+
+        def op() -> None:
+            with q.recv_view(timeout=1) as mv:
+                bytes(mv)
+
+        while time.monotonic() < end:
+            q.send(b"m" * rnd.randrange(1, 200))
+            armed.run(op)
+            calls += 1
+            # the consumer lock is free: a receive works, and the queue drains
+            q.send(b"probe")
+            while len(q):
+                q.recv(timeout=2)
+        q.close()  # no open receive left behind: no SegmentBusy
+    elif kind == "mutex":
+        m = shmlink.Mutex.open(name)
+
+        def op() -> None:
+            m.acquire(timeout=1)
+            m.release()
+
+        while time.monotonic() < end:
+            armed.run(op)
+            calls += 1
+            if m.holder_pid == os.getpid():
+                m.release()  # interrupted after acquire() returned: ours, and release() works
+            assert not m.locked(), f"lock leaked: held by {m.holder_pid}"
+            assert m.acquire(timeout=2)
+            m.release()
+        m.close()
+    elif kind == "request":
+        c = shmlink.connect(name, timeout=10)
+
+        def op() -> None:
+            c.request(b"x" * rnd.randrange(0, 100), timeout=2)
+
+        while time.monotonic() < end:
+            armed.run(op)
+            calls += 1
+            assert c.request(b"probe", timeout=5) == b"probe"
+        assert len(c._pending) == 0, c._pending
+        c.close()
+    elif kind == "subscriber":
+        t = shmlink.Topic.open(name)
+        sub = t.subscribe()
+
+        def op() -> None:
+            with sub.recv_view(timeout=1) as mv:
+                bytes(mv)
+
+        while time.monotonic() < end:
+            t.publish(b"m" * rnd.randrange(1, 200))
+            armed.run(op)
+            calls += 1
+            t.publish(b"probe")
+            while sub.recv(timeout=2) != b"probe":
+                pass
+        sub.close()
+        t.close()
+    else:
+        raise ValueError(kind)
+    print("ok", calls, armed.hits, flush=True)
+
+
+def echo_server(name: str, ready) -> None:
+    with shmlink.listen(name) as lst:
+        ready.set()
+        conn = lst.accept(timeout=30)
+        try:
+            conn.serve(lambda b: b)
+        except shmlink.PeerDisconnected:
+            pass
+        conn.close()
+
+
+if __name__ == "__main__":
+    hammer(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
