@@ -160,3 +160,31 @@ def test_object_helpers_say_they_unpickle():
                shmlink.Connection.recv_object, shmlink.Connection.request_object):
         doc = fn.__doc__ or ""
         assert "unpickle" in doc.lower() and "trust" in doc.lower(), fn.__qualname__
+
+
+def test_unsolicited_and_duplicate_responses_are_dropped_and_counted(name):
+    from support import CTX, join_all
+    from workers.races import flood_server
+
+    count = 100_000
+    ready = CTX.Event()
+    srv = CTX.Process(target=flood_server, args=(name, ready, count))
+    srv.start()
+    try:
+        assert ready.wait(30)
+        with shmlink.connect(name, timeout=10) as c:
+            assert c.request(b"ping", timeout=60) == b"the real answer"
+            # the duplicates that follow are read (and dropped) by the next receive
+            with pytest.raises(shmlink.Timeout):
+                c.recv(timeout=0.5)
+            deadline = __import__("time").monotonic() + 30
+            while c.stats()["dropped"] < count and __import__("time").monotonic() < deadline:
+                try:
+                    c.recv(timeout=0.2)
+                except shmlink.Timeout:
+                    pass
+            assert c.stats()["dropped"] == count
+            # nothing of it was kept
+            assert len(c._pending) == 0 and len(c._inbox) == 0 and len(c._requests) == 0
+    finally:
+        join_all([srv], timeout=60)

@@ -126,3 +126,24 @@ def echo_server(name: str, ready) -> None:
 
 if __name__ == "__main__":
     hammer(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
+
+
+def flood_server(name: str, ready, count: int) -> None:
+    """A hostile server: answers a request only after ``count`` responses nobody asked for."""
+    from shmlink.connection._layout import _RESP, _pack
+
+    with shmlink.listen(name) as lst:
+        ready.set()
+        conn = lst.accept(timeout=30)
+        req = conn.recv_request(timeout=30)
+        junk = b"j" * 1024
+        for i in range(count // 2):  # strangers: ids nobody used
+            conn._send_frame(_pack((1_000_000 + i) << 8 | _RESP) + junk, None)
+        conn.reply(req, b"the real answer")
+        for i in range(count - count // 2):  # duplicates of the real answer
+            conn._send_frame(_pack(req.id << 8 | _RESP) + junk, None)
+        try:
+            conn.recv_request(timeout=30)  # until the client closes
+        except (shmlink.PeerDisconnected, shmlink.Timeout):
+            pass
+        conn.close()

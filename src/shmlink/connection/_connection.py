@@ -323,14 +323,18 @@ class Connection(_ReaderRole, _Named):
         -------
         dict
             Client and server PIDs (with liveness), the accept state, closed
-            flags and, per direction, messages sent, received and queued.
+            flags and, per direction, messages sent, received and queued;
+            ``dropped``: responses this end read that no request of its own
+            waited for (late, duplicate or unsolicited), dropped as read.
         """
         mem = self._memory
         c2s, s2c = self._rings  # type: ignore[misc]
-        return _conn_state(
+        state = _conn_state(
             (mem.load32(_C_CLIENT_PID), mem.load32(_C_CLIENT_CLOSED), mem.load64(_C_CLIENT_START)),
             (mem.load32(_C_SERVER_PID), mem.load32(_C_SERVER_CLOSED), mem.load64(_C_SERVER_START)),
             mem.load32(_C_STATE), c2s.stats(), s2c.stats())
+        state["dropped"] = self._dropped
+        return state
 
     # -- sending --
 

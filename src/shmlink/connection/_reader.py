@@ -96,6 +96,7 @@ class _ReaderRole:
     _alive_checked = 0.0
     _rowner = 0
     _stop = False
+    _dropped = 0  # responses nobody waited for (late, duplicate or unsolicited)
 
     def _init_reader(self) -> None:
         self._lock = threading.Lock()
@@ -164,7 +165,10 @@ class _ReaderRole:
         if k == _RESP or k == _ERR:
             fut = self._pending.pop(h >> 8, None)
             if fut is None:
-                return  # its requester gave up (timed out): drop it
+                # its requester gave up (timed out), or nobody asked (a second
+                # answer, an unsolicited one): drop it, count it, keep nothing
+                self._dropped += 1
+                return
             fut.frame = f
         elif k == _MSG:
             self._inbox.append(f)
