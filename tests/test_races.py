@@ -160,3 +160,43 @@ def test_ctrl_c_anywhere_in_subscriber_recv_view(name):
         calls, hits = _hammer("subscriber", name, seed=4)
         assert hits > 50, (calls, hits)
         t.publish(b"still works")
+
+
+def _stale_listener_named(name: str) -> None:
+    """A listener whose server died without closing (forked, exits without cleanup)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            shmlink.listen(name)
+            os.write(w, b"k")
+        finally:
+            os._exit(0)  # no atexit: the name stays, its server is dead
+    os.close(w)
+    assert os.read(r, 1) == b"k"
+    os.close(r)
+    os.waitpid(pid, 0)
+
+
+def test_two_servers_taking_over_a_stale_listener_leave_exactly_one(name):
+    from workers.races import listen_racer
+    rounds = 40
+    barrier = CTX.Barrier(3)
+    results = CTX.Queue()
+    racers = [CTX.Process(target=listen_racer, args=(name, barrier, results, rounds))
+              for _ in range(2)]
+    for p in racers:
+        p.start()
+    try:
+        for _ in range(rounds):
+            _stale_listener_named(name)
+            barrier.wait(60)
+            got = dict(results.get(timeout=30) for _ in range(2))
+            winners = [pid for pid, ok in got.items() if ok]
+            assert len(winners) == 1, f"{len(winners)} servers think they listen: {got}"
+            info = shmlink.info(name)
+            assert info.kind == "listener" and winners[0] in info.participants
+            barrier.wait(30)
+            barrier.wait(30)
+    finally:
+        join_all(racers, timeout=60)

@@ -147,3 +147,19 @@ def flood_server(name: str, ready, count: int) -> None:
         except (shmlink.PeerDisconnected, shmlink.Timeout):
             pass
         conn.close()
+
+
+def listen_racer(name: str, barrier, results, rounds: int) -> None:
+    """Each round: take over ``name`` (made stale by the test) together with another racer."""
+    for _ in range(rounds):
+        barrier.wait(30)
+        try:
+            lst = shmlink.listen(name)
+        except shmlink.SegmentExists:
+            lst = None
+        # still ours? (a racer that removed the other's fresh listener would find it so)
+        results.put((os.getpid(), lst is not None))
+        barrier.wait(30)  # the test has looked at the name
+        if lst is not None:
+            lst.close()
+        barrier.wait(30)
