@@ -200,3 +200,36 @@ def test_two_servers_taking_over_a_stale_listener_leave_exactly_one(name):
             barrier.wait(30)
     finally:
         join_all(racers, timeout=60)
+
+
+def _fill_participant_table(seg) -> None:
+    """Every participant slot names a live process (PID 1, with its real start time)."""
+    from shmlink.segment import _OFF_PARTICIPANTS, MAX_PARTICIPANTS
+    mem = seg._mapping().memory
+    start = shmlink._core.process_start_time(1)
+    for i in range(MAX_PARTICIPANTS):
+        off = _OFF_PARTICIPANTS + 16 * i
+        mem.store32(off, 1)
+        mem.store64(off + 8, start)
+
+
+def test_a_full_participant_table_refuses_no_subscriber(name):
+    # 128 slots must not cap a topic made for 1024 subscribers
+    with shmlink.Topic.create(name, 1 << 14, max_subscribers=1024) as t:
+        _fill_participant_table(t)
+        r = run_python("import shmlink, sys\n"
+                       "t = shmlink.Topic.open(sys.argv[1])\n"
+                       "sub = t.subscribe()\n"
+                       "print('subscribed', len(t.stats()['subscribers']))\n",
+                       name, env=python_env(), timeout=60)
+        assert r.stdout.split() == ["subscribed", "1"], r.stderr
+
+
+def test_a_full_participant_table_refuses_no_open(name):
+    with shmlink.Queue.create(name, 4096) as q:
+        _fill_participant_table(q)
+        q.send(b"hello")
+        r = run_python("import shmlink, sys\n"
+                       "print(shmlink.Queue.open(sys.argv[1]).recv(timeout=5).decode())\n",
+                       name, env=python_env(), timeout=60)
+        assert r.stdout.strip() == "hello", r.stderr

@@ -171,7 +171,13 @@ class PeerDisconnected(ShmlinkError, ConnectionError):
 
 
 class TooManyParticipants(ShmlinkError, OSError):
-    """Every participant slot of the segment is held by a live process."""
+    """An object's own limit on its users is reached; the message names it.
+
+    A topic raises it when all ``max_subscribers`` subscriber slots are held
+    by live subscribers.  Opening a segment never does: its participant
+    table (128 slots) is only for introspection, and a process that finds
+    it full is simply not listed.
+    """
 
 
 class MessageOverwritten(ShmlinkError):

@@ -63,7 +63,6 @@ from .errors import (
     TextDecodeError,
     TextTooLong,
     Timeout,
-    TooManyParticipants,
     WrongKind,
 )
 
@@ -318,7 +317,15 @@ class _Mapping:
         self.identity = (st.st_dev, st.st_ino)
 
     def register(self) -> None:
-        """Claim a participant slot (read-write mappings only)."""
+        """Claim a participant slot (read-write mappings only), if one is free.
+
+        The table is for introspection (``shmlink ls``, :meth:`participants`)
+        and for ``gc`` to notice participants that died without closing;
+        liveness itself is the kernel's ``flock``.  So a full table (more
+        than 128 processes) never refuses an open: the process is simply
+        not listed.  Each kind's own limits (a topic's ``max_subscribers``)
+        are the only ones that refuse, and their errors name them.
+        """
         if self.readonly:
             return
         pid, start = _identity()
@@ -332,10 +339,6 @@ class _Mapping:
                         mem.store64(off + 8, start)
                         self.slot = i
                         return
-        raise TooManyParticipants(
-            f"segment at {self.path}: all {MAX_PARTICIPANTS} participant slots are held "
-            "by live processes; close some handles first"
-        )
 
     def unregister(self) -> None:
         if self.slot >= 0 and not self.mm.closed:

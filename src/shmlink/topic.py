@@ -427,7 +427,8 @@ class Topic(_Named):
         Raises
         ------
         TooManyParticipants
-            If every slot is held by a live subscriber.
+            If all ``max_subscribers`` subscriber slots are held by live
+            subscribers (the only limit on how many processes use a topic).
         Timeout
             If the publisher lock could not be taken in time.
         """
