@@ -188,3 +188,44 @@ def test_unsolicited_and_duplicate_responses_are_dropped_and_counted(name):
             assert len(c._pending) == 0 and len(c._inbox) == 0 and len(c._requests) == 0
     finally:
         join_all([srv], timeout=60)
+
+
+@pytest.mark.parametrize("which", ["producer", "consumer"])
+def test_a_forged_lock_holder_does_not_wedge_a_queue(name, which):
+    from support import CTX, join_all
+    from workers.races import forge_lock_holder
+
+    with shmlink.Queue.create(name, 4096, mode=0o666) as q:
+        q.send(b"before")
+        p = CTX.Process(target=forge_lock_holder, args=(name, which))
+        p.start()
+        join_all([p], timeout=30)
+        if which == "producer":
+            assert q.stats()["writer_pid"] == 1
+        # a fresh participant's blocking call gets through in bounded time
+        r = run_python("import shmlink, sys, time\n"
+                       "q = shmlink.Queue.open(sys.argv[1])\n"
+                       "t = time.monotonic()\n"
+                       "q.send(b'x') if sys.argv[2] == 'producer' else q.recv()\n"
+                       "print('done', round(time.monotonic() - t, 2))\n",
+                       name, which, env=python_env(), timeout=20)
+        assert r.stdout.startswith("done"), r.stderr[-2000:]
+        assert float(r.stdout.split()[1]) < 5
+
+
+def test_a_genuine_slow_holder_is_waited_for(name):
+    from support import CTX, join_all
+    from workers.races import hold_lock
+
+    with shmlink.Queue.create(name, 4096) as q:
+        ready = CTX.Event()
+        p = CTX.Process(target=hold_lock, args=(name, "producer", 1.5, ready))
+        p.start()
+        try:
+            assert ready.wait(30)
+            t = __import__("time").monotonic()
+            q.send(b"x", timeout=10)  # waits for the holder, never takes its lock away
+            assert __import__("time").monotonic() - t >= 1.0
+            assert q.recv(timeout=1) == b"x"
+        finally:
+            join_all([p], timeout=30)

@@ -22,6 +22,7 @@ Guarantees:
 from __future__ import annotations
 
 import pickle
+import time
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Literal
 
@@ -35,7 +36,7 @@ from .errors import (
     TextDecodeError,
     Timeout,
 )
-from .segment import DATA_OFFSET, Lifetime, _Named
+from .segment import DATA_OFFSET, Lifetime, _Named, clear_forged_lock, forged_lock_holder
 from .sync import deadline_of
 
 __all__ = ["Queue", "MessageView", "WAIT_STRATEGIES", "WaitMode"]
@@ -48,6 +49,13 @@ WAIT_STRATEGIES: dict[str, int] = {"block": 0, "hybrid": 50_000, "spin": -1}
 
 #: Capacity of a queue or topic created without one (1 MiB).
 DEFAULT_CAPACITY = 1 << 20
+
+
+#: offsets of the ring's producer and consumer locks (struct shmlink_ring)
+_PROD_LOCK = 64
+_CONS_LOCK = 128
+#: blocking send()/recv() look at their lock's holder this often
+_GUARD_S = 0.25
 
 
 def _spin_of(wait: str) -> int:
@@ -349,7 +357,39 @@ class Queue(_Named):
         # SegmentClosed itself.  A method (not the C function bound to the
         # instance) so that the call keeps the queue alive:
         # ``Queue.open(name).send(b"x")`` must not close it half-way.
-        (self._ring or self._r()).qsend(data, timeout=timeout)
+        ring = self._ring or self._r()
+        if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
+            ring.qsend(data, timeout=timeout)
+            return
+        self._guarded(ring.qsend, (data,), timeout, _PROD_LOCK,
+                      "queue {name!r} stayed full for {timeout!r} s; nothing was sent")
+
+    def _guarded(self, call: Any, args: tuple[Any, ...], timeout: float | None, lock: int,
+                 what: str) -> Any:
+        """A blocking ring call in slices, freeing a lock whose holder was forged.
+
+        The ring's locks wait for a live holder however long it holds
+        them.  A process with write access to the segment can record any
+        live process as the holder (PID 1); between slices the lock's
+        holder is checked (:func:`~shmlink.segment.forged_lock_holder`), and
+        one that is not attached to the segment for a whole slice is cleared.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        suspect = None
+        while True:
+            left = _GUARD_S if deadline is None else min(_GUARD_S, deadline - time.monotonic())
+            try:
+                return call(*args, timeout=max(0.0, left))
+            except Timeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise Timeout(what.format(name=self._name, timeout=timeout)) from None
+            mem = self._memory
+            off = DATA_OFFSET + lock
+            holder = forged_lock_holder(mem, off, self._mapping().identity)
+            if holder is not None and holder == suspect:
+                clear_forged_lock(mem, off, holder)
+                holder = None
+            suspect = holder
 
     def try_send(self, data: Any) -> bool:
         """Append one message if there is room now; True if it was sent."""
@@ -412,7 +452,11 @@ class Queue(_Named):
         Timeout
             If none arrived within ``timeout`` seconds.
         """
-        return (self._ring or self._r()).qrecv(timeout=timeout)
+        ring = self._ring or self._r()
+        if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
+            return ring.qrecv(timeout=timeout)  # type: ignore[no-any-return]
+        return self._guarded(ring.qrecv, (), timeout, _CONS_LOCK,
+                             "queue {name!r}: no message within {timeout!r} s")  # type: ignore[no-any-return]
 
     def try_recv(self) -> bytes | None:
         """Take the oldest message if there is one now, else None."""

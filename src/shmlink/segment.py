@@ -238,6 +238,84 @@ def _check_owner(st: os.stat_result, shown: str) -> None:
         owner_uid=uid, owner=user)
 
 
+# --- lock words that name a process outside the segment ----------------------
+
+
+def _flock_holders(dev: int, ino: int) -> set[int] | None:
+    """PIDs that hold a ``flock`` on the file (dev, ino), from ``/proc/locks``.
+
+    None if the kernel's table cannot be read (then nobody is judged).  The
+    PID of a flock is the process that took it; a child that inherited the
+    open file through fork() holds it too, without being listed.
+    """
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    out = set()
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 00:1b:35758 0 EOF" ("->" marks waiters)
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == want:
+                    try:
+                        out.add(int(parts[4]))
+                    except ValueError:
+                        pass
+    except OSError:
+        return None
+    return out
+
+
+def _parent_pid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def forged_lock_holder(mem: Any, off: int, identity: tuple[int, int]) -> tuple[int, int] | None:
+    """(pid, start) of a lock's recorded holder if it cannot be a participant, else None.
+
+    A robust lock's holder is a process that has the segment open, so it
+    (or, through fork, an ancestor of it) holds the file's ``flock``.  A
+    live process recorded as the holder that does not -- PID 1 written
+    into the owner word by someone with write access -- cannot be doing
+    the work the lock guards: it was forged.  Dead holders are left to the
+    lock's own take-over.  None when the kernel's lock table is unreadable.
+    """
+    pid = mem.load32(off)
+    start = mem.load64(off + 8)
+    if pid == 0 or not _core.process_alive(pid, start):
+        return None
+    holders = _flock_holders(*identity)
+    if holders is None:
+        return None
+    p = pid
+    for _ in range(64):
+        if p in holders:
+            return None
+        p = _parent_pid(p)
+        if p <= 0:
+            break
+    return (pid, start)
+
+
+def clear_forged_lock(mem: Any, off: int, holder: tuple[int, int]) -> bool:
+    """Free a lock still recorded as held by a forged ``holder``; True if freed.
+
+    Clears the start time, then the owner word, each by CAS against the
+    forged values (a genuine acquirer that took the lock meanwhile keeps
+    it), and wakes one waiter.
+    """
+    pid, start = holder
+    if not mem.cas64(off + 8, start, 0):
+        return False
+    if not mem.cas32(off, pid, 0):
+        return False
+    mem.wake32(off)
+    return True
+
+
 # --- header parsing ---------------------------------------------------------
 
 

@@ -163,3 +163,37 @@ def listen_racer(name: str, barrier, results, rounds: int) -> None:
         if lst is not None:
             lst.close()
         barrier.wait(30)
+
+
+def forge_lock_holder(name: str, which: str) -> None:
+    """A hostile process with write access: record PID 1 as the holder of a queue lock.
+
+    It maps the file itself (it is no participant) and exits at once.
+    """
+    import mmap
+
+    from shmlink.segment import DATA_OFFSET, _name_path
+
+    off = DATA_OFFSET + {"producer": 64, "consumer": 128}[which]
+    fd = os.open(_name_path(name), os.O_RDWR)
+    mm = mmap.mmap(fd, DATA_OFFSET + 4096)
+    os.close(fd)
+    mem = shmlink._core.Memory(mm)
+    mem.store64(off + 8, shmlink._core.process_start_time(1))
+    mem.store32(off, 1)
+    mem.release()
+    mm.close()
+
+
+def hold_lock(name: str, which: str, seconds: float, ready) -> None:
+    """A genuine participant that holds a queue lock for a long time (as if stopped)."""
+    from shmlink.segment import DATA_OFFSET
+
+    q = shmlink.Queue.open(name)
+    off = DATA_OFFSET + {"producer": 64, "consumer": 128}[which]
+    mem = q._memory
+    assert mem.lock_acquire(off, None, 0) == 0
+    ready.set()
+    time.sleep(seconds)
+    mem.lock_release(off)
+    q.close()
