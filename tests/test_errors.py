@@ -42,6 +42,7 @@ HIERARCHY = {
     "SegmentNotFound": (FileNotFoundError,),
     "SegmentExists": (FileExistsError,),
     "AccessDenied": (PermissionError,),
+    "ForeignOwner": (E.AccessDenied, PermissionError),
     "Timeout": (TimeoutError,),
     "IncompatibleSegment": (),
     "WrongKind": (IncompatibleSegment, TypeError),

@@ -14,11 +14,11 @@ types of the string options.
 
 from . import errors
 from .errors import *  # noqa: F401,F403
-from .segment import Lifetime, Segment, SegmentInfo, gc, info, list_segments, remove
+from .segment import Lifetime, Segment, SegmentInfo, gc, info, list_segments, remove, trust
 
 __version__ = "0.1.0"
 
-__all__ = ["Segment", "SegmentInfo", "list_segments", "info", "gc", "remove", "__version__",
+__all__ = ["Segment", "SegmentInfo", "list_segments", "info", "gc", "remove", "trust", "__version__",
            "Lifetime"]
 __all__ += errors.__all__
 

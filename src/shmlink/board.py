@@ -397,7 +397,10 @@ class Board(_Named):
     def read_object(self, *, default: Any = None) -> Any:
         """The current value, unpickled (written by :meth:`write_object`).
 
-        Only unpickle values from processes you trust.
+        It unpickles, and unpickling runs whatever code the sender put in the pickle:
+        use it only with peers you trust (``open`` refuses objects of other users
+        unless you :func:`~shmlink.trust` them; any process of a trusted user, or of
+        anyone for a ``0o666`` object, can send).
 
         Parameters
         ----------

@@ -15,6 +15,7 @@ __all__ = [
     "SegmentNotFound",
     "SegmentExists",
     "AccessDenied",
+    "ForeignOwner",
     "Timeout",
     "IncompatibleSegment",
     "WrongKind",
@@ -93,6 +94,23 @@ class OutOfDescriptors(_WithErrno):
     Close objects no longer needed, or raise the limit (``ulimit -n``,
     ``resource.setrlimit(resource.RLIMIT_NOFILE, ...)``).
     """
+
+
+class ForeignOwner(AccessDenied):
+    """The object's file belongs to a user this process does not trust.
+
+    ``/dev/shm`` is writable by every local user, so anyone can create a
+    name first (*squatting*) and wait for another user's ``open`` or
+    ``create_or_open`` to use it.  By default a process only opens objects
+    owned by its own effective user or by root; trust other owners with
+    :func:`shmlink.trust` or ``$SHMLINK_TRUST`` (see the threat model in
+    ``docs/design.md``).  ``owner_uid`` and ``owner`` name the file's owner.
+    """
+
+    def __init__(self, message: str, *, owner_uid: int = -1, owner: str = "") -> None:
+        super().__init__(message)
+        self.owner_uid = owner_uid
+        self.owner = owner
 
 
 class Timeout(ShmlinkError, TimeoutError):
@@ -186,7 +204,13 @@ class PeerDisconnected(ShmlinkError, ConnectionError):
 
 
 class TooManyParticipants(ShmlinkError, OSError):
-    """Every participant slot of the segment is held by a live process."""
+    """An object's own limit on its users is reached; the message names it.
+
+    A topic raises it when all ``max_subscribers`` subscriber slots are held
+    by live subscribers.  Opening a segment never does: its participant
+    table (128 slots) is only for introspection, and a process that finds
+    it full is simply not listed.
+    """
 
 
 class MessageOverwritten(ShmlinkError):

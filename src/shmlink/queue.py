@@ -22,10 +22,13 @@ Guarantees:
 from __future__ import annotations
 
 import pickle
-from typing import Any, Iterable, Iterator, Literal
+import time
+import weakref
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from . import _core
 from .errors import (
+    InvalidState,
     InvalidArgument,
     InvalidSize,
     SegmentClosed,
@@ -33,7 +36,7 @@ from .errors import (
     TextDecodeError,
     Timeout,
 )
-from .segment import DATA_OFFSET, Lifetime, _Named
+from .segment import DATA_OFFSET, Lifetime, _Named, clear_forged_lock, forged_lock_holder
 from .sync import deadline_of
 
 __all__ = ["Queue", "MessageView", "WAIT_STRATEGIES", "WaitMode"]
@@ -46,6 +49,13 @@ WAIT_STRATEGIES: dict[str, int] = {"block": 0, "hybrid": 50_000, "spin": -1}
 
 #: Capacity of a queue or topic created without one (1 MiB).
 DEFAULT_CAPACITY = 1 << 20
+
+
+#: offsets of the ring's producer and consumer locks (struct shmlink_ring)
+_PROD_LOCK = 64
+_CONS_LOCK = 128
+#: blocking send()/recv() look at their lock's holder this often
+_GUARD_S = 0.25
 
 
 def _spin_of(wait: str) -> int:
@@ -70,7 +80,7 @@ class MessageView:
     again (copy what you need inside the block).
     """
 
-    __slots__ = ("_queue", "_view", "_done")
+    __slots__ = ("_queue", "_view", "_done", "__weakref__")
 
     def __init__(self, queue: "Queue", view: memoryview) -> None:
         self._queue = queue
@@ -91,8 +101,10 @@ class MessageView:
         """
         if self._done:
             return
-        self._view.release()
-        self._queue._ring.view_end(consume)  # BufferError while copies of the view live
+        try:
+            self._view.release()
+        finally:  # a KeyboardInterrupt after the release still ends the receive
+            self._queue._ring.view_end(consume)  # BufferError while copies of the view live
         self._done = True
 
     def __enter__(self) -> memoryview:
@@ -136,7 +148,9 @@ class Queue(_Named):
 
     KIND = "queue"
     _ring: Any = None
-    _view: "MessageView | None" = None
+    # the open zero-copy receive, weakly: one its caller dropped (a Ctrl-C
+    # between recv_view returning and the with-block) is released by __del__
+    _viewref: "Callable[[], MessageView | None]" = staticmethod(lambda: None)
     _spin = WAIT_STRATEGIES["hybrid"]
     _wait: WaitMode = "hybrid"
 
@@ -234,7 +248,7 @@ class Queue(_Named):
         ring.spin = self._spin
 
     def _detach_kind(self) -> None:
-        view = self._view
+        view = self._viewref()
         if view is not None and not view._done:
             from .errors import SegmentBusy
             raise SegmentBusy(
@@ -343,7 +357,39 @@ class Queue(_Named):
         # SegmentClosed itself.  A method (not the C function bound to the
         # instance) so that the call keeps the queue alive:
         # ``Queue.open(name).send(b"x")`` must not close it half-way.
-        (self._ring or self._r()).qsend(data, timeout=timeout)
+        ring = self._ring or self._r()
+        if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
+            ring.qsend(data, timeout=timeout)
+            return
+        self._guarded(ring.qsend, (data,), timeout, _PROD_LOCK,
+                      "queue {name!r} stayed full for {timeout!r} s; nothing was sent")
+
+    def _guarded(self, call: Any, args: tuple[Any, ...], timeout: float | None, lock: int,
+                 what: str) -> Any:
+        """A blocking ring call in slices, freeing a lock whose holder was forged.
+
+        The ring's locks wait for a live holder however long it holds
+        them.  A process with write access to the segment can record any
+        live process as the holder (PID 1); between slices the lock's
+        holder is checked (:func:`~shmlink.segment.forged_lock_holder`), and
+        one that is not attached to the segment for a whole slice is cleared.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        suspect = None
+        while True:
+            left = _GUARD_S if deadline is None else min(_GUARD_S, deadline - time.monotonic())
+            try:
+                return call(*args, timeout=max(0.0, left))
+            except Timeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise Timeout(what.format(name=self._name, timeout=timeout)) from None
+            mem = self._memory
+            off = DATA_OFFSET + lock
+            holder = forged_lock_holder(mem, off, self._mapping().identity)
+            if holder is not None and holder == suspect:
+                clear_forged_lock(mem, off, holder)
+                holder = None
+            suspect = holder
 
     def try_send(self, data: Any) -> bool:
         """Append one message if there is room now; True if it was sent."""
@@ -406,7 +452,11 @@ class Queue(_Named):
         Timeout
             If none arrived within ``timeout`` seconds.
         """
-        return (self._ring or self._r()).qrecv(timeout=timeout)
+        ring = self._ring or self._r()
+        if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
+            return ring.qrecv(timeout=timeout)  # type: ignore[no-any-return]
+        return self._guarded(ring.qrecv, (), timeout, _CONS_LOCK,
+                             "queue {name!r}: no message within {timeout!r} s")  # type: ignore[no-any-return]
 
     def try_recv(self) -> bytes | None:
         """Take the oldest message if there is one now, else None."""
@@ -452,17 +502,31 @@ class Queue(_Named):
             If none arrived within ``timeout`` seconds.
         """
         ring = self._r()
-        got = ring.view_begin(deadline_of(timeout), self._spin)
-        if got is None:
-            raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
-        offset, length = got
+        open_ = self._viewref()
+        if open_ is not None and not open_._done:
+            raise InvalidState(
+                f"queue {self._name!r}: a zero-copy receive is already open on this handle; "
+                "release it (leave its with-block) before taking the next")
+        view = mv = None
         try:
-            view = ring.view(offset, length)
+            # Everything after view_begin takes the consumer lock is inside
+            # this try: a KeyboardInterrupt at any instruction gives it back
+            # (the C core records the open receive itself, so view_end
+            # knows whether there is one to end).
+            got = ring.view_begin(deadline_of(timeout), self._spin)
+            if got is None:
+                raise Timeout(f"queue {self._name!r}: no message within {timeout} s")
+            view = ring.view(*got)
+            mv = MessageView(self, view)
+            self._viewref = weakref.ref(mv)
+            return mv
         except BaseException:
-            ring.view_end(False)
+            if mv is not None:
+                mv._done = True
+            if view is not None:
+                view.release()
+            ring.view_end(False)  # no-op when no receive is open
             raise
-        self._view = MessageView(self, view)
-        return self._view
 
     def recv_text(self, *, encoding: str = "utf-8", timeout: float | None = None) -> str:
         """Receive a message and decode it.
@@ -486,7 +550,10 @@ class Queue(_Named):
     def recv_object(self, *, timeout: float | None = None) -> Any:
         """Receive a message sent with :meth:`send_object`.
 
-        Only unpickle messages from processes you trust.
+        It unpickles, and unpickling runs whatever code the sender put in the pickle:
+        use it only with peers you trust (``open`` refuses objects of other users
+        unless you :func:`~shmlink.trust` them; any process of a trusted user, or of
+        anyone for a ``0o666`` object, can send).
         """
         return pickle.loads(self.recv(timeout=timeout))
 

@@ -50,6 +50,7 @@ from .errors import (
     BadDirectory,
     CorruptSegment,
     CreatorDied,
+    ForeignOwner,
     IncompatibleSegment,
     InvalidArgument,
     InvalidName,
@@ -64,12 +65,11 @@ from .errors import (
     TextDecodeError,
     TextTooLong,
     Timeout,
-    TooManyParticipants,
     WrongKind,
 )
 
 __all__ = ["Segment", "SegmentInfo", "Lifetime", "list_segments", "gc", "remove", "shm_dir",
-           "KINDS"]
+           "KINDS", "trust"]
 
 #: A named object's lifetime: ``"persist"`` (until unlinked) or ``"auto"``
 #: (removed when its last participant closes or exits).
@@ -245,6 +245,166 @@ def _identity() -> tuple[int, int]:
     return _self_identity
 
 
+# --- whose objects this process opens ----------------------------------------
+
+#: owners trusted by :func:`trust` (uids; -1 = anyone)
+_trusted: set[int] = set()
+
+
+def _uid_of(owner: object) -> int:
+    """A uid from a uid, a user name, or ``"*"`` (-1: anyone)."""
+    if isinstance(owner, bool):
+        raise TypeError("an owner is a uid (int) or a user name (str)")
+    if isinstance(owner, int):
+        if owner < 0:
+            raise InvalidArgument(f"a uid is >= 0, not {owner}")
+        return owner
+    if isinstance(owner, str):
+        owner = owner.strip()
+        if owner == "*":
+            return -1
+        if owner.isdigit():
+            return int(owner)
+        import pwd
+        try:
+            return pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            raise InvalidArgument(f"no user named {owner!r} (trust a uid or a user name)") from None
+    raise TypeError(f"an owner is a uid (int) or a user name (str), not {type(owner).__name__}")
+
+
+def trust(*owners: int | str) -> None:
+    """Let this process open objects whose files other users own.
+
+    By default ``open`` and ``create_or_open`` of every kind refuse an
+    object whose file is owned by a user other than this process's
+    effective user (or root) with :class:`ForeignOwner`: anyone can create
+    a name in ``/dev/shm`` first and wait for you to use it.  Call this to
+    share objects between users on purpose; ``$SHMLINK_TRUST`` (owners
+    separated by commas or spaces) does the same for a whole program.
+
+    Parameters
+    ----------
+    *owners : int or str
+        uids, user names, or ``"*"`` for any owner (which gives up the
+        protection: see the threat model in ``docs/design.md``).
+    """
+    _trusted.update(_uid_of(o) for o in owners)
+
+
+def _env_trusted() -> set[int]:
+    raw = os.environ.get("SHMLINK_TRUST", "")
+    out = set()
+    for item in raw.replace(",", " ").split():
+        try:
+            out.add(_uid_of(item))
+        except (InvalidArgument, TypeError):
+            raise InvalidArgument(
+                f"$SHMLINK_TRUST names {item!r}, which is not a uid, a user name or '*'"
+            ) from None
+    return out
+
+
+def _check_owner(st: os.stat_result, shown: str) -> None:
+    """Refuse a file owned by a user this process does not trust (ForeignOwner)."""
+    uid = st.st_uid
+    me = os.geteuid()
+    if uid == me or uid == 0:
+        return
+    trusted = _trusted | _env_trusted()
+    if uid in trusted or -1 in trusted:
+        return
+    try:
+        import pwd
+        user = pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        user = str(uid)
+    raise ForeignOwner(
+        f"segment {shown!r} belongs to user {user!r} (uid {uid}), not to this process's "
+        f"user (uid {me}): anyone can create a name first, so it is not opened; if that "
+        f"user is meant to share it, call shmlink.trust({user!r}) or set "
+        f"SHMLINK_TRUST={user}",
+        owner_uid=uid, owner=user)
+
+
+# --- lock words that name a process outside the segment ----------------------
+
+
+def _flock_holders(dev: int, ino: int) -> set[int] | None:
+    """PIDs that hold a ``flock`` on the file (dev, ino), from ``/proc/locks``.
+
+    None if the kernel's table cannot be read (then nobody is judged).  The
+    PID of a flock is the process that took it; a child that inherited the
+    open file through fork() holds it too, without being listed.
+    """
+    want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+    out = set()
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 00:1b:35758 0 EOF" ("->" marks waiters)
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == want:
+                    try:
+                        out.add(int(parts[4]))
+                    except ValueError:
+                        pass
+    except OSError:
+        return None
+    return out
+
+
+def _parent_pid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def forged_lock_holder(mem: Any, off: int, identity: tuple[int, int]) -> tuple[int, int] | None:
+    """(pid, start) of a lock's recorded holder if it cannot be a participant, else None.
+
+    A robust lock's holder is a process that has the segment open, so it
+    (or, through fork, an ancestor of it) holds the file's ``flock``.  A
+    live process recorded as the holder that does not -- PID 1 written
+    into the owner word by someone with write access -- cannot be doing
+    the work the lock guards: it was forged.  Dead holders are left to the
+    lock's own take-over.  None when the kernel's lock table is unreadable.
+    """
+    pid = mem.load32(off)
+    start = mem.load64(off + 8)
+    if pid == 0 or not _core.process_alive(pid, start):
+        return None
+    holders = _flock_holders(*identity)
+    if holders is None:
+        return None
+    p = pid
+    for _ in range(64):
+        if p in holders:
+            return None
+        p = _parent_pid(p)
+        if p <= 0:
+            break
+    return (pid, start)
+
+
+def clear_forged_lock(mem: Any, off: int, holder: tuple[int, int]) -> bool:
+    """Free a lock still recorded as held by a forged ``holder``; True if freed.
+
+    Clears the start time, then the owner word, each by CAS against the
+    forged values (a genuine acquirer that took the lock meanwhile keeps
+    it), and wakes one waiter.
+    """
+    pid, start = holder
+    if not mem.cas64(off + 8, start, 0):
+        return False
+    if not mem.cas32(off, pid, 0):
+        return False
+    mem.wake32(off)
+    return True
+
+
 # --- header parsing ---------------------------------------------------------
 
 
@@ -324,7 +484,15 @@ class _Mapping:
         self.identity = (st.st_dev, st.st_ino)
 
     def register(self) -> None:
-        """Claim a participant slot (read-write mappings only)."""
+        """Claim a participant slot (read-write mappings only), if one is free.
+
+        The table is for introspection (``shmlink ls``, :meth:`participants`)
+        and for ``gc`` to notice participants that died without closing;
+        liveness itself is the kernel's ``flock``.  So a full table (more
+        than 128 processes) never refuses an open: the process is simply
+        not listed.  Each kind's own limits (a topic's ``max_subscribers``)
+        are the only ones that refuse, and their errors name them.
+        """
         if self.readonly:
             return
         pid, start = _identity()
@@ -338,10 +506,6 @@ class _Mapping:
                         mem.store64(off + _PART_START, start)
                         self.slot = i
                         return
-        raise TooManyParticipants(
-            f"segment at {self.path}: all {MAX_PARTICIPANTS} participant slots are held "
-            "by live processes; close some handles first"
-        )
 
     def unregister(self) -> None:
         if self.slot >= 0 and not self.mm.closed:
@@ -1163,11 +1327,16 @@ def _attach(final: str, key: str, shown: str, readonly: bool,
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise _not_a_segment_file(shown, st.st_mode)
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            # An "auto" segment may have been unlinked between our open and
-            # our lock: then this file is dead; look the name up again.
+            _check_owner(st, shown)
+            _lock_shared(fd, shown, deadline)
+            # The name may have been unlinked between our open and our lock
+            # (an "auto" segment's last user closing, or gc, which unlinks
+            # only under its exclusive lock): then this file is dead; look
+            # the name up again.  Holding the shared lock, nobody can remove
+            # the name for an unused segment any more.
             try:
-                if os.stat(final).st_ino != st.st_ino:
+                now = os.stat(final)
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                     os.close(fd)
                     continue
             except FileNotFoundError:
@@ -1206,6 +1375,36 @@ def _not_a_segment_file(shown: str, mode: int) -> IncompatibleSegment:
             else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
     return IncompatibleSegment(f"segment {shown!r} is {what}, not a shmlink segment: "
                                "remove it or use another name")
+
+
+def _lock_shared(fd: int, shown: str, deadline: float | None) -> None:
+    """Take the shared flock every participant holds, within the deadline.
+
+    An exclusive lock is held briefly by ``gc`` and by a last user removing
+    an ``auto`` segment; anyone who can open the file (a read-only reader
+    of a ``0o644`` segment too) can hold one for as long as they like, so
+    the wait polls and honours the deadline instead of blocking in flock().
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    pause = 0.0005
+    while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise Timeout(
+                f"segment {shown!r}: another process holds an exclusive lock on its file "
+                "(shmlink gc or a closing last user holds it for a moment; any longer is "
+                "another program's doing): wait longer (timeout=) or find that process"
+            )
+        time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+        pause = min(pause * 2, 0.02)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
 
 
 def _wait_ready(m: _Mapping, shown: str, deadline: float | None) -> None:
@@ -1492,17 +1691,64 @@ def gc(*, dry_run: bool = False) -> list[str]:
                 if not dry_run:
                     _unlink_quiet(path)
             continue
-        try:
-            si = inspect_path(path, entry[len(PREFIX):])
-        except ShmlinkErrorTypes:
-            continue
-        if si.in_use or si.kind == "invalid":
-            continue
-        if si.lifetime == "auto" or si.dead_participants:
-            removed.append(si.name)
-            if not dry_run:
-                _unlink_quiet(path)
+        name = entry[len(PREFIX):]
+        if _gc_one(path, dry_run):
+            removed.append(name)
     return removed
+
+
+def _gc_one(path: str, dry_run: bool) -> bool:
+    """Remove one segment file if nobody can use it; True if it was (or would be).
+
+    The whole decision is taken holding an exclusive ``flock`` on the file,
+    and the name is unlinked while it is still held, only if the path still
+    names the file that was examined.  Every opener takes a shared lock and
+    then checks that the name still names the file it locked (see
+    :func:`_attach`), so an open that races gc either keeps the segment
+    (gc sees it in use) or fails/retries (its file is gone): nobody is left
+    holding memory that nobody can find by name.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live process has it open
+        try:
+            h = _parse_header(os.pread(fd, _HDR.size, 0), st.st_size, path)
+        except (IncompatibleSegment, CorruptSegment):
+            return False
+        if not h.flags & FLAG_AUTO:
+            table = os.pread(fd, 16 * MAX_PARTICIPANTS, _OFF_PARTICIPANTS)
+            dead = False
+            for i in range(MAX_PARTICIPANTS):
+                pid, _, start = _PART.unpack_from(table, 16 * i)
+                if pid and not _core.process_alive(pid, start):
+                    dead = True
+                    break
+            if not dead:
+                return False  # persist, closed cleanly: its data outlives its users
+        if dry_run:
+            return True
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            return False
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False  # replaced meanwhile: not the file we examined
+        try:
+            _unlink_quiet(path)
+        except OSError:
+            return False  # another user's file in a sticky directory
+        return True
+    finally:
+        os.close(fd)  # drops the exclusive lock: waiting openers see the name gone
 
 
 def _unlink_quiet(path: str) -> None:

@@ -130,6 +130,9 @@ class Mutex(_Named):
             The lock *is* now held by the caller, but a previous holder died
             while holding it: repair the data, call :meth:`mark_consistent`,
             then :meth:`release`.
+        KeyboardInterrupt
+            (or any exception a signal handler raises) while it waits or
+            just after it took the lock: the caller does not hold the lock.
         InvalidState
             If this thread already holds it (not recursive).
         """
@@ -138,13 +141,26 @@ class Mutex(_Named):
         me = threading.get_ident()
         if self._holder_thread() == me and mem.load32(_M_LOCK) == os.getpid():
             raise InvalidState(f"mutex {self._name!r} is already held by this thread (it is not recursive)")
-        r = mem.lock_acquire(_M_LOCK, deadline, _SPIN_NS)
-        if r is None:
-            raise Timeout(
-                f"mutex {self._name!r} still held by PID {mem.load32(_M_LOCK)} after {timeout} s; "
-                "wait longer or find out why that process holds it"
-            )
-        return self._taken(r)
+        got: list[int | None] = []
+        try:
+            # list.extend(map(...)) calls lock_acquire and stores its result
+            # without returning to the interpreter in between, so a
+            # KeyboardInterrupt cannot land between "the C core took the
+            # lock" and "we know we took it" (it would after a plain call).
+            got.extend(map(mem.lock_acquire, (_M_LOCK,), (deadline,), (_SPIN_NS,)))
+            r = got[0]
+            if r is None:
+                raise Timeout(
+                    f"mutex {self._name!r} still held by PID {mem.load32(_M_LOCK)} after "
+                    f"{timeout} s; wait longer or find out why that process holds it"
+                )
+            return self._taken(r)
+        except OwnerDied:
+            raise  # held by the caller, as documented
+        except BaseException:
+            if got and got[0] is not None:
+                self._abandon(got[0])
+            raise
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free now (or its holder died); never waits.
@@ -154,19 +170,29 @@ class Mutex(_Named):
         mem = self._memory
         if self._holder_thread() == threading.get_ident() and mem.load32(_M_LOCK) == os.getpid():
             return False
-        r = mem.lock_try(_M_LOCK)
-        if r is None:
-            return False
-        return self._taken(r)
+        got: list[int | None] = []
+        try:
+            got.extend(map(mem.lock_try, (_M_LOCK,)))  # see acquire()
+            r = got[0]
+            if r is None:
+                return False
+            return self._taken(r)
+        except OwnerDied:
+            raise
+        except BaseException:
+            if got and got[0] is not None:
+                self._abandon(got[0])
+            raise
 
     def _taken(self, r: int) -> bool:
         mem = self._memory
-        previous = mem.load32(_M_HOLDER)
+        if r == 1:
+            # first: an interrupted acquire that gives the lock back must
+            # leave the next acquirer told that a holder died
+            mem.store32(_M_DEAD, mem.load32(_M_HOLDER))
+            mem.store32(_M_INCONSISTENT, 1)
         mem.store32(_M_HOLDER, os.getpid())
         mem.add64(_M_ACQUISITIONS, 1)
-        if r == 1:
-            mem.store32(_M_DEAD, previous)
-            mem.store32(_M_INCONSISTENT, 1)
         self._mapping().mutex_thread = threading.get_ident()  # type: ignore[attr-defined]
         if mem.load32(_M_INCONSISTENT):
             dead = mem.load32(_M_DEAD)
@@ -177,6 +203,22 @@ class Mutex(_Named):
                 previous_pid=dead,
             )
         return True
+
+    def _abandon(self, r: int) -> None:
+        """An acquire that took the lock was interrupted: give the lock back.
+
+        The caller gets the exception and does not hold the lock (it may
+        retry).  A lock taken over from a dead holder stays marked
+        inconsistent, so the next acquirer is told.
+        """
+        mem = self._memory
+        if r == 1 and not mem.load32(_M_INCONSISTENT):
+            mem.store32(_M_DEAD, mem.load32(_M_HOLDER))
+            mem.store32(_M_INCONSISTENT, 1)
+        m = self._mapping()
+        if getattr(m, "mutex_thread", None) == threading.get_ident():
+            m.mutex_thread = None  # type: ignore[attr-defined]
+        mem.lock_release(_M_LOCK)
 
     def release(self) -> None:
         """Release the lock.

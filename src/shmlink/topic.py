@@ -427,7 +427,8 @@ class Topic(_Named):
         Raises
         ------
         TooManyParticipants
-            If every slot is held by a live subscriber.
+            If all ``max_subscribers`` subscriber slots are held by live
+            subscribers (the only limit on how many processes use a topic).
         Timeout
             If the publisher lock could not be taken in time.
         """
@@ -461,7 +462,7 @@ class TopicMessageView:
     was.  Leaving by an exception leaves the message for the next receive.
     """
 
-    __slots__ = ("_sub", "_view", "_done")
+    __slots__ = ("_sub", "_view", "_done", "__weakref__")
 
     def __init__(self, sub: "Subscriber", view: memoryview) -> None:
         self._sub = sub
@@ -489,8 +490,10 @@ class TopicMessageView:
         """
         if self._done:
             return
-        self._view.release()
-        intact = self._sub._c.view_end(consume)  # BufferError while copies of the view live
+        try:
+            self._view.release()
+        finally:  # a KeyboardInterrupt after the release still ends the receive
+            intact = self._sub._c.view_end(consume)  # BufferError while copies of the view live
         self._done = True
         if consume and not intact:
             raise MessageOverwritten(
@@ -617,6 +620,9 @@ class Subscriber:
     iterator.
     """
 
+    # the open zero-copy receive, weakly (see Queue.recv_view)
+    _viewref: "Callable[[], TopicMessageView | None]" = staticmethod(lambda: None)
+
     def __init__(self, *_: Any, **__: Any) -> None:
         raise TypeError("use Topic.subscribe() to make a Subscriber")
 
@@ -694,16 +700,30 @@ class Subscriber:
         Timeout
             If none arrived within ``timeout`` seconds.
         """
-        got = self._c.view_begin(timeout)
-        if got is None:
-            raise Timeout(f"topic {self._name!r}: no message within {timeout} s")
-        offset, length = got
+        c = self._c
+        open_ = self._viewref()
+        if open_ is not None and not open_._done:
+            raise InvalidState(
+                f"topic {self._name!r}: a zero-copy receive is already open on this "
+                "subscriber; release it (leave its with-block) before taking the next")
+        view = mv = None
         try:
-            view = self._c.view(offset, length)
+            # A KeyboardInterrupt at any instruction after view_begin ends the
+            # receive it opened (the C core records it; view_end knows).
+            got = c.view_begin(timeout)
+            if got is None:
+                raise Timeout(f"topic {self._name!r}: no message within {timeout} s")
+            view = c.view(*got)
+            mv = TopicMessageView(self, view)
+            self._viewref = weakref.ref(mv)
+            return mv
         except BaseException:
-            self._c.view_end(False)
+            if mv is not None:
+                mv._done = True
+            if view is not None:
+                view.release()
+            c.view_end(False)  # no-op when no receive is open
             raise
-        return TopicMessageView(self, view)
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield messages as they arrive, forever (break out, or Ctrl-C)."""

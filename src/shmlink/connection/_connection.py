@@ -65,7 +65,7 @@ from ._layout import (
     _slice_end,
     _unpack,
 )
-from ._reader import _TIMEOUT, ResponseFuture, _ReaderRole
+from ._reader import _NOWAIT, _TIMEOUT, ResponseFuture, _ReaderRole
 
 __all__ = ["Connection"]
 
@@ -323,14 +323,18 @@ class Connection(_ReaderRole, _Named):
         -------
         dict
             Client and server PIDs (with liveness), the accept state, closed
-            flags and, per direction, messages sent, received and queued.
+            flags and, per direction, messages sent, received and queued;
+            ``dropped``: responses this end read that no request of its own
+            waited for (late, duplicate or unsolicited), dropped as read.
         """
         mem = self._memory
         c2s, s2c = self._rings  # type: ignore[misc]
-        return _conn_state(
+        state = _conn_state(
             (mem.load32(_C_CLIENT_PID), mem.load32(_C_CLIENT_CLOSED), mem.load64(_C_CLIENT_START)),
             (mem.load32(_C_SERVER_PID), mem.load32(_C_SERVER_CLOSED), mem.load64(_C_SERVER_START)),
             mem.load32(_C_STATE), c2s.stats(), s2c.stats())
+        state["dropped"] = self._dropped
+        return state
 
     # -- sending --
 
@@ -461,7 +465,14 @@ class Connection(_ReaderRole, _Named):
         if inbox:
             return inbox.popleft()[_FRAME_SIZE:]
         rl = self._rlock
-        if rl.acquire(False):
+        got: list[bool] = []
+        try:
+            got.extend(map(rl.acquire, _NOWAIT))  # see _reader._NOWAIT
+        except BaseException:
+            if got and got[0]:
+                rl.release()
+            raise
+        if got[0]:
             try:
                 if inbox:
                     f = inbox.popleft()
@@ -503,7 +514,14 @@ class Connection(_ReaderRole, _Named):
         if inbox:
             return inbox.popleft()[_FRAME_SIZE:]
         rl = self._rlock
-        if not rl.acquire(False):
+        got: list[bool] = []
+        try:
+            got.extend(map(rl.acquire, _NOWAIT))  # see _reader._NOWAIT
+        except BaseException:
+            if got and got[0]:
+                rl.release()
+            raise
+        if not got[0]:
             return None
         try:
             if inbox:
@@ -529,7 +547,10 @@ class Connection(_ReaderRole, _Named):
     def recv_object(self, *, timeout: float | None = None) -> Any:
         """Receive an object sent with :meth:`send_object`.
 
-        Only unpickle messages from processes you trust.
+        It unpickles, and unpickling runs whatever code the sender put in the pickle:
+        use it only with peers you trust (``open`` refuses objects of other users
+        unless you :func:`~shmlink.trust` them; any process of a trusted user, or of
+        anyone for a ``0o666`` object, can send).
 
         Parameters
         ----------
@@ -592,37 +613,46 @@ class Connection(_ReaderRole, _Named):
         frame = _pack(rid << 8 | _REQ) + data
         fut = ResponseFuture()
         pending = self._pending
-        pending[rid] = fut  # before the request goes out: the response finds it
+        got: list[bool] = []
         try:
+            pending[rid] = fut  # before the request goes out: the response finds it
             rl = self._rlock
-            if self._err is None and rl.acquire(False):
+            if self._err is None:
+                got.extend(map(rl.acquire, _NOWAIT))  # see _reader._NOWAIT
+            if got and got[0]:
                 # The hot path: one try_send and one Ring.recv, with the reader
                 # role held (close() waits for it, so the send needs no lock).
                 try:
-                    try:
-                        sent = self._out.try_send(frame)
-                    except MessageTooLarge:
-                        raise self._too_large(frame) from None
-                    if sent:
-                        end = self._slice
-                        if deadline is not None and deadline < end:
-                            end = deadline
-                        f = self._in.recv(end, self._spin)
-                        if f is not None:
-                            self._route(f)
-                            f = fut.result()
-                        if f is None:
-                            f = self._read(fut.result, deadline)
-                finally:
-                    rl.release()
-                    if self._nwaiting or self._closing:
-                        self._left()
+                    sent = self._out.try_send(frame)
+                except MessageTooLarge:
+                    raise self._too_large(frame) from None
+                if sent:
+                    end = self._slice
+                    if deadline is not None and deadline < end:
+                        end = deadline
+                    f = self._in.recv(end, self._spin)
+                    if f is not None:
+                        self._route(f)
+                        f = fut.result()
+                    if f is None:
+                        f = self._read(fut.result, deadline)
+                got[0] = False  # before the release: an interrupt after it finds it done
+                rl.release()
+                if self._nwaiting or self._closing:
+                    self._left()
                 if sent:
                     return self._response(f, timeout)
             self._send_frame(frame, deadline)
             f = self._take(fut.result, deadline)
             return self._response(None if f is _TIMEOUT else f, timeout)
         finally:
+            # The role first: nothing here may run a call before it is given
+            # back (a KeyboardInterrupt can land after any call).
+            if got and got[0]:
+                got[0] = False
+                rl.release()
+                if self._nwaiting or self._closing:
+                    self._left()
             pending.pop(rid, None)  # answered, or given up: a late response is dropped
 
     def _response(self, f: bytes | None, timeout: float | None) -> bytes:
@@ -635,6 +665,11 @@ class Connection(_ReaderRole, _Named):
 
     def request_object(self, obj: Any, *, timeout: float | None = None) -> Any:
         """:meth:`request` with a pickled object; the response is unpickled too.
+
+        It unpickles, and unpickling runs whatever code the sender put in the pickle:
+        use it only with peers you trust (``open`` refuses objects of other users
+        unless you :func:`~shmlink.trust` them; any process of a trusted user, or of
+        anyone for a ``0o666`` object, can send).
 
         Parameters
         ----------
@@ -720,7 +755,16 @@ class Connection(_ReaderRole, _Named):
         while True:
             if self._stop:
                 return served
-            if not rl.acquire(False):
+            got: list[bool] = []
+            try:
+                got.extend(map(rl.acquire, _NOWAIT))  # see _reader._NOWAIT
+                if got[0]:
+                    self._rowner = _get_ident()
+            except BaseException:
+                if got and got[0]:
+                    self._leave()
+                raise
+            if not got[0]:
                 # another thread reads: it hands requests over
                 try:
                     f = self._take(self._pop_request, _monotonic() + SLICE)
@@ -734,7 +778,6 @@ class Connection(_ReaderRole, _Named):
                     continue
                 served += self._answer(handler, f)
                 continue
-            self._rowner = _get_ident()
             try:
                 reqs = self._requests
                 ring = self._in

@@ -8,10 +8,12 @@ accept compare-and-swap (or finds the client gone).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import struct
 import threading
+import time
 from typing import Any, Iterator
 
 from .. import _core
@@ -479,12 +481,17 @@ def _read_data(path: str, n: int) -> tuple[int, bytes] | None:
     except OSError:
         return None
     try:
+        return _read_fd(fd, n)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, n: int) -> tuple[int, bytes] | None:
+    try:
         head = os.pread(fd, 16, 0)
         data = os.pread(fd, n, _D)
     except OSError:
         return None
-    finally:
-        os.close(fd)
     if len(head) < 16 or len(data) < n:
         return None
     magic, _version, kind = struct.unpack_from("<QII", head)
@@ -494,29 +501,55 @@ def _read_data(path: str, n: int) -> tuple[int, bytes] | None:
 
 
 def _stale_listener(name: str) -> str | None:
-    """Remove the listener ``name`` if its server died; else say who holds the name."""
+    """Remove the listener ``name`` if its server died; else say who holds the name.
+
+    What is examined is one open file, and only that file is removed: its
+    name is unlinked holding an exclusive ``flock`` on it and only while
+    the path still names it.  Every remover of a listener (this function,
+    ``gc``, the last user of an ``auto`` segment) holds that lock, so of
+    two servers taking over the same stale name at once, one removes it
+    and the other finds the name gone or naming the winner's new listener,
+    which it never removes (it is served by a live process, and the
+    winner holds its shared lock).
+    """
     path = os.path.join(shm_dir(), PREFIX + name)
-    got = _read_data(path, 24)
-    if got is None:
-        return None if not os.path.lexists(path) else "it is not a readable shmlink segment"
-    kind, data = got
-    if kind != Listener._kind_id():
-        return "it is another kind of object"
-    magic, _v, pid, closed, start = struct.unpack_from("<IIIIQ", data)
-    if magic == _L_MAGIC_VALUE and not closed and _process_alive(pid, start):
-        return f"served by PID {pid}"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError:
+        return "it is not a readable shmlink segment"
     try:
-        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        got = _read_fd(fd, 24)
+        if got is None:
+            return "it is not a readable shmlink segment"
+        kind, data = got
+        if kind != Listener._kind_id():
+            return "it is another kind of object"
+        magic, _v, pid, closed, start = struct.unpack_from("<IIIIQ", data)
+        if magic == _L_MAGIC_VALUE and not closed and _process_alive(pid, start):
+            return f"served by PID {pid}"
+        # Its server is gone.  Clients still attached notice within a slice
+        # and let go of the file: wait for them, a little.
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return f"its server (PID {pid}) is gone but other processes still have it open"
+                time.sleep(0.01)
+        st = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
             os.unlink(path)  # its server died: take the name over
-    except FileNotFoundError:
-        pass
+        return None
     finally:
         os.close(fd)
-    return None
 
 
 def _listener_clients(name: str) -> list[dict[str, Any]]:

@@ -42,6 +42,12 @@ _process_alive = _core.process_alive
 _get_ident = threading.get_ident
 
 _RETRY = object()  # the reader role looks free: try to take it
+#: ``got.extend(map(lock.acquire, _NOWAIT))`` takes a lock without blocking
+#: and records whether it did in ``got`` with no return to the interpreter
+#: in between: after a plain ``lock.acquire(False)`` a KeyboardInterrupt can
+#: land before the result is stored, and the lock leaks.  Every place that
+#: takes the reader role does it this way, inside the try that gives it back.
+_NOWAIT = (False,)
 _TIMEOUT = object()  # the deadline passed
 
 
@@ -90,6 +96,7 @@ class _ReaderRole:
     _alive_checked = 0.0
     _rowner = 0
     _stop = False
+    _dropped = 0  # responses nobody waited for (late, duplicate or unsolicited)
 
     def _init_reader(self) -> None:
         self._lock = threading.Lock()
@@ -158,7 +165,10 @@ class _ReaderRole:
         if k == _RESP or k == _ERR:
             fut = self._pending.pop(h >> 8, None)
             if fut is None:
-                return  # its requester gave up (timed out): drop it
+                # its requester gave up (timed out), or nobody asked (a second
+                # answer, an unsolicited one): drop it, count it, keep nothing
+                self._dropped += 1
+                return
             fut.frame = f
         elif k == _MSG:
             self._inbox.append(f)
@@ -282,8 +292,10 @@ class _ReaderRole:
         """What ``check()`` finds, reading the ring when no other thread does; or _TIMEOUT."""
         rl = self._rlock
         while True:
-            if rl.acquire(False):
-                try:
+            got: list[bool] = []
+            try:
+                got.extend(map(rl.acquire, _NOWAIT))  # see _NOWAIT
+                if got[0]:
                     item = check()
                     if item is not None:
                         return item
@@ -291,7 +303,8 @@ class _ReaderRole:
                         raise self._error()
                     item = self._read(check, deadline)
                     return _TIMEOUT if item is None else item
-                finally:
+            finally:
+                if got and got[0]:
                     self._leave()
             item = self._wait_turn(check, deadline)
             if item is not _RETRY:
