@@ -1619,7 +1619,7 @@ def _entries(d: str) -> list[str]:
     """The names in the segment directory ``d``, sorted; BadDirectory if it is not one."""
     try:
         return sorted(os.listdir(d))
-    except OSError as e:
+    except OSError:
         problem = _directory_problem(d)
         if problem is not None:
             raise problem from None
