@@ -1725,10 +1725,10 @@ def _gc_one(path: str, dry_run: bool) -> bool:
         except (IncompatibleSegment, CorruptSegment):
             return False
         if not h.flags & FLAG_AUTO:
-            table = os.pread(fd, 16 * MAX_PARTICIPANTS, _OFF_PARTICIPANTS)
+            table = os.pread(fd, _PART_SIZE * MAX_PARTICIPANTS, _OFF_PARTICIPANTS)
             dead = False
             for i in range(MAX_PARTICIPANTS):
-                pid, _, start = _PART.unpack_from(table, 16 * i)
+                pid, start = _PART.unpack_from(table, _PART_SIZE * i)
                 if pid and not _core.process_alive(pid, start):
                     dead = True
                     break
