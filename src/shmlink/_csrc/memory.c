@@ -879,7 +879,9 @@ static PyObject *Memory_mutex_release(MemoryObject *self, PyObject *arg) {
     identity(&pid, &start);
     int rc = shmlink_mutex_block_unlock(m, pid);
     if (rc == -EPERM) {
-        uint32_t owner = SHMLINK_LOAD_RELAXED(&m->lock.owner);
+        struct shmlink_mutex_stats st;
+        shmlink_mutex_block_stats(m, &st);
+        uint32_t owner = st.owner;
         if (owner)
             sl_raisef(rc, "mutex %R is not held by this process (holder PID %lu); only the "
                       "thread that acquired it may release it",
