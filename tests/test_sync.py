@@ -22,7 +22,11 @@ from workers import segment as H
 import shmlink
 from support import CTX, asleep_in_futex, join_all, kill, run_python, wait_for
 from shmlink import Event, Mutex, NotOwner, OwnerDied, Segment, ShmlinkError, Timeout
-from shmlink.sync import _M_LOCK
+from shmlink import _core
+from shmlink.sync import _M_BLOCK
+
+# shmlink_lock.waiters of a mutex (its lock starts the block)
+_WAITERS = _M_BLOCK + _core.LAYOUT["mutex"]["lock"][0] + _core.LAYOUT["lock"]["waiters"][0]
 
 
 def start(target, *args):
@@ -246,6 +250,37 @@ def test_try_acquire_takes_over_from_a_dead_holder(mutex):
     mutex.release()
 
 
+@pytest.mark.parametrize("take", ["acquire", "try_acquire"])
+def test_owner_died_names_a_holder_that_died_before_its_bookkeeping(mutex, take):
+    """A holder that dies right after the lock's CAS, before it recorded itself as the
+    holder, is the one OwnerDied names: the take-over records the PID it replaced in the
+    lock word (reading the last recorded holder named the process before it)."""
+    mutex.acquire(timeout=5)
+    mutex.release()  # the last recorded holder is this process
+    r = run_python(
+        "import os, sys, shmlink\n"
+        "from shmlink.sync import _M_BLOCK\n"
+        "m = shmlink.Mutex.open(sys.argv[1])\n"
+        "assert m._memory.lock_acquire(_M_BLOCK, None, 0) == 0  # the CAS, nothing else\n"
+        "print(os.getpid(), flush=True)\n"
+        "os._exit(0)\n",
+        mutex.name,
+    )
+    assert r.returncode == 0, r.stderr
+    dead = int(r.stdout)
+    assert mutex.holder_pid == dead
+    with pytest.raises(OwnerDied) as exc:
+        if take == "acquire":
+            mutex.acquire(timeout=5)
+        else:
+            mutex.try_acquire()
+    assert exc.value.previous_pid == dead != os.getpid()
+    assert str(dead) in str(exc.value)
+    mutex.mark_consistent()
+    mutex.release()
+    assert mutex.consistent and not mutex.locked()
+
+
 def test_with_on_inconsistent_mutex_raises_and_does_not_leave_it_locked(mutex):
     p = _kill_holder(mutex, "kills-itself")
     try:
@@ -287,7 +322,7 @@ def test_ctrl_c_interrupts_a_blocked_acquire(mutex):
             "print('acquiring', flush=True)\n"
             "m.acquire()\n",
             mutex.name,
-            blocked=lambda: mutex._memory.load32(_M_LOCK + 4) > 0,  # shmlink_lock.waiters
+            blocked=lambda: mutex._memory.load32(_WAITERS) > 0,
         )
         assert mutex.holder_pid == os.getpid()
     finally:
@@ -314,7 +349,7 @@ def test_ctrl_c_is_not_lost_between_two_sleep_slices(mutex):
     hog = None
     try:
         assert H._readline(child, 30).strip()
-        wait_for(lambda: mutex._memory.load32(_M_LOCK + 4) > 0, what="the child to block")
+        wait_for(lambda: mutex._memory.load32(_WAITERS) > 0, what="the child to block")
         try:
             os.sched_setaffinity(child.pid, {cpu})
             os.sched_setscheduler(child.pid, os.SCHED_IDLE, os.sched_param(0))

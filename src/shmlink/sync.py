@@ -2,9 +2,11 @@
 
 Both live in a small segment of their own.  Waiting goes through the C core:
 futex waits with the GIL released, interruptible by Ctrl-C, bounded by an
-absolute deadline computed once.  Event's sequences (set, clear, wait,
-auto-reset consumption) are those of include/shmlink/event.h, called through
-the binding; this module parses arguments and maps results to exceptions.
+absolute deadline computed once.  The sequences are the headers': Mutex's
+(take, take over from a dead holder, release, mark consistent) are
+include/shmlink/mutex.h's, Event's (set, clear, wait, auto-reset
+consumption) include/shmlink/event.h's, called through the binding; this
+module parses arguments and maps results to exceptions.
 """
 
 from __future__ import annotations
@@ -27,13 +29,9 @@ from .segment import DATA_OFFSET, Lifetime, _Named
 
 __all__ = ["Mutex", "Event", "deadline_of"]
 
-# Mutex control block (struct shmlink_mutex in include/shmlink/mutex.h, from _core)
-_M = _core.LAYOUT["mutex"]
-_M_LOCK = DATA_OFFSET + _M["lock"][0]  # struct shmlink_lock
-_M_INCONSISTENT = DATA_OFFSET + _M["inconsistent"][0]  # 1 after a holder died, until mark_consistent()
-_M_HOLDER = DATA_OFFSET + _M["holder"][0]  # PID of the last holder (kept after it dies)
-_M_DEAD = DATA_OFFSET + _M["dead"][0]  # PID of the holder that died
-_M_ACQUISITIONS = DATA_OFFSET + _M["acquisitions"][0]  # u64 counter
+# Mutex control block: struct shmlink_mutex (include/shmlink/mutex.h) starts
+# the data area; its sequences are the header's, through Memory.mutex_*.
+_M_BLOCK = DATA_OFFSET
 _M_SIZE = _core.LAYOUT_SIZE["mutex"]
 
 # Event control block: include/shmlink/event.h, offsets exported by _core.
@@ -135,23 +133,24 @@ class Mutex(_Named):
             just after it took the lock: the caller does not hold the lock.
         InvalidState
             If this thread already holds it (not recursive).
+        SegmentClosed
+            If another thread closes this handle meanwhile.
         """
         deadline = deadline_of(timeout)
         mem = self._memory
-        me = threading.get_ident()
-        if self._holder_thread() == me and mem.load32(_M_LOCK) == os.getpid():
+        if self._held_here():
             raise InvalidState(f"mutex {self._name!r} is already held by this thread (it is not recursive)")
-        got: list[int | None] = []
+        got: list[tuple[int, int] | None] = []
         try:
-            # list.extend(map(...)) calls lock_acquire and stores its result
+            # list.extend(map(...)) calls mutex_acquire and stores its result
             # without returning to the interpreter in between, so a
             # KeyboardInterrupt cannot land between "the C core took the
             # lock" and "we know we took it" (it would after a plain call).
-            got.extend(map(mem.lock_acquire, (_M_LOCK,), (deadline,), (_SPIN_NS,)))
+            got.extend(map(mem.mutex_acquire, (_M_BLOCK,), (deadline,), (_SPIN_NS,)))
             r = got[0]
             if r is None:
                 raise Timeout(
-                    f"mutex {self._name!r} still held by PID {mem.load32(_M_LOCK)} after "
+                    f"mutex {self._name!r} still held by PID {self._stats()['owner']} after "
                     f"{timeout} s; wait longer or find out why that process holds it"
                 )
             return self._taken(r)
@@ -159,7 +158,7 @@ class Mutex(_Named):
             raise  # held by the caller, as documented
         except BaseException:
             if got and got[0] is not None:
-                self._abandon(got[0])
+                self._abandon()
             raise
 
     def try_acquire(self) -> bool:
@@ -168,11 +167,11 @@ class Mutex(_Named):
         Raises :class:`OwnerDied` like :meth:`acquire`.
         """
         mem = self._memory
-        if self._holder_thread() == threading.get_ident() and mem.load32(_M_LOCK) == os.getpid():
+        if self._held_here():
             return False
-        got: list[int | None] = []
+        got: list[tuple[int, int] | None] = []
         try:
-            got.extend(map(mem.lock_try, (_M_LOCK,)))  # see acquire()
+            got.extend(map(mem.mutex_try, (_M_BLOCK,)))  # see acquire()
             r = got[0]
             if r is None:
                 return False
@@ -181,21 +180,23 @@ class Mutex(_Named):
             raise
         except BaseException:
             if got and got[0] is not None:
-                self._abandon(got[0])
+                self._abandon()
             raise
 
-    def _taken(self, r: int) -> bool:
-        mem = self._memory
-        if r == 1:
-            # first: an interrupted acquire that gives the lock back must
-            # leave the next acquirer told that a holder died
-            mem.store32(_M_DEAD, mem.load32(_M_HOLDER))
-            mem.store32(_M_INCONSISTENT, 1)
-        mem.store32(_M_HOLDER, os.getpid())
-        mem.add64(_M_ACQUISITIONS, 1)
+    def _stats(self) -> dict[str, int]:
+        return self._memory.mutex_stats(_M_BLOCK)
+
+    def _held_here(self) -> bool:
+        """Whether this thread holds the lock now."""
+        return (self._holder_thread() == threading.get_ident()
+                and self._stats()["owner"] == os.getpid())
+
+    def _taken(self, r: tuple[int, int]) -> bool:
+        # The C core did the bookkeeping (holder, count, and after a holder
+        # died: the inconsistent mark and that holder's PID) before returning.
         self._mapping().mutex_thread = threading.get_ident()  # type: ignore[attr-defined]
-        if mem.load32(_M_INCONSISTENT):
-            dead = mem.load32(_M_DEAD)
+        owner_died, dead = r
+        if owner_died:
             raise OwnerDied(
                 f"mutex {self._name!r}: a holder (PID {dead}) died while holding it; you now "
                 "hold the lock and the data it protects may be half-written: repair it, "
@@ -204,21 +205,18 @@ class Mutex(_Named):
             )
         return True
 
-    def _abandon(self, r: int) -> None:
+    def _abandon(self) -> None:
         """An acquire that took the lock was interrupted: give the lock back.
 
         The caller gets the exception and does not hold the lock (it may
         retry).  A lock taken over from a dead holder stays marked
-        inconsistent, so the next acquirer is told.
+        inconsistent (the C core marked it before returning), so the next
+        acquirer is told.
         """
-        mem = self._memory
-        if r == 1 and not mem.load32(_M_INCONSISTENT):
-            mem.store32(_M_DEAD, mem.load32(_M_HOLDER))
-            mem.store32(_M_INCONSISTENT, 1)
         m = self._mapping()
         if getattr(m, "mutex_thread", None) == threading.get_ident():
             m.mutex_thread = None  # type: ignore[attr-defined]
-        mem.lock_release(_M_LOCK)
+        self._memory.mutex_release(_M_BLOCK)
 
     def release(self) -> None:
         """Release the lock.
@@ -230,35 +228,35 @@ class Mutex(_Named):
         """
         mem = self._memory
         m = self._mapping()
-        if mem.load32(_M_LOCK) != os.getpid() or getattr(m, "mutex_thread", None) != threading.get_ident():
+        if getattr(m, "mutex_thread", None) != threading.get_ident():
+            owner = self._stats()["owner"]
             raise NotOwner(
                 f"mutex {self._name!r} is not held by this thread (holder PID "
-                f"{mem.load32(_M_LOCK) or 'none'}); only the thread that acquired it may release it"
+                f"{owner or 'none'}); only the thread that acquired it may release it"
             )
         m.mutex_thread = None  # type: ignore[attr-defined]
-        mem.lock_release(_M_LOCK)
+        mem.mutex_release(_M_BLOCK)  # NotOwner if this process does not hold it
 
     def mark_consistent(self) -> None:
         """Declare the protected data repaired after :class:`OwnerDied` (hold the lock)."""
         mem = self._memory
-        if mem.load32(_M_LOCK) != os.getpid() or self._holder_thread() != threading.get_ident():
+        if self._holder_thread() != threading.get_ident():
             raise NotOwner(f"mutex {self._name!r}: acquire it before calling mark_consistent()")
-        mem.store32(_M_INCONSISTENT, 0)
+        mem.mutex_mark_consistent(_M_BLOCK)  # NotOwner if this process does not hold it
 
     @property
     def holder_pid(self) -> int | None:
         """PID of the process holding the lock now, or None."""
-        pid: int = self._memory.load32(_M_LOCK)
-        return pid or None
+        return self._stats()["owner"] or None
 
     def locked(self) -> bool:
         """Whether some process holds the lock now."""
-        return bool(self._memory.load32(_M_LOCK) != 0)
+        return self._stats()["owner"] != 0
 
     @property
     def consistent(self) -> bool:
         """False after a holder died, until :meth:`mark_consistent`."""
-        return bool(self._memory.load32(_M_INCONSISTENT) == 0)
+        return not self._stats()["inconsistent"]
 
     def __enter__(self) -> "Mutex":
         try:
@@ -275,9 +273,9 @@ class Mutex(_Named):
 
     def stats(self) -> dict[str, Any]:
         """A snapshot: ``holder_pid`` (or None), ``consistent``, ``acquisitions``."""
-        mem = self._memory
-        return {"holder_pid": self.holder_pid, "consistent": self.consistent,
-                "acquisitions": mem.load64(_M_ACQUISITIONS)}
+        st = self._stats()
+        return {"holder_pid": st["owner"] or None, "consistent": not st["inconsistent"],
+                "acquisitions": st["acquisitions"]}
 
 
 class Event(_Named):

@@ -40,7 +40,8 @@ static inline sl_state *sl_state_of(PyObject *obj) {
  *   -ETIMEDOUT  Timeout            -EBADMSG  CorruptSegment
  *   -EPROTO     IncompatibleSegment  -EMSGSIZE MessageTooLarge
  *   -ENOSPC     TooManyParticipants  -EINVAL   InvalidArgument
- *   -EBUSY      SegmentBusy          other     OSError(errno)
+ *   -EBUSY      SegmentBusy          -EPERM    NotOwner
+ *   other       OSError(errno)
  * `what` and `label` name the object ("queue", its name) in the message;
  * sl_raisef adds a printf-style detail (PyUnicode_FromFormat).  Both
  * return -1; sl_raise_null is the NULL-returning form for methods. */
@@ -124,6 +125,8 @@ typedef shmlink_ready_fn wait_cond;
 
 int lock_acquire_blocking(struct shmlink_lock *l, const struct timespec *deadline,
                           int64_t spin_ns, const int *cancel);
+int mutex_lock_blocking(struct shmlink_mutex *m, const struct timespec *deadline,
+                        int64_t spin_ns, const int *cancel);
 /* The one event-count wait (the header's shmlink_ec_wait_for, with the GIL
  * released while spinning and sleeping and signal handlers run between
  * slices): 0 (re-check), -ETIMEDOUT, -ECANCELED (*closing) or -1 (a signal

@@ -773,6 +773,165 @@ static PyObject *Memory_ec_notify(MemoryObject *self, PyObject *args) {
     return PyBool_FromLong(shmlink_ec_notify(ec));
 }
 
+/* ======================================================================== */
+/* Mutex: the header's sequences (shmlink/mutex.h).  Each call checks the   */
+/* control block at `off` lies in this mapping, calls the header and maps   */
+/* its return code; the take-over bookkeeping (inconsistent, the dead       */
+/* holder's PID) is done by the header before the call returns to Python.  */
+/* ======================================================================== */
+
+/* The mutex control block at off, or NULL with an exception. */
+static struct shmlink_mutex *mutex_at(MemoryObject *self, Py_ssize_t off, int write) {
+    struct shmlink_mutex *m = word_at(self, off, 8, write);
+    if (!m || !word_at(self, off + SHMLINK_MUTEX_SIZE - 8, 8, write))
+        return NULL;
+    return m;
+}
+
+/* (0, 0) taken; (1, dead PID) taken from a holder that died, or still
+ * inconsistent since one did. */
+static PyObject *mutex_taken_result(struct shmlink_mutex *m, int rc) {
+    if (rc == 0)
+        return Py_BuildValue("(ii)", 0, 0);
+    return Py_BuildValue("(ik)", 1, (unsigned long)shmlink_mutex_block_dead_pid(m));
+}
+
+PyDoc_STRVAR(Memory_mutex_acquire_doc,
+"mutex_acquire($self, offset, deadline=None, spin_ns=0, /)\n--\n\n"
+"Take the mutex at offset (mutex.h), waiting until the absolute deadline.\n"
+"Returns (0, 0) when taken, (1, pid) when taken but a holder (pid) died\n"
+"holding it and nobody marked it consistent since (the caller holds it),\n"
+"None on timeout.  Raises SegmentClosed if release() closes this handle\n"
+"meanwhile, or what a signal handler raises (the lock is not held then).");
+
+static PyObject *Memory_mutex_acquire(MemoryObject *self, PyObject *args) {
+    Py_ssize_t off;
+    PyObject *dl = Py_None;
+    long long spin_ns = 0;
+    if (!PyArg_ParseTuple(args, "n|OL", &off, &dl, &spin_ns))
+        return NULL;
+    struct shmlink_mutex *m = mutex_at(self, off, 1);
+    if (!m)
+        return NULL;
+    struct timespec ts;
+    int err;
+    struct timespec *deadline = parse_deadline(dl, &ts, &err);
+    if (err)
+        return NULL;
+    memory_enter(self);
+    int reg = memory_register(self, &m->lock.owner);
+    int rc = mutex_lock_blocking(m, deadline, spin_ns, &self->closing);
+    memory_unregister(self, reg);
+    PyObject *res = NULL;
+    if ((rc == 0 || rc == -EOWNERDEAD) && self->closing) {
+        uint32_t pid;
+        uint64_t start;
+        identity(&pid, &start);
+        /* taken as the handle closed: give it back (still inconsistent if a
+         * holder died: the next locker is told) */
+        shmlink_mutex_block_unlock(m, pid);
+        rc = -ECANCELED;
+    }
+    if (rc == 0 || rc == -EOWNERDEAD)
+        res = mutex_taken_result(m, rc);
+    else if (rc == -ETIMEDOUT)
+        res = Py_NewRef(Py_None);
+    else if (rc == -ECANCELED)
+        raise_closed_while_waiting("mutex", self->label);
+    else
+        sl_raise(rc, "mutex", self->label);
+    memory_leave(self);
+    return res;
+}
+
+PyDoc_STRVAR(Memory_mutex_try_doc,
+"mutex_try($self, offset, /)\n--\n\n"
+"Take the mutex at offset if it is free now or its holder died: (0, 0) or\n"
+"(1, dead pid) as mutex_acquire; None if a live process holds it.");
+
+static PyObject *Memory_mutex_try(MemoryObject *self, PyObject *arg) {
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    struct shmlink_mutex *m = mutex_at(self, off, 1);
+    if (!m)
+        return NULL;
+    uint32_t pid;
+    uint64_t start;
+    identity(&pid, &start);
+    int rc = shmlink_mutex_block_trylock(m, pid, start);
+    if (rc == -EBUSY)
+        Py_RETURN_NONE;
+    if (rc == 0 || rc == -EOWNERDEAD)
+        return mutex_taken_result(m, rc);
+    return sl_raise_null(rc, "mutex", self->label);
+}
+
+static PyObject *Memory_mutex_release(MemoryObject *self, PyObject *arg) {
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    struct shmlink_mutex *m = mutex_at(self, off, 1);
+    if (!m)
+        return NULL;
+    uint32_t pid;
+    uint64_t start;
+    identity(&pid, &start);
+    int rc = shmlink_mutex_block_unlock(m, pid);
+    if (rc == -EPERM) {
+        struct shmlink_mutex_stats st;
+        shmlink_mutex_block_stats(m, &st);
+        uint32_t owner = st.owner;
+        if (owner)
+            sl_raisef(rc, "mutex %R is not held by this process (holder PID %lu); only the "
+                      "thread that acquired it may release it",
+                      self->label ? self->label : Py_None, (unsigned long)owner);
+        else
+            sl_raisef(rc, "mutex %R is not held by anyone; only the thread that acquired it "
+                      "may release it", self->label ? self->label : Py_None);
+        return NULL;
+    }
+    if (rc != 0)
+        return sl_raise_null(rc, "mutex", self->label);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Memory_mutex_mark_consistent(MemoryObject *self, PyObject *arg) {
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    struct shmlink_mutex *m = mutex_at(self, off, 1);
+    if (!m)
+        return NULL;
+    uint32_t pid;
+    uint64_t start;
+    identity(&pid, &start);
+    int rc = shmlink_mutex_block_mark_consistent(m, pid);
+    if (rc == -EPERM) {
+        sl_raisef(rc, "mutex %R: acquire it before calling mark_consistent()",
+                  self->label ? self->label : Py_None);
+        return NULL;
+    }
+    if (rc != 0)
+        return sl_raise_null(rc, "mutex", self->label);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Memory_mutex_stats(MemoryObject *self, PyObject *arg) {
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    struct shmlink_mutex *m = mutex_at(self, off, 0);
+    if (!m)
+        return NULL;
+    struct shmlink_mutex_stats st;
+    shmlink_mutex_block_stats(m, &st);
+    return Py_BuildValue("{sksksksksK}", "owner", (unsigned long)st.owner, "inconsistent",
+                         (unsigned long)st.inconsistent, "holder", (unsigned long)st.holder,
+                         "dead", (unsigned long)st.dead, "acquisitions",
+                         (unsigned long long)st.acquisitions);
+}
+
 /* The layouts of event.h and board.h, for sync.py and board.py. */
 int memory_register_layouts(PyObject *m) {
     PyObject *ev = Py_BuildValue(
@@ -849,6 +1008,18 @@ static PyMethodDef Memory_methods[] = {
     {"board_write", (PyCFunction)Memory_board_write, METH_VARARGS, Memory_board_write_doc},
     {"board_wait", (PyCFunction)Memory_board_wait, METH_VARARGS, Memory_board_wait_doc},
     {"ec_notify", (PyCFunction)Memory_ec_notify, METH_VARARGS, Memory_ec_notify_doc},
+    {"mutex_acquire", (PyCFunction)Memory_mutex_acquire, METH_VARARGS,
+     Memory_mutex_acquire_doc},
+    {"mutex_try", (PyCFunction)Memory_mutex_try, METH_O, Memory_mutex_try_doc},
+    {"mutex_release", (PyCFunction)Memory_mutex_release, METH_O,
+     "mutex_release($self, offset, /)\n--\n\nRelease the mutex at offset (held by this process: "
+     "else NotOwner); it stays inconsistent if it was."},
+    {"mutex_mark_consistent", (PyCFunction)Memory_mutex_mark_consistent, METH_O,
+     "mutex_mark_consistent($self, offset, /)\n--\n\nClear the mutex's inconsistent mark "
+     "(held by this process: else NotOwner)."},
+    {"mutex_stats", (PyCFunction)Memory_mutex_stats, METH_O,
+     "mutex_stats($self, offset, /)\n--\n\n{owner, inconsistent, holder, dead, acquisitions} "
+     "of the mutex at offset (owner 0: free)."},
     {NULL}};
 
 static PyMemberDef Memory_members[] = {

@@ -44,6 +44,9 @@ PyObject *sl_error_type(int rc) {
     case -EBUSY:
         name = "SegmentBusy";
         break;
+    case -EPERM:
+        name = "NotOwner";
+        break;
     default:
         return Py_NewRef(PyExc_OSError);
     }

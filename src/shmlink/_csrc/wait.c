@@ -34,6 +34,20 @@ int lock_acquire_blocking(struct shmlink_lock *l, const struct timespec *deadlin
     return shmlink_lock_acquire_hooked(l, pid, start, deadline, spin_ns, &hooks);
 }
 
+/* Take a mutex: the header's shmlink_mutex_block_lock with the binding's
+ * hooks.  0, -EOWNERDEAD (taken), -ETIMEDOUT, -ECANCELED (*cancel) or -1
+ * with a Python exception set (a signal handler raised; not taken).
+ * Called with the GIL. */
+int mutex_lock_blocking(struct shmlink_mutex *m, const struct timespec *deadline,
+                        int64_t spin_ns, const int *cancel) {
+    uint32_t pid;
+    uint64_t start;
+    identity(&pid, &start);
+    struct gil_hooks g = {NULL};
+    struct shmlink_wait_hooks hooks = {hook_leave, hook_enter, hook_poll, cancel, &g};
+    return shmlink_mutex_block_lock(m, pid, start, deadline, spin_ns, &hooks);
+}
+
 /* The one event-count wait of the binding: the header's shmlink_ec_wait_for
  * with the GIL released while spinning and sleeping, signal handlers run
  * between slices, and `closing` (set by close() from another thread or a

@@ -82,26 +82,37 @@ static inline int shmlink_lock_steal(struct shmlink_lock *l, uint32_t dead,
 
 /* Take the lock without sleeping, from a free or a dead holder: 0 taken,
  * 1 taken over from a holder that died, -EBUSY held by a live process
- * (reads /proc when held: not for a spin loop). */
-static inline int shmlink_lock_try_or_steal(struct shmlink_lock *l, uint32_t pid,
-                                            uint64_t start) {
+ * (reads /proc when held: not for a spin loop).  The _from form also
+ * stores the PID of the holder that died in *dead (may be NULL) when it
+ * returns 1: the PID the take-over CAS replaced, so it names the process
+ * that died even if it died before recording itself anywhere else. */
+static inline int shmlink_lock_try_or_steal_from(struct shmlink_lock *l, uint32_t pid,
+                                                 uint64_t start, uint32_t *dead) {
     if (shmlink_lock_try(l, pid, start) == 0)
         return 0;
     uint32_t owner = SHMLINK_LOAD_ACQUIRE(&l->owner);
     uint64_t owner_start = SHMLINK_LOAD_SEQ_CST(&l->owner_start);
     if (owner != 0 && SHMLINK_LOAD_ACQUIRE(&l->owner) == owner &&
         !shmlink_process_alive(owner, owner_start) &&
-        shmlink_lock_steal(l, owner, owner_start, pid, start))
+        shmlink_lock_steal(l, owner, owner_start, pid, start)) {
+        if (dead)
+            *dead = owner;
         return 1;
+    }
     return -EBUSY;
+}
+
+static inline int shmlink_lock_try_or_steal(struct shmlink_lock *l, uint32_t pid,
+                                            uint64_t start) {
+    return shmlink_lock_try_or_steal_from(l, pid, start, NULL);
 }
 
 /* One bounded sleep on a held lock, then a liveness check.  Returns 0 (try
  * again), 1 (the lock is now ours, its owner had died), -ETIMEDOUT or
- * -EINTR. */
+ * -EINTR.  On 1, *dead (may be NULL) is the PID of the holder that died. */
 static inline int shmlink_lock_wait_once(struct shmlink_lock *l,
                                          uint32_t self_pid, uint64_t self_start,
-                                         const struct timespec *deadline) {
+                                         const struct timespec *deadline, uint32_t *dead) {
     uint32_t owner = SHMLINK_LOAD_ACQUIRE(&l->owner);
     if (owner == 0)
         return 0;
@@ -119,8 +130,11 @@ static inline int shmlink_lock_wait_once(struct shmlink_lock *l,
         uint64_t owner_start = SHMLINK_LOAD_SEQ_CST(&l->owner_start);
         if (owner != 0 && SHMLINK_LOAD_ACQUIRE(&l->owner) == owner &&
             !shmlink_process_alive(owner, owner_start) &&
-            shmlink_lock_steal(l, owner, owner_start, self_pid, self_start))
+            shmlink_lock_steal(l, owner, owner_start, self_pid, self_start)) {
+            if (dead)
+                *dead = owner;
             return 1;
+        }
         if (shmlink_deadline_passed(deadline))
             return -ETIMEDOUT;
     }
@@ -136,14 +150,17 @@ static inline int shmlink_lock_wait_once(struct shmlink_lock *l,
  * after its liveness slice).  hooks (shmlink/wait.h; may be NULL) run
  * around each spin-and-sleep round and poll after it; hooks->cancel ends
  * the wait.  Returns 0, 1 (taken over from a holder that died),
- * -ETIMEDOUT, -ECANCELED, poll's code, or (no hooks) -EINTR. */
-static inline int shmlink_lock_acquire_hooked(struct shmlink_lock *l, uint32_t pid,
-                                              uint64_t start, const struct timespec *deadline,
-                                              int64_t spin_ns,
-                                              const struct shmlink_wait_hooks *hooks) {
+ * -ETIMEDOUT, -ECANCELED, poll's code, or (no hooks) -EINTR.  On 1, *dead
+ * (may be NULL) is the PID of the holder that died (see
+ * shmlink_lock_try_or_steal_from). */
+static inline int shmlink_lock_acquire_from(struct shmlink_lock *l, uint32_t pid,
+                                            uint64_t start, const struct timespec *deadline,
+                                            int64_t spin_ns,
+                                            const struct shmlink_wait_hooks *hooks,
+                                            uint32_t *dead) {
     if (shmlink_lock_try(l, pid, start) == 0)
         return 0;
-    int rc = shmlink_lock_try_or_steal(l, pid, start); /* a holder dead already */
+    int rc = shmlink_lock_try_or_steal_from(l, pid, start, dead); /* a holder dead already */
     while (rc == -EBUSY) {
         if (shmlink_hook_cancelled_(hooks))
             return -ECANCELED;
@@ -166,7 +183,7 @@ static inline int shmlink_lock_acquire_hooked(struct shmlink_lock *l, uint32_t p
             }
         }
         if (!taken && !shmlink_hook_cancelled_(hooks))
-            rc = shmlink_lock_wait_once(l, pid, start, deadline);
+            rc = shmlink_lock_wait_once(l, pid, start, deadline, dead);
         shmlink_hook_enter_(hooks);
         if (taken)
             return 0;
@@ -182,6 +199,14 @@ static inline int shmlink_lock_acquire_hooked(struct shmlink_lock *l, uint32_t p
         rc = -EBUSY;
     }
     return rc;
+}
+
+/* shmlink_lock_acquire_from without the dead holder's PID. */
+static inline int shmlink_lock_acquire_hooked(struct shmlink_lock *l, uint32_t pid,
+                                              uint64_t start, const struct timespec *deadline,
+                                              int64_t spin_ns,
+                                              const struct shmlink_wait_hooks *hooks) {
+    return shmlink_lock_acquire_from(l, pid, start, deadline, spin_ns, hooks, NULL);
 }
 
 /* shmlink_lock_acquire_hooked with a short spin and no hooks: the form C
