@@ -33,6 +33,7 @@ CASES = {
         "q.send(b'x' * 64)"),
     "board-wait": ("b = shmlink.Board.open(a[2])", "b.wait_for_change(b.version)"),
     "event-wait": ("e = shmlink.Event.open(a[3])", "e.wait()"),
+    "mutex-acquire": ("m = shmlink.Mutex.open(a[4])", "m.acquire()"),  # the test holds it
 }
 
 
@@ -42,7 +43,9 @@ def test_ctrl_c_reaches_a_waiter_whose_sleep_it_does_not_interrupt(case, names):
 
     setup, call = CASES[case]
     made = [shmlink.Topic.create(names("t"), 1600), shmlink.Queue.create(names("q"), 4096),
-            shmlink.Board.create(names("b"), 64), shmlink.Event.create(names("e"))]
+            shmlink.Board.create(names("b"), 64), shmlink.Event.create(names("e")),
+            shmlink.Mutex.create(names("m"))]
+    made[-1].acquire()
     code = textwrap.dedent("""
         import signal, sys, threading, time, shmlink
         a = sys.argv[1:]
@@ -72,6 +75,7 @@ def test_ctrl_c_reaches_a_waiter_whose_sleep_it_does_not_interrupt(case, names):
             p.wait(10)
         assert out.startswith("interrupted"), (out, err)
     finally:
+        made[-1].release()
         for m in made:
             m.unlink()
             m.close()
