@@ -320,6 +320,43 @@ def test_hostile_frames_raise_corrupt_segment(name):
         lst.close()
 
 
+def test_frames_are_built_and_checked_by_the_header(name):
+    """Python sends and takes frames through connection.h (Ring.*_frame), never by hand."""
+    from shmlink import InvalidArgument, _core
+
+    lst, c, s = _pair_in_threads(name)
+    try:
+        # a kind/id pair the protocol forbids is refused before anything is sent
+        for kind, rid in [(_core.FRAME_RESP, 0), (_core.FRAME_MSG, 5), (9, 0),
+                          (_core.FRAME_REQ, 1 << 56), (_core.FRAME_REQ, -1)]:
+            with pytest.raises(InvalidArgument):
+                c._out.try_send_frame(kind, rid, b"x")
+        with pytest.raises(InvalidArgument):
+            s.reply(0, b"x")  # a response needs its request's id
+        c.send(b"fine")
+        assert s.recv(timeout=WAIT) == b"fine"  # nothing else went out
+        # the wire format is the header's: little-endian id << 8 | kind, then the payload
+        assert c._out.try_send_frame(_core.FRAME_REQ, 0x123456, b"abc")
+        assert s._in.try_recv() == struct.pack("<Q", 0x123456 << 8 | _core.FRAME_REQ) + b"abc"
+        c._out.try_send(struct.pack("<Q", 3 << 8 | _core.FRAME_RESP) + b"r")
+        assert s._in.try_recv_frame() == (_core.FRAME_RESP, 3, b"r")
+        c._out.try_send(struct.pack("<Q", _core.FRAME_MSG))  # just a header: an empty message
+        assert s._in.try_recv_frame() == (_core.FRAME_MSG, 0, b"")
+        big = os.urandom(c.max_message_size)  # the largest payload, built off the stack
+        assert c._out.try_send_frame(_core.FRAME_MSG, 0, big)
+        assert s.recv(timeout=WAIT) == big
+        with pytest.raises(MessageTooLarge, match="max_message_size"):
+            c.send(big + b"!")
+        c._out.try_send(b"\x07" * 3)
+        with pytest.raises(CorruptSegment, match="malformed frame"):
+            s._in.try_recv_frame()
+        assert s._in.try_recv_frame() is None  # the bad frame was taken
+    finally:
+        c.close()
+        s.close()
+        lst.close()
+
+
 def test_inspection_handles_and_cli_info(name, capsys):
     from shmlink.cli import main
 

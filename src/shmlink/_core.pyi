@@ -39,6 +39,14 @@ CONN_RINGS: int
 LISTENER_MAGIC: int
 LISTENER_VERSION: int
 LISTENER_RING: int
+FRAME_HEADER: int
+FRAME_MSG: int
+FRAME_REQ: int
+FRAME_RESP: int
+FRAME_ERR: int
+FRAME_CLOSE: int
+FRAME_WAKE: int
+FRAME_ID_MAX: int
 
 # --- module functions ------------------------------------------------------------------
 
@@ -127,6 +135,13 @@ class Ring:
     def view_end(self, consume: bool = True, /) -> None: ...
     def view(self, offset: int, length: int, /) -> memoryview: ...
     def stats(self) -> dict[str, int]: ...
+    # connection frames (include/shmlink/connection.h): (kind, request id, payload)
+    def send_frame(self, kind: int, id: int, payload: Buffer, deadline: float | None = None,
+                   spin_ns: int = 0, /) -> bool: ...
+    def try_send_frame(self, kind: int, id: int, payload: Buffer, /) -> bool: ...
+    def recv_frame(self, deadline: float | None = None, spin_ns: int = 0,
+                   /) -> tuple[int, int, bytes] | None: ...
+    def try_recv_frame(self) -> tuple[int, int, bytes] | None: ...
     def close(self) -> bool: ...
 
 # --- Topic and Subscriber (shmlink.Topic) ----------------------------------------------------

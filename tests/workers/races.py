@@ -162,7 +162,7 @@ if __name__ == "__main__":
 
 def flood_server(name: str, ready, count: int) -> None:
     """A hostile server: answers a request only after ``count`` responses nobody asked for."""
-    from shmlink.connection._layout import _RESP, _pack
+    from shmlink.connection._layout import _RESP
 
     with shmlink.listen(name) as lst:
         ready.set()
@@ -170,10 +170,10 @@ def flood_server(name: str, ready, count: int) -> None:
         req = conn.recv_request(timeout=30)
         junk = b"j" * 1024
         for i in range(count // 2):  # strangers: ids nobody used
-            conn._send_frame(_pack((1_000_000 + i) << 8 | _RESP) + junk, None)
+            conn._send_frame(_RESP, 1_000_000 + i, junk, None)
         conn.reply(req, b"the real answer")
         for i in range(count - count // 2):  # duplicates of the real answer
-            conn._send_frame(_pack(req.id << 8 | _RESP) + junk, None)
+            conn._send_frame(_RESP, req.id, junk, None)
         try:
             conn.recv_request(timeout=30)  # until the client closes
         except (shmlink.PeerDisconnected, shmlink.Timeout):

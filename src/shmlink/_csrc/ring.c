@@ -347,12 +347,12 @@ static int deliver_record(void *ctx, const uint8_t *src, uint64_t len) {
     return arc < 0 ? -1 : 0;
 }
 
-/* Receive: blocks until at least one record or the deadline.  Returns the
- * count taken (0 on timeout) or -1 with an exception. */
-static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
-                            PyObject **one, void *into, Py_ssize_t into_len,
-                            Py_ssize_t *out_len, const struct timespec *deadline,
-                            int64_t spin_ns) {
+/* The one receive loop: take cons_lock and hand up to max records to
+ * deliver (the header's shmlink_ring_recv_many_unlock), or wait for data
+ * until the deadline.  Returns the count taken (0 on timeout), -1 with an
+ * exception, or -EMSGSIZE (deliver refused the record; nothing raised). */
+static int64_t ring_take(RingObject *self, shmlink_ring_deliver_fn deliver, void *ctx,
+                         uint64_t max, const struct timespec *deadline, int64_t spin_ns) {
     struct shmlink_ring *r = self->h.ring;
     for (;;) {
         int rc = ring_lock(self, &r->cons_lock, deadline, spin_ns);
@@ -360,21 +360,13 @@ static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
             return -1;
         if (rc == -ETIMEDOUT)
             return 0;
-        struct deliver_ctx c = {list, one, into, into_len, 0};
-        int64_t n = shmlink_ring_recv_many_unlock(&self->h, deliver_record, &c, (uint64_t)max);
-        if (n == -EMSGSIZE) {
-            *out_len = c.len;
-            return sl_raisef(-EMSGSIZE,
-                             "the next message has %zd bytes but the buffer holds only %zd; "
-                             "it stays in the queue: receive it into a larger buffer",
-                             c.len, into_len);
-        }
+        int64_t n = shmlink_ring_recv_many_unlock(&self->h, deliver, ctx, max);
+        if (n == -EMSGSIZE)
+            return n;
         if (n < 0)
             return ring_raise(self, (int)n);
-        if (n > 0 && out_len)
-            *out_len = c.len;
         if (n > 0)
-            return (Py_ssize_t)n;
+            return n;
         if (no_wait(deadline))
             return 0;
         int wrc = sl_ec_wait(&r->data_ec, cond_has_data, self, 0, deadline, spin_ns, &self->closing);
@@ -383,6 +375,26 @@ static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
         if (wrc < 0)
             return ring_raise(self, wrc);
     }
+}
+
+/* Receive: blocks until at least one record or the deadline.  Returns the
+ * count taken (0 on timeout) or -1 with an exception. */
+static Py_ssize_t ring_recv(RingObject *self, Py_ssize_t max, PyObject *list,
+                            PyObject **one, void *into, Py_ssize_t into_len,
+                            Py_ssize_t *out_len, const struct timespec *deadline,
+                            int64_t spin_ns) {
+    struct deliver_ctx c = {list, one, into, into_len, 0};
+    int64_t n = ring_take(self, deliver_record, &c, (uint64_t)max, deadline, spin_ns);
+    if (n == -EMSGSIZE) {
+        *out_len = c.len;
+        return sl_raisef(-EMSGSIZE,
+                         "the next message has %zd bytes but the buffer holds only %zd; "
+                         "it stays in the queue: receive it into a larger buffer",
+                         c.len, into_len);
+    }
+    if (n > 0 && out_len)
+        *out_len = c.len;
+    return (Py_ssize_t)n;
 }
 
 PyDoc_STRVAR(Ring_recv_doc,
@@ -685,6 +697,253 @@ static PyObject *Ring_qrecv_impl(RingObject *self, PyObject *const *args, Py_ssi
     return NULL;
 }
 
+/* ======================================================================== */
+/* Connection frames (include/shmlink/connection.h): a frame is one ring    */
+/* record, built by shmlink_frame_build and checked by                      */
+/* shmlink_frame_decode_header.  shmlink.Connection sends and receives only */
+/* through these; Python never packs or parses a frame header.              */
+/* ======================================================================== */
+
+/* Frames up to this many bytes are built on the stack; larger ones in a
+ * heap buffer (the ring copies the frame in under prod_lock, so it must be
+ * contiguous: header, then payload). */
+#define FRAME_STACK 4096
+
+/* A frame's (kind, id) from two Python ints; -1 with an exception. */
+static int frame_kind_id(PyObject *k, PyObject *i, uint32_t *kind, uint64_t *id) {
+    unsigned long kv = PyLong_AsUnsignedLong(k);
+    unsigned long long iv = kv == (unsigned long)-1 && PyErr_Occurred()
+                                ? 0 : PyLong_AsUnsignedLongLong(i);
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1; /* not an int: the TypeError stands */
+        PyErr_Clear();
+        return sl_raisef(-EINVAL, "frame kind %R and id %R: both must be in range (a request "
+                         "id is 1 .. 2**56 - 1)", k, i);
+    }
+    if (kv > SHMLINK_FRAME_KIND_MAX || !shmlink_frame_valid((uint32_t)kv, iv))
+        return sl_raisef(-EINVAL, "a frame of kind %lu with id %llu breaks the connection "
+                         "protocol (connection.h, shmlink_frame_valid)", kv, iv);
+    *kind = (uint32_t)kv;
+    *id = (uint64_t)iv;
+    return 0;
+}
+
+/* Send one frame (kind, id, the payload object's bytes): 1 sent, 0 timed
+ * out, -1 with an exception. */
+static int frame_send(RingObject *self, PyObject *const *args, const struct timespec *deadline,
+                      long long spin) {
+    uint32_t kind = 0;
+    uint64_t id = 0;
+    if (frame_kind_id(args[0], args[1], &kind, &id) < 0)
+        return -1;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[2], &b, PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    int res = -1;
+    uint64_t room = self->h.max_message > SHMLINK_FRAME_HEADER
+                        ? self->h.max_message - SHMLINK_FRAME_HEADER : 0;
+    if ((uint64_t)b.len > room) {
+        sl_raisef(-EMSGSIZE, "connection %R: a message of %zd bytes is larger than its "
+                  "max_message_size of %llu; split it, or listen with a larger capacity",
+                  self->label ? self->label : Py_None, b.len, (unsigned long long)room);
+        goto out;
+    }
+    uint8_t stack[FRAME_STACK];
+    Py_buffer f = {0};
+    f.len = (Py_ssize_t)SHMLINK_FRAME_HEADER + b.len;
+    f.buf = f.len <= FRAME_STACK ? stack : PyMem_Malloc((size_t)f.len);
+    if (!f.buf) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    if (b.len > 65536) {
+        Py_BEGIN_ALLOW_THREADS
+        shmlink_frame_build(f.buf, kind, id, b.buf, (uint64_t)b.len);
+        Py_END_ALLOW_THREADS
+    } else {
+        shmlink_frame_build(f.buf, kind, id, b.buf, (uint64_t)b.len);
+    }
+    int timed_out;
+    Py_ssize_t n = ring_send_buffers(self, &f, 1, deadline, spin, &timed_out);
+    if (n >= 0)
+        res = n == 1;
+    if (f.buf != stack)
+        PyMem_Free(f.buf);
+out:
+    PyBuffer_Release(&b);
+    return res;
+}
+
+PyDoc_STRVAR(Ring_send_frame_doc,
+"send_frame($self, kind, id, payload, deadline=None, spin_ns=0, /)\n--\n\n"
+"Append one connection frame (the header of kind and id, then the payload),\n"
+"waiting for room until deadline.  True when sent, False on timeout.  A\n"
+"payload over max_message - FRAME_HEADER raises MessageTooLarge; a kind/id\n"
+"pair the protocol forbids, InvalidArgument.");
+
+static PyObject *Ring_send_frame_impl(RingObject *self, PyObject *const *args,
+                                      Py_ssize_t nargs) {
+    if (nargs < 3) {
+        PyErr_SetString(PyExc_TypeError, "send_frame() takes kind, id and payload");
+        return NULL;
+    }
+    struct timespec ts, *deadline;
+    long long spin;
+    if (fast_wait_args(args, nargs, 3, &ts, &deadline, &spin) < 0)
+        return NULL;
+    int r = frame_send(self, args, deadline, spin);
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+static PyObject *Ring_try_send_frame_impl(RingObject *self, PyObject *const *args,
+                                          Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "try_send_frame() takes kind, id and payload");
+        return NULL;
+    }
+    /* as try_send: no wait for room, a brief one for a busy producer lock */
+    int r = frame_send(self, args, &zero_deadline, 1);
+    return r < 0 ? NULL : PyBool_FromLong(r);
+}
+
+/* The deliver callback of a frame receive: the header copied out once and
+ * checked, the payload copied into a bytes object.  A frame that breaks
+ * the protocol is consumed (bad set): the caller raises CorruptSegment. */
+struct frame_ctx {
+    PyObject *payload;
+    uint32_t kind;
+    uint64_t id, len;
+    uint8_t head[SHMLINK_FRAME_HEADER];
+    int bad;
+};
+
+static int deliver_frame(void *ctx, const uint8_t *src, uint64_t len) {
+    struct frame_ctx *c = (struct frame_ctx *)ctx;
+    c->len = len;
+    memset(c->head, 0, sizeof c->head);
+    memcpy(c->head, src, (size_t)(len < SHMLINK_FRAME_HEADER ? len : SHMLINK_FRAME_HEADER));
+    if (shmlink_frame_decode_header(c->head, len, &c->kind, &c->id) != 0) {
+        c->bad = 1;
+        return 0;
+    }
+    uint64_t n = len - SHMLINK_FRAME_HEADER;
+    PyObject *p = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    if (!p)
+        return -1; /* the frame stays queued */
+    if (n > 65536) {
+        Py_BEGIN_ALLOW_THREADS
+        memcpy(PyBytes_AS_STRING(p), src + SHMLINK_FRAME_HEADER, (size_t)n);
+        Py_END_ALLOW_THREADS
+    } else {
+        memcpy(PyBytes_AS_STRING(p), src + SHMLINK_FRAME_HEADER, (size_t)n);
+    }
+    c->payload = p;
+    return 0;
+}
+
+/* Receive one frame: (kind, id, payload), None on timeout, NULL with an
+ * exception. */
+static PyObject *frame_recv(RingObject *self, const struct timespec *deadline, long long spin) {
+    struct frame_ctx c;
+    c.payload = NULL;
+    c.bad = 0;
+    int64_t n = ring_take(self, deliver_frame, &c, 1, deadline, spin);
+    if (n < 0) {
+        Py_XDECREF(c.payload);
+        return NULL;
+    }
+    if (n == 0)
+        Py_RETURN_NONE;
+    if (c.bad) {
+        char hex[2 * SHMLINK_FRAME_HEADER + 1];
+        uint64_t shown = c.len < SHMLINK_FRAME_HEADER ? c.len : SHMLINK_FRAME_HEADER;
+        for (uint64_t j = 0; j < shown; j++)
+            snprintf(hex + 2 * j, 3, "%02x", c.head[j]);
+        hex[2 * shown] = '\0';
+        sl_raisef(-EBADMSG, "connection %R: the peer sent a malformed frame (%llu bytes, "
+                  "header 0x%s): it breaks the connection protocol; close the connection",
+                  self->label ? self->label : Py_None, (unsigned long long)c.len, hex);
+        return NULL;
+    }
+    PyObject *res = PyTuple_New(3);
+    PyObject *k = PyLong_FromUnsignedLong(c.kind);
+    PyObject *i = PyLong_FromUnsignedLongLong(c.id);
+    if (!res || !k || !i) {
+        Py_XDECREF(res);
+        Py_XDECREF(k);
+        Py_XDECREF(i);
+        Py_DECREF(c.payload);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(res, 0, k);
+    PyTuple_SET_ITEM(res, 1, i);
+    PyTuple_SET_ITEM(res, 2, c.payload);
+    return res;
+}
+
+PyDoc_STRVAR(Ring_recv_frame_doc,
+"recv_frame($self, deadline=None, spin_ns=0, /)\n--\n\n"
+"Take the oldest connection frame, waiting until deadline: (kind, id,\n"
+"payload), or None on timeout.  A frame that breaks the protocol (shorter\n"
+"than a header, an unknown kind, a kind/id pair it forbids) is taken and\n"
+"CorruptSegment raised.");
+
+static PyObject *Ring_recv_frame_impl(RingObject *self, PyObject *const *args,
+                                      Py_ssize_t nargs) {
+    struct timespec ts, *deadline;
+    long long spin;
+    if (fast_wait_args(args, nargs, 0, &ts, &deadline, &spin) < 0)
+        return NULL;
+    return frame_recv(self, deadline, spin);
+}
+
+static PyObject *Ring_try_recv_frame_impl(RingObject *self, PyObject *unused) {
+    return frame_recv(self, &zero_deadline, 1);
+}
+
+static PyObject *Ring_send_frame(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    RING_CALL(self, Ring_send_frame_impl(self, args, nargs));
+}
+static PyObject *Ring_try_send_frame(RingObject *self, PyObject *const *args,
+                                     Py_ssize_t nargs) {
+    RING_CALL(self, Ring_try_send_frame_impl(self, args, nargs));
+}
+static PyObject *Ring_recv_frame(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    RING_CALL(self, Ring_recv_frame_impl(self, args, nargs));
+}
+static PyObject *Ring_try_recv_frame(RingObject *self, PyObject *unused) {
+    RING_CALL(self, Ring_try_recv_frame_impl(self, unused));
+}
+
+#define FRAME_METHODS                                                                     \
+    {"send_frame", (PyCFunction)(void (*)(void))Ring_send_frame, METH_FASTCALL,             \
+     Ring_send_frame_doc},                                                                \
+    {"try_send_frame", (PyCFunction)(void (*)(void))Ring_try_send_frame, METH_FASTCALL,     \
+     "try_send_frame($self, kind, id, payload, /)\n--\n\nAppend one connection frame if "  \
+     "there is room now; True if sent."},                                                 \
+    {"recv_frame", (PyCFunction)(void (*)(void))Ring_recv_frame, METH_FASTCALL,             \
+     Ring_recv_frame_doc},                                                                \
+    {"try_recv_frame", (PyCFunction)Ring_try_recv_frame, METH_NOARGS,                       \
+     "try_recv_frame($self, /)\n--\n\nTake the oldest connection frame if there is one "   \
+     "now: (kind, id, payload), else None."},
+
+/* _core.FRAME_*: the frame format's constants (connection.h). */
+static int frames_register(PyObject *m) {
+    if (PyModule_AddIntConstant(m, "FRAME_HEADER", SHMLINK_FRAME_HEADER) < 0 ||
+        PyModule_AddIntConstant(m, "FRAME_MSG", SHMLINK_FRAME_MSG) < 0 ||
+        PyModule_AddIntConstant(m, "FRAME_REQ", SHMLINK_FRAME_REQ) < 0 ||
+        PyModule_AddIntConstant(m, "FRAME_RESP", SHMLINK_FRAME_RESP) < 0 ||
+        PyModule_AddIntConstant(m, "FRAME_ERR", SHMLINK_FRAME_ERR) < 0 ||
+        PyModule_AddIntConstant(m, "FRAME_CLOSE", SHMLINK_FRAME_CLOSE) < 0 ||
+        PyModule_AddIntConstant(m, "FRAME_WAKE", SHMLINK_FRAME_WAKE) < 0)
+        return -1;
+    PyObject *idmax = PyLong_FromUnsignedLongLong(SHMLINK_FRAME_ID_MAX);
+    int rc = idmax ? PyModule_AddObjectRef(m, "FRAME_ID_MAX", idmax) : -1;
+    Py_XDECREF(idmax);
+    return rc;
+}
+
 /* The methods: each runs its _impl between ring_enter and ring_leave. */
 static PyObject *Ring_send(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
     RING_CALL(self, Ring_send_impl(self, args, nargs));
@@ -754,6 +1013,7 @@ static PyMethodDef Ring_methods[] = {
     {"stats", (PyCFunction)Ring_stats, METH_NOARGS,
      "stats($self, /)\n--\n\nA dict of capacity, max_message, used bytes, sent and received."},
     {"view", (PyCFunction)Ring_view, METH_VARARGS, Ring_view_doc},
+    FRAME_METHODS
     {"close", (PyCFunction)Ring_close, METH_NOARGS,
      "close($self, /)\n--\n\nClose the handle: later calls raise SegmentClosed.  Releases the "
      "buffer (ending an open zero-copy receive unconsumed) and returns True, or, while "
@@ -794,7 +1054,7 @@ static PyMethodDef ring_functions[] = {
 int ring_register(PyObject *m, sl_state *st) {
     st->Ring = (PyTypeObject *)PyType_FromModuleAndSpec(m, &Ring_spec, NULL);
     if (!st->Ring || PyModule_AddType(m, st->Ring) < 0 ||
-        PyModule_AddFunctions(m, ring_functions) < 0)
+        PyModule_AddFunctions(m, ring_functions) < 0 || frames_register(m) < 0)
         return -1;
     return 0;
 }

@@ -6,7 +6,7 @@ which the server gets from :meth:`Listener.accept`.  Any number of clients
 may be connected at once; a client that leaves and a new one that connects
 both work.
 
-The package: :mod:`._layout` (segment layouts, frame headers, time
+The package: :mod:`._layout` (segment layouts, frame kinds, time
 slices), :mod:`._reader` (the reader role and the routing of inbound
 frames), :mod:`._connection` (:class:`Connection`) and :mod:`._listener`
 (:class:`Listener`, :func:`listen`, :func:`connect`).
@@ -30,7 +30,11 @@ How the pieces fit:
   header ``id << 8 | kind``: a plain message (``send``/``recv``, id 0), a
   request, its response or its error (same id), an in-band end of stream
   sent by ``close``, and a wake-up a process posts to its *own* inbound ring
-  to interrupt its blocked reader.
+  to interrupt its blocked reader.  The format lives in
+  ``include/shmlink/connection.h`` alone: ``Ring.send_frame`` builds a frame
+  and ``Ring.recv_frame`` checks one (in C) and returns ``(kind, id,
+  payload)``; a frame that breaks the rules raises
+  :class:`~shmlink.CorruptSegment`.
 * **One reader, one future per request.**  One thread at a time holds the
   *reader role* and reads the inbound ring; every frame it reads is routed
   in one place: plain messages and requests to queues other threads take
@@ -50,16 +54,16 @@ How the pieces fit:
   ``close``; a listener whose server died is taken over by the next
   :func:`listen` of that name (and removed by ``shmlink gc``).
 
-The hot path of a round trip is one ``Ring.try_send`` and one ``Ring.recv``
-per direction, with the frame header packed by a precompiled
-:class:`struct.Struct`.  How an end waits is the ring's own wait (the
+The hot path of a round trip is one ``Ring.try_send_frame`` and one
+``Ring.recv_frame`` per direction: frames are built and checked in C
+(``connection.h``), never packed or sliced in Python.  How an end waits is the ring's own wait (the
 ``wait`` strategy: ``"hybrid"`` spins briefly, then yields the CPU, then
 sleeps on the ring's futex); while the peer answers within the spin, no
 system call is made.
 
 Threads: a thread holding the reader role may also send (``close`` waits
 for it); other senders hold a send lock for the duration of their
-``try_send``.  ``close`` from another thread wakes a blocked reader of this
+``try_send_frame``.  ``close`` from another thread wakes a blocked reader of this
 process by a frame it posts to its own inbound ring, then unmaps once both
 locks are free (the last thread out does it when ``close`` is called from a
 handler).

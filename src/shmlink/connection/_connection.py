@@ -44,26 +44,26 @@ from ._layout import (
     _C_STATE,
     _C_VERSION,
     _C_VERSION_OFF,
-    _CLOSE_FRAME,
+    _CLOSE,
     _D,
     _EC_OFFSET,
+    _ERR,
     _FRAME_SIZE,
-    _MSG_HDR,
+    _MSG,
     _REQ,
     _RESP,
     _RING_HEADER,
     _ST_NAMES,
-    _WAKE_FRAME,
+    _WAKE,
     SLICE,
+    Frame,
     Request,
     Role,
     WaitStrategy,
     _monotonic,
-    _pack,
     _remaining,
     _ring_size,
     _slice_end,
-    _unpack,
 )
 from ._reader import _NOWAIT, _TIMEOUT, ResponseFuture, _ReaderRole
 
@@ -224,6 +224,7 @@ class Connection(_ReaderRole, _Named):
                                  "its segment; remove it and connect again")
         c2s = _core.Ring(m.mm, _D + _C_RINGS, ring_size)
         s2c = _core.Ring(m.mm, _D + _C_RINGS + ring_size, ring_size)
+        c2s.label = s2c.label = self._name  # named in the rings' error messages
         self._rings = (c2s, s2c)
         self._ring_size = ring_size
         self._mem = mem
@@ -338,26 +339,18 @@ class Connection(_ReaderRole, _Named):
 
     # -- sending --
 
-    def _too_large(self, frame: bytes) -> MessageTooLarge:
-        return MessageTooLarge(
-            f"connection {self._name!r}: a message of {len(frame) - _FRAME_SIZE} bytes is larger "
-            f"than its max_message_size of {self._max_frame - _FRAME_SIZE}; split it, or listen "
-            "with a larger capacity"
-        )
-
-    def _send_frame(self, frame: bytes, deadline: float | None) -> None:
+    def _send_frame(self, kind: int, rid: int, data: Any, deadline: float | None) -> None:
+        """Send one frame (``kind``, request id ``rid``, payload ``data``)."""
         wl = self._wlock
         if self._err is None and wl.acquire(False):
             try:
-                if self._out.try_send(frame):
+                if self._out.try_send_frame(kind, rid, data):
                     return
-            except MessageTooLarge:
-                raise self._too_large(frame) from None
             finally:
                 wl.release()
-        self._send_slow(frame, deadline)
+        self._send_slow(kind, rid, data, deadline)
 
-    def _send_slow(self, frame: bytes, deadline: float | None) -> None:
+    def _send_slow(self, kind: int, rid: int, data: Any, deadline: float | None) -> None:
         wl = self._wlock
         while not wl.acquire(True, SLICE if deadline is None else min(SLICE, _remaining(deadline))):
             if self._err is not None:
@@ -374,11 +367,8 @@ class Connection(_ReaderRole, _Named):
                 if why is not None:
                     self._set_gone(why)
                     raise self._error()
-                try:
-                    if self._out.send(frame, end, self._spin):
-                        return
-                except MessageTooLarge:
-                    raise self._too_large(frame) from None
+                if self._out.send_frame(kind, rid, data, end, self._spin):
+                    return
                 end = _slice_end(deadline)
                 if deadline is not None and _monotonic() >= deadline:
                     raise Timeout(f"connection {self._name!r}: the {self._peer_role()} did not make "
@@ -411,17 +401,14 @@ class Connection(_ReaderRole, _Named):
             If this end was closed.
         """
         deadline = None if timeout is None else deadline_of(timeout)
-        frame = _MSG_HDR + data
         wl = self._wlock
-        if self._err is None and wl.acquire(False):  # the hot path: one try_send
+        if self._err is None and wl.acquire(False):  # the hot path: one try_send_frame
             try:
-                if self._out.try_send(frame):
+                if self._out.try_send_frame(_MSG, 0, data):
                     return
-            except MessageTooLarge:
-                raise self._too_large(frame) from None
             finally:
                 wl.release()
-        self._send_slow(frame, deadline)
+        self._send_slow(_MSG, 0, data, deadline)
 
     def send_object(self, obj: Any, *, timeout: float | None = None) -> None:
         """Send any picklable object (received with :meth:`recv_object`).
@@ -463,7 +450,7 @@ class Connection(_ReaderRole, _Named):
         deadline = None if timeout is None else deadline_of(timeout)
         inbox = self._inbox
         if inbox:
-            return inbox.popleft()[_FRAME_SIZE:]
+            return inbox.popleft()
         rl = self._rlock
         got: list[bool] = []
         try:
@@ -472,28 +459,30 @@ class Connection(_ReaderRole, _Named):
             if got and got[0]:
                 rl.release()
             raise
+        msg: bytes | None
         if got[0]:
             try:
                 if inbox:
-                    f = inbox.popleft()
+                    msg = inbox.popleft()
                 elif self._err is not None:
                     raise self._error()
                 else:
-                    # the hot path: one Ring.recv, the frame is the message
+                    # the hot path: one Ring.recv_frame, the frame is a message
                     f = self._wait_frame(deadline)
-                    if f is None or not f.startswith(_MSG_HDR):
-                        f = self._read(self._pop_msg, deadline, f)
+                    if f is not None and f[0] == _MSG:
+                        msg = f[2]
+                    else:
+                        msg = self._read(self._pop_msg, deadline, f)
             finally:
                 rl.release()
                 if self._nwaiting or self._closing:
                     self._left()
         else:
-            f = self._take(self._pop_msg, deadline)
-            if f is _TIMEOUT:
-                f = None
-        if f is None:
+            got_msg = self._take(self._pop_msg, deadline)
+            msg = None if got_msg is _TIMEOUT else got_msg
+        if msg is None:
             raise Timeout(f"connection {self._name!r}: no message within {timeout} s")
-        return f[_FRAME_SIZE:]
+        return msg
 
     def try_recv(self) -> bytes | None:
         """Receive the next message if one is there now, else return None.
@@ -512,7 +501,7 @@ class Connection(_ReaderRole, _Named):
         """
         inbox = self._inbox
         if inbox:
-            return inbox.popleft()[_FRAME_SIZE:]
+            return inbox.popleft()
         rl = self._rlock
         got: list[bool] = []
         try:
@@ -525,21 +514,21 @@ class Connection(_ReaderRole, _Named):
             return None
         try:
             if inbox:
-                return inbox.popleft()[_FRAME_SIZE:]
+                return inbox.popleft()
             if self._err is not None:
                 raise self._error()
             while True:
-                f = self._in.try_recv()
+                f = self._in.try_recv_frame()
                 if f is None:
                     why = self._peer_down(cheap=True)
                     if why is None:
                         return None
-                    f = self._in.try_recv()
+                    f = self._in.try_recv_frame()
                     if f is None:
                         self._set_gone(why)
                         raise self._error()
-                if f.startswith(_MSG_HDR):
-                    return f[_FRAME_SIZE:]
+                if f[0] == _MSG:
+                    return f[2]
                 self._route(f)
         finally:
             self._leave()
@@ -610,7 +599,6 @@ class Connection(_ReaderRole, _Named):
         """
         deadline = None if timeout is None else deadline_of(timeout)
         rid = next(self._ids)
-        frame = _pack(rid << 8 | _REQ) + data
         fut = ResponseFuture()
         pending = self._pending
         got: list[bool] = []
@@ -620,17 +608,15 @@ class Connection(_ReaderRole, _Named):
             if self._err is None:
                 got.extend(map(rl.acquire, _NOWAIT))  # see _reader._NOWAIT
             if got and got[0]:
-                # The hot path: one try_send and one Ring.recv, with the reader
-                # role held (close() waits for it, so the send needs no lock).
-                try:
-                    sent = self._out.try_send(frame)
-                except MessageTooLarge:
-                    raise self._too_large(frame) from None
+                # The hot path: one try_send_frame and one Ring.recv_frame, with
+                # the reader role held (close() waits for it, so the send needs
+                # no lock).
+                sent = self._out.try_send_frame(_REQ, rid, data)
                 if sent:
                     end = self._slice
                     if deadline is not None and deadline < end:
                         end = deadline
-                    f = self._in.recv(end, self._spin)
+                    f = self._in.recv_frame(end, self._spin)
                     if f is not None:
                         self._route(f)
                         f = fut.result()
@@ -642,7 +628,7 @@ class Connection(_ReaderRole, _Named):
                     self._left()
                 if sent:
                     return self._response(f, timeout)
-            self._send_frame(frame, deadline)
+            self._send_frame(_REQ, rid, data, deadline)
             f = self._take(fut.result, deadline)
             return self._response(None if f is _TIMEOUT else f, timeout)
         finally:
@@ -655,13 +641,13 @@ class Connection(_ReaderRole, _Named):
                     self._left()
             pending.pop(rid, None)  # answered, or given up: a late response is dropped
 
-    def _response(self, f: bytes | None, timeout: float | None) -> bytes:
+    def _response(self, f: Frame | None, timeout: float | None) -> bytes:
         if f is None:
             raise Timeout(f"connection {self._name!r}: no response within {timeout} s")
         if f[0] == _RESP:
-            return f[_FRAME_SIZE:]
+            return f[2]
         raise RemoteError(f"connection {self._name!r}: the {self._peer_role()}'s handler failed:\n"
-                          + f[_FRAME_SIZE:].decode("utf-8", "replace"))
+                          + f[2].decode("utf-8", "replace"))
 
     def request_object(self, obj: Any, *, timeout: float | None = None) -> Any:
         """:meth:`request` with a pickled object; the response is unpickled too.
@@ -712,7 +698,7 @@ class Connection(_ReaderRole, _Named):
         f = self._take(self._pop_request, deadline)
         if f is _TIMEOUT:
             raise Timeout(f"connection {self._name!r}: no request within {timeout} s")
-        return Request(_unpack(f)[0] >> 8, f[_FRAME_SIZE:])
+        return Request(f[1], f[2])
 
     def reply(self, request: Request | int, data: Any, *, timeout: float | None = None) -> None:
         """Send the response to a request taken with :meth:`recv_request`.
@@ -727,8 +713,7 @@ class Connection(_ReaderRole, _Named):
             As for :meth:`send`.
         """
         rid = request.id if isinstance(request, Request) else int(request)
-        self._send_frame(_pack(rid << 8 | _RESP) + data,
-                         None if timeout is None else deadline_of(timeout))
+        self._send_frame(_RESP, rid, data, None if timeout is None else deadline_of(timeout))
 
     def serve(self, handler: Callable[[bytes], Any]) -> int:
         """Answer requests with ``handler`` until the peer disconnects, :meth:`stop` or :meth:`close`.
@@ -787,37 +772,34 @@ class Connection(_ReaderRole, _Named):
                     if reqs:
                         f = reqs.popleft()
                     else:
-                        f = ring.recv(self._slice, spin)
+                        f = ring.recv_frame(self._slice, spin)
                         if f is None:
                             f = self._idle(None)
                             if f is None:
                                 continue
                             if f is _TIMEOUT:
                                 return served
-                    try:
-                        h = _unpack(f)[0]
-                    except struct.error:
-                        raise self._corrupt(f) from None
-                    if h & 255 != _REQ or h >> 8 == 0:
-                        self._route(f)  # raises CorruptSegment for a request without an id
+                    if f[0] != _REQ:
+                        self._route(f)
                         continue
                     # the hot path: handler, then one send
+                    rid = f[1]
                     try:
-                        r = handler(f[_FRAME_SIZE:])
-                        resp = _pack(h + 1) + r if r is not None else _pack(h + 1)
+                        r = handler(f[2])
                     except Exception as e:  # the handler's failure goes to the requester
-                        resp = self._error_frame(h, e)
+                        kind, r = _ERR, self._error_text(e)
+                    else:
+                        kind = _RESP
+                        if r is None:
+                            r = b""
                     if self._err is not None:
                         return served  # closed from the handler
                     try:  # the reader role keeps close() waiting: no send lock needed
-                        sent = out.try_send(resp)
-                    except MessageTooLarge:
-                        sent = False
+                        sent = out.try_send_frame(kind, rid, r)
+                    except (MessageTooLarge, TypeError) as e:  # a response it cannot send
+                        kind, r, sent = _ERR, self._error_text(e, response=True), False
                     if not sent:
-                        try:
-                            self._send_slow(resp, None)
-                        except MessageTooLarge as e:
-                            self._send_slow(self._error_frame(h, e), None)
+                        self._send_slow(kind, rid, r, None)
                     served += 1
                 return served
             except PeerDisconnected:
@@ -829,26 +811,33 @@ class Connection(_ReaderRole, _Named):
             finally:
                 self._leave()
 
-    def _answer(self, handler: Callable[[bytes], Any], f: bytes) -> int:
-        h = _unpack(f)[0]
+    def _answer(self, handler: Callable[[bytes], Any], f: Frame) -> int:
+        rid = f[1]
         try:
-            r = handler(f[_FRAME_SIZE:])
-            resp = _pack(h + 1) + r if r is not None else _pack(h + 1)
+            r = handler(f[2])
         except Exception as e:
-            resp = self._error_frame(h, e)
+            kind, r = _ERR, self._error_text(e)
+        else:
+            kind = _RESP
+            if r is None:
+                r = b""
         if self._err is not None:
             return 0
         try:
-            self._send_frame(resp, None)
-        except MessageTooLarge as e:
-            self._send_frame(self._error_frame(h, e), None)
+            try:
+                self._send_frame(kind, rid, r, None)
+            except (MessageTooLarge, TypeError) as e:  # a response it cannot send
+                self._send_frame(_ERR, rid, self._error_text(e, response=True), None)
         except PeerDisconnected:
             return 0
         return 1
 
-    def _error_frame(self, h: int, e: BaseException) -> bytes:
-        if isinstance(e, TypeError) and e.__traceback__ is not None \
-                and e.__traceback__.tb_next is None:
+    def _error_text(self, e: BaseException, response: bool = False) -> bytes:
+        """The payload of an error frame: the traceback of ``e``, cut to fit a frame.
+
+        ``response``: ``e`` came from sending what the handler returned.
+        """
+        if response and isinstance(e, TypeError):
             text = (f"TypeError: the handler must return bytes-like (or None), and here it "
                     f"failed with: {e}")
         else:
@@ -857,7 +846,7 @@ class Connection(_ReaderRole, _Named):
         room = self._max_frame - _FRAME_SIZE
         if len(data) > room:
             data = data[-room:]
-        return _pack(h + 2) + data
+        return data
 
     def stop(self) -> None:
         """Make :meth:`serve` return after the request it is handling (from any thread)."""
@@ -865,7 +854,7 @@ class Connection(_ReaderRole, _Named):
         if self._rlock.locked() and self._rowner != _get_ident() and self._wlock.acquire(False):
             try:  # the send lock keeps close() from unmapping the ring meanwhile
                 if not self._detached:
-                    self._in.try_send(_WAKE_FRAME)
+                    self._in.try_send_frame(_WAKE, 0, b"")
             except (ValueError, ShmlinkError):
                 pass
             finally:
@@ -900,7 +889,7 @@ class Connection(_ReaderRole, _Named):
             mem = self._mem
             mem.store32(self._my_closed, 1)
             try:
-                self._out.try_send(_CLOSE_FRAME)  # wakes the peer's reader at once
+                self._out.try_send_frame(_CLOSE, 0, b"")  # wakes the peer's reader at once
             except ShmlinkError:
                 pass
             # and the ring's event count, for peers waiting on it some other
@@ -908,7 +897,7 @@ class Connection(_ReaderRole, _Named):
             # hand-made add, which would flip its armed bit)
             mem.ec_notify(self._out_ec, True)
             if self._rlock.locked() and self._rowner != _get_ident():
-                self._in.try_send(_WAKE_FRAME)  # our own blocked reader
+                self._in.try_send_frame(_WAKE, 0, b"")  # our own blocked reader
         except (ValueError, ShmlinkError):
             pass
         finally:

@@ -1,4 +1,4 @@
-"""The connection protocol's shared-memory layouts, frame headers and time slices.
+"""The connection protocol's shared-memory layouts, frame kinds and time slices.
 
 Offsets are from the start of the mapping (``DATA_OFFSET`` is where a
 segment's data area begins).  Both segment kinds carry a magic value and a
@@ -8,7 +8,6 @@ layout version, checked on attach.
 from __future__ import annotations
 
 import re
-import struct
 import time
 from typing import Literal, NamedTuple
 
@@ -29,23 +28,22 @@ _RING_HEADER = _core.RING_HEADER
 _D = DATA_OFFSET
 
 # --- frames -------------------------------------------------------------------
-# Each ring message starts with an 8-byte little-endian header ``id << 8 | kind``.
+# Every ring message is a frame: an 8-byte header (kind, request id), then the
+# payload.  The format lives in include/shmlink/connection.h alone: rings send
+# and take frames with Ring.send_frame / Ring.recv_frame, which encode and
+# check the header there; Python sees (kind, id, payload) tuples.
 
-_FRAME = struct.Struct("<Q")
-_pack = _FRAME.pack
-_unpack = _FRAME.unpack_from
-_FRAME_SIZE = _FRAME.size
+#: A frame as Ring.recv_frame returns it: (kind, request id, payload).
+Frame = tuple[int, int, bytes]
 
-_MSG = 0  # plain message (id 0)
-_REQ = 1  # request
-_RESP = 2  # its response: header of the request + 1
-_ERR = 3  # its error: header of the request + 2 (payload: the traceback, UTF-8)
-_CLOSE = 4  # end of stream: the sender closed its side
-_WAKE = 5  # posted to one's own inbound ring to wake the local reader
-
-_MSG_HDR = _pack(_MSG)
-_CLOSE_FRAME = _pack(_CLOSE)
-_WAKE_FRAME = _pack(_WAKE)
+_FRAME_SIZE = _core.FRAME_HEADER
+_MSG = _core.FRAME_MSG  # plain message (id 0)
+_REQ = _core.FRAME_REQ  # request (id >= 1)
+_RESP = _core.FRAME_RESP  # its response (the request's id)
+_ERR = _core.FRAME_ERR  # its error (the request's id; payload: the traceback, UTF-8)
+_CLOSE = _core.FRAME_CLOSE  # end of stream: the sender closed its side
+_WAKE = _core.FRAME_WAKE  # posted to one's own inbound ring to wake the local reader
+_ID_MAX = _core.FRAME_ID_MAX  # largest request id
 
 # --- connection segment layout (struct shmlink_conn_block in include/shmlink/connection.h) ---
 

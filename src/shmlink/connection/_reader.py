@@ -20,22 +20,20 @@ and it can read itself.
 from __future__ import annotations
 
 import collections
-import struct
 import threading
 from typing import Any, Callable
 
 from .. import _core
-from ..errors import CorruptSegment, PeerDisconnected
+from ..errors import PeerDisconnected
 from ._layout import (
     _CLOSE,
     _ERR,
     _MSG,
     _REQ,
     _RESP,
-    _WAKE,
     SLICE,
+    Frame,
     _monotonic,
-    _unpack,
 )
 
 _process_alive = _core.process_alive
@@ -61,13 +59,13 @@ class ResponseFuture:
     """
 
     __slots__ = ("frame",)
-    frame: bytes
+    frame: Frame
 
-    def set(self, frame: bytes) -> None:
+    def set(self, frame: Frame) -> None:
         """Complete the future with its response (or error) frame."""
         self.frame = frame
 
-    def result(self) -> bytes | None:
+    def result(self) -> Frame | None:
         """The response frame, or None while it has not arrived."""
         try:
             return self.frame
@@ -102,8 +100,8 @@ class _ReaderRole:
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._rlock = threading.Lock()  # the reader role
-        self._inbox: collections.deque[bytes] = collections.deque()  # whole frames
-        self._requests: collections.deque[bytes] = collections.deque()
+        self._inbox: collections.deque[bytes] = collections.deque()  # message payloads
+        self._requests: collections.deque[Frame] = collections.deque()  # request frames
         self._pending: dict[int, ResponseFuture] = {}  # request id -> its future
         self._slice = 0.0  # end of the current wait slice (monotonic)
         self._nwaiting = 0  # threads waiting in _wait_turn
@@ -145,25 +143,18 @@ class _ReaderRole:
             return "died"
         return None
 
-    def _corrupt(self, f: bytes) -> CorruptSegment:
-        return CorruptSegment(f"connection {self._name!r}: the {self._peer_role()} sent a malformed "
-                              f"frame ({len(f)} bytes, {f[:8]!r}); close the connection")
-
     # -- routing --
 
-    def _route(self, f: bytes) -> None:
-        """Hand an inbound frame to whoever it is for (the reader role is held)."""
-        try:
-            h = _unpack(f)[0]
-        except struct.error:
-            raise self._corrupt(f) from None
-        k = h & 255
-        # Requests, responses and errors carry a request id, nothing else does
-        # (the rule of shmlink_frame_decode in connection.h).
-        if (k == _REQ or k == _RESP or k == _ERR) == (h >> 8 == 0):
-            raise self._corrupt(f)
+    def _route(self, f: Frame) -> None:
+        """Hand an inbound frame to whoever it is for (the reader role is held).
+
+        ``f`` comes from Ring.recv_frame, which checked it against the
+        protocol (connection.h): a known kind, a request id on requests,
+        responses and errors only.
+        """
+        k = f[0]
         if k == _RESP or k == _ERR:
-            fut = self._pending.pop(h >> 8, None)
+            fut = self._pending.pop(f[1], None)
             if fut is None:
                 # its requester gave up (timed out), or nobody asked (a second
                 # answer, an unsolicited one): drop it, count it, keep nothing
@@ -171,18 +162,16 @@ class _ReaderRole:
                 return
             fut.frame = f
         elif k == _MSG:
-            self._inbox.append(f)
+            self._inbox.append(f[2])
         elif k == _REQ:
             self._requests.append(f)
         elif k == _CLOSE:
             self._set_gone("closed the connection")
             raise self._error()
-        elif k == _WAKE:
+        else:  # WAKE (the only kind left): it only interrupts the reader
             if self._err is not None:
                 raise self._error()
             return
-        else:
-            raise self._corrupt(f)
         if self._nwaiting:
             with self._cv:
                 self._cv.notify_all()
@@ -191,14 +180,14 @@ class _ReaderRole:
         inbox = self._inbox
         return inbox.popleft() if inbox else None
 
-    def _pop_request(self) -> bytes | None:
+    def _pop_request(self) -> Frame | None:
         reqs = self._requests
         return reqs.popleft() if reqs else None
 
     # -- the reader role --
 
     def _read(self, check: Callable[[], Any], deadline: float | None,
-              f: bytes | None = None) -> Any:
+              f: Frame | None = None) -> Any:
         """With the reader role held: route frames until ``check()`` yields something.
 
         Returns what ``check()`` returned, or None when the deadline passed.
@@ -219,7 +208,7 @@ class _ReaderRole:
             if item is not None:
                 return item
 
-    def _wait_frame(self, deadline: float | None) -> bytes | None:
+    def _wait_frame(self, deadline: float | None) -> Frame | None:
         """Wait for a frame until the current slice (or the deadline) ends; None then.
 
         The ring's own wait does the spinning and sleeping (the end's
@@ -228,7 +217,7 @@ class _ReaderRole:
         end = self._slice
         if deadline is not None and deadline < end:
             end = deadline
-        return self._in.recv(end, self._spin)  # type: ignore[no-any-return]
+        return self._in.recv_frame(end, self._spin)  # type: ignore[no-any-return]
 
     def _idle(self, deadline: float | None) -> Any:
         """A wait slice ended: re-check everything.  A frame, None (wait on) or _TIMEOUT."""
@@ -241,7 +230,7 @@ class _ReaderRole:
         why = self._peer_down()
         if why is not None:
             # what it sent before closing (or dying) is still delivered
-            f = self._in.try_recv()
+            f = self._in.try_recv_frame()
             if f is not None:
                 return f
             self._set_gone(why)

@@ -97,13 +97,21 @@ struct shmlink_frame {
     uint64_t len;
 };
 
-/* Write the 8-byte header of a (kind, id) frame at out.  0, or -EINVAL for
- * a kind/id pair the protocol does not allow (MSG, CLOSE and WAKE carry id
- * 0; REQ, RESP and ERR an id in 1 .. SHMLINK_FRAME_ID_MAX). */
-static inline int shmlink_frame_encode(void *out, uint32_t kind, uint64_t id) {
+/* 1 if a (kind, id) pair is one the protocol allows: a known kind; MSG,
+ * CLOSE and WAKE carry id 0, REQ, RESP and ERR an id in 1 ..
+ * SHMLINK_FRAME_ID_MAX.  The one statement of the rule: encode and decode
+ * both check it (and so do Python's sends and receives, through them). */
+static inline int shmlink_frame_valid(uint32_t kind, uint64_t id) {
     int with_id = kind == SHMLINK_FRAME_REQ || kind == SHMLINK_FRAME_RESP ||
                   kind == SHMLINK_FRAME_ERR;
-    if (kind > SHMLINK_FRAME_KIND_MAX || id > SHMLINK_FRAME_ID_MAX || (with_id ? id == 0 : id != 0))
+    return kind <= SHMLINK_FRAME_KIND_MAX && id <= SHMLINK_FRAME_ID_MAX &&
+           (with_id ? id != 0 : id == 0);
+}
+
+/* Write the 8-byte header of a (kind, id) frame at out.  0, or -EINVAL for
+ * a kind/id pair the protocol does not allow (shmlink_frame_valid). */
+static inline int shmlink_frame_encode(void *out, uint32_t kind, uint64_t id) {
+    if (!shmlink_frame_valid(kind, id))
         return -EINVAL;
     uint64_t h = id << 8 | kind;
     uint8_t *p = (uint8_t *)out;
@@ -112,26 +120,48 @@ static inline int shmlink_frame_encode(void *out, uint32_t kind, uint64_t id) {
     return 0;
 }
 
-/* Parse and check a frame of n bytes at buf.  The bytes are read once
- * (copy the frame out of shared memory first: the ring receive does).  0,
- * or -EBADMSG: shorter than a header, an unknown kind, or a kind/id pair
- * the protocol does not allow (see shmlink_frame_encode). */
-static inline int shmlink_frame_decode(const void *buf, uint64_t n, struct shmlink_frame *f) {
+/* Write a whole frame at out (SHMLINK_FRAME_HEADER + len bytes): the
+ * header of (kind, id), then len bytes of payload.  0 or -EINVAL (as
+ * shmlink_frame_encode; nothing is written then). */
+static inline int shmlink_frame_build(void *out, uint32_t kind, uint64_t id, const void *payload,
+                                      uint64_t len) {
+    int rc = shmlink_frame_encode(out, kind, id);
+    if (rc == 0 && len)
+        memcpy((uint8_t *)out + SHMLINK_FRAME_HEADER, payload, (size_t)len);
+    return rc;
+}
+
+/* Parse and check the header of a frame of n bytes: hdr holds its first
+ * min(n, 8) bytes (a private copy: the bytes are read once).  0 with
+ * *kind and *id set, or -EBADMSG: shorter than a header, an unknown kind,
+ * or a kind/id pair the protocol does not allow (shmlink_frame_valid). */
+static inline int shmlink_frame_decode_header(const void *hdr, uint64_t n, uint32_t *kind,
+                                              uint64_t *id) {
     if (n < SHMLINK_FRAME_HEADER)
         return -EBADMSG;
-    const uint8_t *p = (const uint8_t *)buf;
+    const uint8_t *p = (const uint8_t *)hdr;
     uint64_t h = 0;
     for (unsigned i = 0; i < 8; i++)
         h |= (uint64_t)p[i] << (8 * i);
-    uint32_t kind = (uint32_t)(h & 255u);
-    uint64_t id = h >> 8;
-    int with_id = kind == SHMLINK_FRAME_REQ || kind == SHMLINK_FRAME_RESP ||
-                  kind == SHMLINK_FRAME_ERR;
-    if (kind > SHMLINK_FRAME_KIND_MAX || (with_id ? id == 0 : id != 0))
+    if (!shmlink_frame_valid((uint32_t)(h & 255u), h >> 8))
         return -EBADMSG;
+    *kind = (uint32_t)(h & 255u);
+    *id = h >> 8;
+    return 0;
+}
+
+/* Parse and check a frame of n bytes at buf.  The bytes are read once
+ * (copy the frame out of shared memory first: the ring receive does).  0,
+ * or -EBADMSG (see shmlink_frame_decode_header). */
+static inline int shmlink_frame_decode(const void *buf, uint64_t n, struct shmlink_frame *f) {
+    uint32_t kind;
+    uint64_t id;
+    int rc = shmlink_frame_decode_header(buf, n, &kind, &id);
+    if (rc != 0)
+        return rc;
     f->kind = kind;
     f->id = id;
-    f->payload = p + SHMLINK_FRAME_HEADER;
+    f->payload = (const uint8_t *)buf + SHMLINK_FRAME_HEADER;
     f->len = n - SHMLINK_FRAME_HEADER;
     return 0;
 }
@@ -465,11 +495,9 @@ static inline int shmlink_conn_send_kind(struct shmlink_conn *c, uint32_t kind, 
                                          const struct timespec *deadline) {
     if (len > shmlink_conn_max_payload(c))
         return -EMSGSIZE;
-    int rc = shmlink_frame_encode(c->sbuf, kind, id);
+    int rc = shmlink_frame_build(c->sbuf, kind, id, payload, len);
     if (rc != 0)
         return rc;
-    if (len)
-        memcpy(c->sbuf + SHMLINK_FRAME_HEADER, payload, (size_t)len);
     return shmlink_conn_send_frame(c, c->sbuf, SHMLINK_FRAME_HEADER + len, deadline);
 }
 
