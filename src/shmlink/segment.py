@@ -25,6 +25,13 @@ How the pieces fit:
   At a clean interpreter exit every handle this process still has open is
   released as ``close()`` would (see :func:`_release_at_exit`), so ``auto``
   objects nobody else uses are removed then too.
+* **A handle inherited through fork() is the child's own**: right at the
+  fork the child gets its own lock on the file and its own participant slot,
+  and its handles fresh per-handle state, so nothing the child does with them
+  (close, exit) touches what its parent holds, and an ``auto`` object lives
+  while either uses it.  Kinds that must have one reader (a connection end,
+  a subscriber) refuse use in the child instead (see ``docs/design.md``,
+  "Fork").
 """
 
 from __future__ import annotations
