@@ -345,6 +345,8 @@ def _open_mappings() -> list[_Mapping]:
 
 
 _fork_locked = False
+#: the mappings _before_fork prepared a description for (fork_fd >= 0)
+_fork_prepared: list[_Mapping] = []
 
 
 def _before_fork() -> None:
@@ -359,19 +361,20 @@ def _before_fork() -> None:
             if not m.lock_split:
                 _split_lock(m)
             m.fork_fd = _lock_new_description(m)
+            _fork_prepared.append(m)
         except Exception:
             m.fork_fd = -1  # (no /proc): the child shares the parent's, as before
 
 
 def _after_fork_in_parent() -> None:
     global _fork_locked
-    for m in _open_mappings():
-        if m.fork_fd >= 0:
-            try:
-                os.close(m.fork_fd)  # the child's now: its lock stays held there
-            except OSError:
-                pass
-            m.fork_fd = -1
+    for m in _fork_prepared:
+        try:
+            os.close(m.fork_fd)  # the child's now: its lock stays held there
+        except OSError:
+            pass
+        m.fork_fd = -1
+    _fork_prepared.clear()
     if _fork_locked:
         _fork_locked = False
         _registry_lock.release()
@@ -384,10 +387,13 @@ def _after_fork_in_child() -> None:
     _fork_locked = False
     pid = os.getpid()
     adopted = set()
-    for m in _open_mappings():
+    prepared = list(_fork_prepared)
+    _fork_prepared.clear()
+    for m in prepared:
         fd, m.fork_fd = m.fork_fd, -1
-        if fd < 0:
-            continue  # stays the parent's: closing it here touches nothing shared
+        if m.detached:  # closed by another thread just before the fork
+            os.close(fd)
+            continue
         try:
             # Replaces the parent's description under the same number: its
             # lock is the parent's again alone, the new one's is ours.
