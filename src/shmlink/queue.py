@@ -247,6 +247,15 @@ class Queue(_Named):
         ring.label = self._name  # used by the C core's error messages
         ring.spin = self._spin
 
+    def _after_fork(self) -> None:
+        # A zero-copy receive open at fork() is the parent's, and so is the
+        # consumer lock it holds: here its view stays readable, and releasing
+        # it does nothing (the parent consumes it or not).
+        view, self._view = self._view, None
+        if view is not None:
+            view._done = True
+        self._attach()
+
     def _detach_kind(self) -> None:
         view = self._viewref()
         if view is not None and not view._done:

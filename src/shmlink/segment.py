@@ -25,6 +25,13 @@ How the pieces fit:
   At a clean interpreter exit every handle this process still has open is
   released as ``close()`` would (see :func:`_release_at_exit`), so ``auto``
   objects nobody else uses are removed then too.
+* **A handle inherited through fork() is the child's own**: right at the
+  fork the child gets its own lock on the file and its own participant slot,
+  and its handles fresh per-handle state, so nothing the child does with them
+  (close, exit) touches what its parent holds, and an ``auto`` object lives
+  while either uses it.  Kinds that must have one reader (a connection end,
+  a subscriber) refuse use in the child instead (see ``docs/design.md``,
+  "Fork").
 """
 
 from __future__ import annotations
@@ -479,9 +486,14 @@ class _Mapping:
         self.memory = _core.Memory(mm)
         self.refs = 0
         self.slot = -1
-        self.pid = os.getpid()
+        self.pid = os.getpid()  # the process that owns fd's lock and the slot
         st = os.fstat(fd)
         self.identity = (st.st_dev, st.st_ino)
+        self.detached = False
+        # fork: whether fd's lock was moved off the description the mmap's own
+        # dup shares, and the description prepared for the next child
+        self.lock_split = False
+        self.fork_fd = -1
 
     def register(self) -> None:
         """Claim a participant slot (read-write mappings only), if one is free.
@@ -521,14 +533,154 @@ _registry_lock = threading.RLock()
 _live: "weakref.WeakSet[_Named]" = weakref.WeakSet()
 
 
+# --- fork (docs/design.md "Fork") ------------------------------------------------
+#
+# A handle inherited through fork() is the child's, as if the child had opened
+# it.  The kernel's "in use" test is a shared flock, which belongs to an open
+# file description, and fork() shares those: the child would hold the parent's
+# lock, not its own.  So before fork() the parent opens one more description of
+# every file it has mapped (through /proc/self/fd, which works for unlinked
+# files too) and locks it; the child puts it in place of its inherited one
+# (same fd number) and the parent closes its copy.  From the fork on, each
+# process holds its own lock, with no moment in between.  Python's mmap keeps a
+# dup of the fd it was made from, which the child inherits as well: so the
+# first fork also moves the parent's own lock onto a fresh description,
+# leaving the mmap's dup unlocked (or that dup would keep "in use" true in the
+# child after the parent closed).
+
+
+def _lock_new_description(m: _Mapping) -> int:
+    """A new open file description of ``m``'s file, holding a shared flock."""
+    fd = os.open(f"/proc/self/fd/{m.fd}",
+                 (os.O_RDONLY if m.readonly else os.O_RDWR) | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != m.identity:
+            raise OSError(errno.ESTALE, "fd no longer refers to the segment")
+        # never blocks: our own shared lock excludes every exclusive one
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _split_lock(m: _Mapping) -> None:
+    """Move this process's lock on ``m`` off the description its mmap's dup shares."""
+    new = _lock_new_description(m)
+    old = -1
+    try:
+        old = os.dup(m.fd)
+        os.dup2(new, m.fd, inheritable=False)  # m.fd now names the new, locked one
+        fcntl.flock(old, fcntl.LOCK_UN)  # the mmap's dup: no lock any more
+    finally:
+        os.close(new)
+        if old >= 0:
+            os.close(old)
+    m.lock_split = True
+
+
+def _open_mappings() -> list[_Mapping]:
+    """The mappings this process's open handles use (each once)."""
+    seen: dict[int, _Mapping] = {}
+    for m in list(_registry.values()):
+        seen[id(m)] = m
+    try:
+        handles = list(_live)
+    except Exception:
+        handles = []
+    for h in handles:
+        m = h._map
+        if not h._closed and m is not None:
+            seen.setdefault(id(m), m)
+    return [m for m in seen.values()
+            if not m.detached and m.refs > 0 and not m.mm.closed]
+
+
+_fork_locked = False
+#: the mappings _before_fork prepared a description for (fork_fd >= 0)
+_fork_prepared: list[_Mapping] = []
+
+
+def _before_fork() -> None:
+    global _fork_locked
+    # no open() or close() half-way through while the child is made
+    _fork_locked = _registry_lock.acquire(timeout=1.0)
+    pid = os.getpid()
+    for m in _open_mappings():
+        if m.pid != pid:
+            continue  # inherited and not ours: the child gets it as we have it
+        try:
+            if not m.lock_split:
+                _split_lock(m)
+            m.fork_fd = _lock_new_description(m)
+            _fork_prepared.append(m)
+        except Exception:
+            m.fork_fd = -1  # (no /proc): the child shares the parent's, as before
+
+
+def _after_fork_in_parent() -> None:
+    global _fork_locked
+    for m in _fork_prepared:
+        try:
+            os.close(m.fork_fd)  # the child's now: its lock stays held there
+        except OSError:
+            pass
+        m.fork_fd = -1
+    _fork_prepared.clear()
+    if _fork_locked:
+        _fork_locked = False
+        _registry_lock.release()
+
+
 def _after_fork_in_child() -> None:
-    # The child shares the parent's mappings, but not its participant slots.
-    global _registry_lock
+    """Make every inherited mapping the child's own; then each inherited handle."""
+    global _registry_lock, _fork_locked
     _registry_lock = threading.RLock()
-    _registry.clear()
+    _fork_locked = False
+    pid = os.getpid()
+    adopted = set()
+    prepared = list(_fork_prepared)
+    _fork_prepared.clear()
+    for m in prepared:
+        fd, m.fork_fd = m.fork_fd, -1
+        if m.detached:  # closed by another thread just before the fork
+            os.close(fd)
+            continue
+        try:
+            # Replaces the parent's description under the same number: its
+            # lock is the parent's again alone, the new one's is ours.
+            os.dup2(fd, m.fd, inheritable=False)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        m.pid = pid
+        m.lock_split = True
+        m.slot = -1  # the parent's slot stays the parent's
+        m.__dict__.pop("mutex_thread", None)  # the parent's threads are not here
+        try:
+            m.register()
+        except Exception:
+            pass  # all slots held: the child just does not show in participants()
+        adopted.add(id(m))
+    for key, m in list(_registry.items()):
+        if id(m) not in adopted:
+            del _registry[key]  # an open() here maps it afresh
+    try:
+        handles = list(_live)
+    except Exception:
+        handles = []
+    for h in handles:
+        if not h._closed and h._map is not None and not h._map.mm.closed:
+            try:
+                h._fork_child()
+            except Exception:
+                pass
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 def _os_error(err: OSError, what: str, name: str, *, path: str | None = None,
@@ -847,6 +999,33 @@ class _Named:
 
     def _detach_kind(self) -> None:
         """Hook for kinds: release what _attach took (before the unmap)."""
+
+    def _fork_child(self) -> None:
+        """In a forked child, for each handle it inherited open: make it the child's.
+
+        Calls other threads of the parent were making do not exist in the
+        child, so the handle gets fresh C objects (no calls counted inside,
+        no closing flag, no lock of Python held by a thread that is gone);
+        then :meth:`_after_fork` lets the kind do the rest.
+        """
+        hmem = _core.Memory(self._map.mm)  # type: ignore[union-attr]
+        hmem.label = self._name
+        self._hmem = hmem
+        self._after_fork()
+
+    def _after_fork(self) -> None:
+        """Hook for kinds, in a forked child (see :meth:`_fork_child`).
+
+        The default sets the kind's handles up afresh with :meth:`_attach`.
+        A kind that a second process must not use through the same handle
+        (a connection end, a subscriber) makes every call raise
+        :class:`InvalidState` and its close() touch nothing shared, and sets
+        ``_inherited``.
+        """
+        self._attach()
+
+    #: True in a forked child for a handle that stays its parent's (see _after_fork)
+    _inherited = False
 
     def _at_exit(self) -> None:
         """Hook for kinds: called at a clean interpreter exit while still open.
@@ -1450,8 +1629,9 @@ def _detach(m: _Mapping, *, auto_ok: bool) -> None:
     such call releases its export and with it the last reference.
     """
     if m.pid != os.getpid():
-        return  # inherited through fork: the parent owns it
+        return  # inherited through fork and not made ours: the parent owns it
     _check_no_views(m)
+    m.detached = True
     m.memory.release()
     try:
         m.mm.close()
@@ -1505,7 +1685,7 @@ def _release_at_exit() -> None:
     for h in handles:
         try:
             m = h._map
-            if not h._closed and m is not None and m.pid == pid:
+            if not h._closed and m is not None and m.pid == pid and not h._inherited:
                 h._at_exit()
         except Exception:
             pass

@@ -44,6 +44,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Literal
@@ -243,6 +244,13 @@ class Topic(_Named):
         c = self._c = _core.Topic(m.mm, DATA_OFFSET, m.header.data_size, self._name)
         c.spin_ns = self._spin
         self._subs = weakref.WeakSet()
+
+    def _after_fork(self) -> None:
+        subs = list(self._subs)
+        self._attach()  # a fresh publisher handle: the parent's calls are not here
+        for sub in subs:  # each is the parent's reader: refused here
+            sub._inherit()
+            self._subs.add(sub)
 
     def _detach_kind(self) -> None:
         if not self._c.closed:
@@ -610,6 +618,26 @@ class MessageHandler:
         self.stop()
 
 
+class _InheritedCore:
+    """Stands in, in a forked child, for a subscriber's C handle: every use raises.
+
+    The subscriber's slot and cursor are its parent's (a second process
+    reading through them would break lossless delivery and its liveness), so
+    the child only may close it, which touches nothing shared.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.closed = False
+        self._message = message
+
+    def close(self) -> bool:
+        self.closed = True
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        raise InvalidState(self._message)
+
+
 class Subscriber:
     """One reader of a :class:`Topic`, with its own cursor in the topic's memory.
 
@@ -617,7 +645,9 @@ class Subscriber:
     after it subscribed (or from the oldest held), in order.  In latest mode
     it may miss messages it was too slow for: :attr:`missed` counts them.
     Use it from one thread at a time; it is a context manager and an
-    iterator.
+    iterator.  A subscriber is its process's: in a child made by ``fork()``
+    every call raises :class:`InvalidState` (subscribe again there), and
+    close() or exit there leave the parent's subscriber as it is.
     """
 
     # the open zero-copy receive, weakly (see Queue.recv_view)
@@ -635,6 +665,14 @@ class Subscriber:
         obj._handler = None
         obj._wait = topic.wait
         return obj
+
+    def _inherit(self) -> None:
+        """In a forked child: the parent's slot and cursor stay the parent's."""
+        self._handler = None  # its thread is the parent's
+        if not self._c.closed:
+            self._c = _InheritedCore(
+                f"this subscriber of topic {self._name!r} was inherited through fork() from "
+                f"PID {os.getppid()}, whose reader it stays; subscribe again in this process")
 
     # -- receiving --
 
@@ -882,5 +920,7 @@ class Subscriber:
     def __repr__(self) -> str:
         if self._c.closed:
             return f"<shmlink.Subscriber of {self._name!r} closed>"
+        if isinstance(self._c, _InheritedCore):
+            return f"<shmlink.Subscriber of {self._name!r} inherited through fork()>"
         return (f"<shmlink.Subscriber of {self._name!r} slot={self._c.slot} "
                 f"received={self.received} missed={self.missed} lag={self.lag}>")

@@ -68,8 +68,11 @@ process by a frame it posts to its own inbound ring, then unmaps once both
 locks are free (the last thread out does it when ``close`` is called from a
 handler).
 
-Not fork-safe: a connection belongs to the process that made it (a forked
-child must connect on its own).
+fork(): a connection end belongs to the process that connected or accepted
+it.  In a forked child every call on an inherited end raises
+:class:`~shmlink.InvalidState` (connect a new one there), and closing it or
+exiting there tells the peer nothing.  An inherited listener may accept (a
+pre-forked server); only the process that created it removes it.
 """
 
 from __future__ import annotations

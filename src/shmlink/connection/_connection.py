@@ -7,6 +7,7 @@ included) is :mod:`._reader`; the layout and frames are :mod:`._layout`.
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import struct
 import threading
@@ -18,6 +19,7 @@ from .. import _core
 from ..errors import (
     CorruptSegment,
     IncompatibleSegment,
+    InvalidState,
     MessageTooLarge,
     PeerDisconnected,
     RemoteError,
@@ -72,6 +74,16 @@ __all__ = ["Connection"]
 _process_alive = _core.process_alive
 _get_ident = threading.get_ident
 
+class _Refused:
+    """Stands in, in a forked child, for an inherited end's rings: every use raises."""
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+
+    def __getattr__(self, name: str) -> Any:
+        raise InvalidState(self._message)
+
+
 class Connection(_ReaderRole, _Named):
     """One end of a duplex, message-oriented connection.
 
@@ -87,6 +99,11 @@ class Connection(_ReaderRole, _Named):
     :class:`~shmlink.PeerDisconnected` within about :data:`SLICE` seconds
     (at once for a clean close), after the messages the peer sent before
     are delivered; iteration ends.  Safe to share between threads.
+
+    An end is its process's: in a child made by ``fork()`` every call raises
+    :class:`~shmlink.InvalidState` (two processes reading one end would split
+    its stream: connect a new one in the child), and close(), or the child's
+    exit, leave the parent's end as it is.
 
     Attributes
     ----------
@@ -258,6 +275,18 @@ class Connection(_ReaderRole, _Named):
                 r.close()
             self._rings = None
         self._in = self._out = None
+
+    def _after_fork(self) -> None:
+        role = self._role
+        self._attach()  # fresh rings, locks and reader state: the parent's threads are not here
+        if role is None:
+            return  # an inspection handle: it still inspects
+        self._inherited = True
+        msg = (f"connection {self._name!r}: this {role} end was inherited through fork() from "
+               f"PID {os.getppid()}, whose end it stays (two processes reading one end would "
+               "split its stream); connect a new connection in this process")
+        self._err = (InvalidState, msg)
+        self._in = self._out = _Refused(msg)
 
     def _reopen_kwargs(self) -> dict[str, Any]:
         return {}
@@ -870,8 +899,8 @@ class Connection(_ReaderRole, _Named):
         :class:`~shmlink.SegmentClosed` (:meth:`serve` returns, iteration
         ends).  The connection's segment is removed once both ends closed.
         """
-        if self._role is None:
-            super().close()
+        if self._role is None or self._inherited:
+            super().close()  # the peer is told nothing: the end is not ours to close
             return
         with self._lock:
             if self._closing:

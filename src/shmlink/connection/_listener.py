@@ -209,6 +209,12 @@ class Listener(_Named):
         self._alock = threading.Lock()  # held while accepting (close waits for it)
         self._lock = threading.Lock()
 
+    def _after_fork(self) -> None:
+        # A forked child may accept (a pre-forked server), but the listener
+        # stays its creator's: only the creator's close() removes it.
+        self._owner = False
+        self._attach()
+
     def _detach_kind(self) -> None:
         if self._ring is not None:
             self._ring.close()
