@@ -326,6 +326,8 @@ static int core_exec(PyObject *m) {
     Py_DECREF(errors);
     static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
     pthread_once(&atfork_once, register_atfork);
+    if (sl_guard_install() < 0) /* survive a truncated file: guard.c */
+        return PyErr_SetFromErrno(PyExc_OSError), -1;
     if (memory_add_types(m, st) < 0 || ring_register(m, st) < 0 || topic_register(m, st) < 0 ||
         layout_register(m) < 0 || memory_register_layouts(m) < 0)
         return -1;
