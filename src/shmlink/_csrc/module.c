@@ -9,6 +9,7 @@
  *   memory.c    Memory (atomic words, futex wait, robust lock) and View
  *   ring.c      Ring (shmlink.Queue)
  *   topic.c     Topic and Subscriber (shmlink.Topic)
+ *   guard.c     surviving a truncated file: the SIGBUS guard over mapped ranges
  *   layout.c    LAYOUT: offsets and sizes of the header structs, for Python
  */
 #include "internal.h"
