@@ -1338,7 +1338,11 @@ class Segment(_Named):
         """Copy ``n`` bytes (default: to the end) from ``offset`` of the data area."""
         m = self._mapping()
         offset, n = self._range(offset, n)
-        return m.mm[DATA_OFFSET + offset:DATA_OFFSET + offset + n]
+        data = m.mm[DATA_OFFSET + offset:DATA_OFFSET + offset + n]
+        if m.memory.faulted:  # the file was truncated: those were zeros (_csrc/guard.c)
+            raise CorruptSegment(f"segment {self._name!r}: its file was truncated by another "
+                                 f"process while mapped; remove it and create it again")
+        return data
 
     def write(self, data: Any, offset: int = 0) -> int:
         """Copy a bytes-like object into the data area at ``offset``; returns its length.
@@ -1357,6 +1361,9 @@ class Segment(_Named):
             offset, n = self._range(offset, n)
             self._writable(m)
             m.mm[DATA_OFFSET + offset:DATA_OFFSET + offset + n] = src
+        if m.memory.faulted:  # the file was truncated: the bytes went nowhere
+            raise CorruptSegment(f"segment {self._name!r}: its file was truncated by another "
+                                 f"process while mapped; remove it and create it again")
         return n
 
     def _writable(self, m: _Mapping) -> None:

@@ -110,6 +110,17 @@ static inline uint64_t now_ns(void) {
  * processes': every waiter re-checks its condition). */
 static inline void wake_word(uint32_t *p) { shmlink_futex_wake(p, INT_MAX); }
 
+/* Before waiting again after an attempt found nothing to do (a full ring,
+ * an empty one): 1 when the deadline has passed, -1 when a signal handler
+ * raised, else 0.  The waits check both only after their condition, so a
+ * segment whose locked path and lock-free condition disagree (damaged by a
+ * peer) would otherwise loop without ever reaching them.  Slow path only. */
+static inline int sl_retry_check(const struct timespec *deadline) {
+    if (PyErr_CheckSignals() < 0)
+        return -1;
+    return deadline && shmlink_deadline_passed(deadline) ? 1 : 0;
+}
+
 /* ---- wait.c -------------------------------------------------------------- */
 
 /* Longest a futex sleep lasts before the GIL is taken back to run signal
@@ -139,6 +150,35 @@ int sl_ec_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_
                const struct timespec *deadline, int64_t spin_ns, const int *closing);
 int topic_wait(struct shmlink_eventcount *ec, wait_cond cond, void *obj, uint64_t arg,
                const struct timespec *until, long long spin_ns, const int *cancel);
+
+/* ---- guard.c: surviving a truncated file (see guard.c) ------------------ */
+extern int sl_guard_faults;
+int sl_guard_install(void);
+/* Register [base, base + len) (a handle's mapping): a token > 0, or 0 (the
+ * table is full: this handle is not guarded; a zeroed handle holds 0).
+ * Unregister when the handle lets go of the mapping. */
+int sl_guard_register(const void *base, Py_ssize_t len);
+void sl_guard_unregister(int token);
+int sl_guard_slot_hit(int token);
+int sl_guard_addr_hit(const void *addr);
+/* CorruptSegment: "<what> <label>: its file was truncated ..."; -1. */
+int sl_raise_truncated(const char *what, PyObject *label);
+/* Was the handle's mapping hit by a truncation?  One relaxed load while no
+ * fault ever happened in this process: the hot path's whole cost. */
+static inline int sl_guard_hit(int token) {
+    return SHMLINK_LOAD_RELAXED(&sl_guard_faults) != 0 && sl_guard_slot_hit(token);
+}
+/* The result of a call whose handle was hit: CorruptSegment instead
+ * (what it read were zeros; what it wrote went nowhere).  A
+ * KeyboardInterrupt already raised stays. */
+static inline PyObject *sl_guard_result(PyObject *res, const char *what, PyObject *label) {
+    if (!res && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return NULL;
+    Py_XDECREF(res);
+    PyErr_Clear();
+    sl_raise_truncated(what, label);
+    return NULL;
+}
 
 /* ---- memory.c ------------------------------------------------------------ */
 int memory_add_types(PyObject *m, sl_state *st);

@@ -102,6 +102,7 @@ typedef struct {
      * that release() can wake them (full: the call sees `closing` within a
      * slice of SIGNAL_SLICE_S). */
     uint32_t *waiting[MEMORY_MAX_WAITERS];
+    int guard; /* truncation guard token (guard.c), 0: none */
 } MemoryObject;
 
 static int memory_register(MemoryObject *m, uint32_t *p) {
@@ -120,6 +121,8 @@ static void memory_unregister(MemoryObject *m, int i) {
 
 /* The last call left a closing Memory: give the mapping back. */
 static void memory_finish(MemoryObject *m) {
+    sl_guard_unregister(m->guard);
+    m->guard = 0;
     if (m->has_view) {
         PyBuffer_Release(&m->view);
         m->has_view = 0;
@@ -155,10 +158,12 @@ static int Memory_init(MemoryObject *self, PyObject *args, PyObject *kw) {
             return -1;
     }
     self->has_view = 1;
+    self->guard = sl_guard_register(self->view.buf, self->view.len);
     return 0;
 }
 
 static void Memory_dealloc(MemoryObject *self) {
+    sl_guard_unregister(self->guard);
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_CLEAR(self->label);
@@ -191,7 +196,7 @@ static void *word_at(MemoryObject *m, Py_ssize_t off, Py_ssize_t width,
 }
 
 #define DEF_LOAD(name, type, conv)                                              \
-    static PyObject *Memory_##name(MemoryObject *self, PyObject *arg) {        \
+    static PyObject *Memory_##name##_impl(MemoryObject *self, PyObject *arg) {  \
         Py_ssize_t off = PyLong_AsSsize_t(arg);                                \
         if (off == -1 && PyErr_Occurred())                                     \
             return NULL;                                                       \
@@ -204,7 +209,7 @@ DEF_LOAD(load32, uint32_t, PyLong_FromUnsignedLong)
 DEF_LOAD(load64, uint64_t, PyLong_FromUnsignedLongLong)
 
 #define DEF_STORE(name, type, fmt)                                              \
-    static PyObject *Memory_##name(MemoryObject *self, PyObject *args) {       \
+    static PyObject *Memory_##name##_impl(MemoryObject *self, PyObject *args) { \
         Py_ssize_t off;                                                        \
         unsigned long long v;                                                  \
         if (!PyArg_ParseTuple(args, "nK", &off, &v))                           \
@@ -220,7 +225,7 @@ DEF_STORE(store32, uint32_t, "K")
 DEF_STORE(store64, uint64_t, "K")
 
 #define DEF_CAS(name, type)                                                     \
-    static PyObject *Memory_##name(MemoryObject *self, PyObject *args) {       \
+    static PyObject *Memory_##name##_impl(MemoryObject *self, PyObject *args) { \
         Py_ssize_t off;                                                        \
         unsigned long long e, d;                                               \
         if (!PyArg_ParseTuple(args, "nKK", &off, &e, &d))                      \
@@ -235,7 +240,7 @@ DEF_CAS(cas32, uint32_t)
 DEF_CAS(cas64, uint64_t)
 
 #define DEF_ADD(name, type, conv)                                               \
-    static PyObject *Memory_##name(MemoryObject *self, PyObject *args) {       \
+    static PyObject *Memory_##name##_impl(MemoryObject *self, PyObject *args) { \
         Py_ssize_t off;                                                        \
         long long d;                                                           \
         if (!PyArg_ParseTuple(args, "nL", &off, &d))                           \
@@ -255,7 +260,7 @@ PyDoc_STRVAR(Memory_wait32_doc,
 "Python handler (KeyboardInterrupt propagates).  Returns False on timeout,\n"
 "True otherwise (the wake may be spurious: re-check your condition).");
 
-static PyObject *Memory_wait32(MemoryObject *self, PyObject *args) {
+static PyObject *Memory_wait32_impl(MemoryObject *self, PyObject *args) {
     Py_ssize_t off;
     unsigned long expected;
     PyObject *dl = Py_None;
@@ -306,7 +311,7 @@ static PyObject *Memory_wait32(MemoryObject *self, PyObject *args) {
     return res;
 }
 
-static PyObject *Memory_wake32(MemoryObject *self, PyObject *args) {
+static PyObject *Memory_wake32_impl(MemoryObject *self, PyObject *args) {
     Py_ssize_t off;
     int n = INT_MAX;
     if (!PyArg_ParseTuple(args, "n|i", &off, &n))
@@ -326,7 +331,7 @@ PyDoc_STRVAR(Memory_lock_acquire_doc,
 "holder that died (the data it guards may be half-written), None on timeout.\n"
 "Raises SegmentClosed if release() closes this handle meanwhile.");
 
-static PyObject *Memory_lock_acquire(MemoryObject *self, PyObject *args) {
+static PyObject *Memory_lock_acquire_impl(MemoryObject *self, PyObject *args) {
     Py_ssize_t off;
     PyObject *dl = Py_None;
     long long spin_ns = 0;
@@ -359,7 +364,7 @@ static PyObject *Memory_lock_acquire(MemoryObject *self, PyObject *args) {
     return res;
 }
 
-static PyObject *Memory_lock_try(MemoryObject *self, PyObject *arg) {
+static PyObject *Memory_lock_try_impl(MemoryObject *self, PyObject *arg) {
     Py_ssize_t off = PyLong_AsSsize_t(arg);
     if (off == -1 && PyErr_Occurred())
         return NULL;
@@ -380,7 +385,7 @@ static PyObject *Memory_lock_try(MemoryObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Memory_lock_release(MemoryObject *self, PyObject *arg) {
+static PyObject *Memory_lock_release_impl(MemoryObject *self, PyObject *arg) {
     Py_ssize_t off = PyLong_AsSsize_t(arg);
     if (off == -1 && PyErr_Occurred())
         return NULL;
@@ -463,7 +468,7 @@ static int event_cond(void *obj, uint64_t unused) {
     return shmlink_event_is_set((const struct shmlink_event_handle *)obj);
 }
 
-static PyObject *Memory_event_set(MemoryObject *self, PyObject *arg) {
+static PyObject *Memory_event_set_impl(MemoryObject *self, PyObject *arg) {
     struct shmlink_event_handle h;
     Py_ssize_t off = PyLong_AsSsize_t(arg);
     if ((off == -1 && PyErr_Occurred()) || event_at(self, off, &h) < 0)
@@ -471,7 +476,7 @@ static PyObject *Memory_event_set(MemoryObject *self, PyObject *arg) {
     return PyBool_FromLong(shmlink_event_set(&h));
 }
 
-static PyObject *Memory_event_clear(MemoryObject *self, PyObject *arg) {
+static PyObject *Memory_event_clear_impl(MemoryObject *self, PyObject *arg) {
     struct shmlink_event_handle h;
     Py_ssize_t off = PyLong_AsSsize_t(arg);
     if ((off == -1 && PyErr_Occurred()) || event_at(self, off, &h) < 0)
@@ -480,7 +485,7 @@ static PyObject *Memory_event_clear(MemoryObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Memory_event_is_set(MemoryObject *self, PyObject *arg) {
+static PyObject *Memory_event_is_set_impl(MemoryObject *self, PyObject *arg) {
     struct shmlink_event_handle h;
     Py_ssize_t off = PyLong_AsSsize_t(arg);
     if ((off == -1 && PyErr_Occurred()) || event_at(self, off, &h) < 0)
@@ -488,7 +493,7 @@ static PyObject *Memory_event_is_set(MemoryObject *self, PyObject *arg) {
     return PyBool_FromLong(shmlink_event_is_set(&h));
 }
 
-static PyObject *Memory_event_stats(MemoryObject *self, PyObject *arg) {
+static PyObject *Memory_event_stats_impl(MemoryObject *self, PyObject *arg) {
     struct shmlink_event_handle h;
     Py_ssize_t off = PyLong_AsSsize_t(arg);
     if ((off == -1 && PyErr_Occurred()) || event_at(self, off, &h) < 0)
@@ -506,7 +511,7 @@ PyDoc_STRVAR(Memory_event_wait_doc,
 "the absolute time.monotonic() deadline (None = forever).  True, or False on\n"
 "timeout.  Raises SegmentClosed if release() closes this handle meanwhile.");
 
-static PyObject *Memory_event_wait(MemoryObject *self, PyObject *args) {
+static PyObject *Memory_event_wait_impl(MemoryObject *self, PyObject *args) {
     Py_ssize_t off;
     PyObject *dl = Py_None;
     long long spin_ns = 0;
@@ -595,7 +600,7 @@ PyDoc_STRVAR(Memory_board_read_doc,
 "copy=False -- read whole: lock-free, or under the writers' lock when\n"
 "writers overtook the reader `tries` times.  capacity: as recorded at open.");
 
-static PyObject *Memory_board_read(MemoryObject *self, PyObject *args) {
+static PyObject *Memory_board_read_impl(MemoryObject *self, PyObject *args) {
     Py_ssize_t off;
     unsigned long long capacity;
     int copy = 1, tries = SHMLINK_BOARD_READ_TRIES;
@@ -653,7 +658,7 @@ PyDoc_STRVAR(Memory_board_write_doc,
 "until the absolute deadline; taking it over from a writer that died), publish\n"
 "it and wake the armed waiters.  The new version, or None on timeout.");
 
-static PyObject *Memory_board_write(MemoryObject *self, PyObject *args) {
+static PyObject *Memory_board_write_impl(MemoryObject *self, PyObject *args) {
     Py_ssize_t off;
     unsigned long long capacity;
     Py_buffer data;
@@ -711,7 +716,7 @@ PyDoc_STRVAR(Memory_board_wait_doc,
 "the absolute deadline.  Raises SegmentClosed if release() closes this\n"
 "handle meanwhile.");
 
-static PyObject *Memory_board_wait(MemoryObject *self, PyObject *args) {
+static PyObject *Memory_board_wait_impl(MemoryObject *self, PyObject *args) {
     Py_ssize_t off;
     unsigned long long capacity, since;
     PyObject *dl = Py_None;
@@ -758,7 +763,7 @@ PyDoc_STRVAR(Memory_ec_notify_doc,
 "made).  everyone=True: wake every sleeper, armed or not (a peer's handle is\n"
 "going away), and advance the count.");
 
-static PyObject *Memory_ec_notify(MemoryObject *self, PyObject *args) {
+static PyObject *Memory_ec_notify_impl(MemoryObject *self, PyObject *args) {
     Py_ssize_t off;
     int everyone = 0;
     if (!PyArg_ParseTuple(args, "n|p", &off, &everyone))
@@ -962,6 +967,42 @@ int memory_register_layouts(PyObject *m) {
     return rc;
 }
 
+/* Every method that touches the mapping: its result, or CorruptSegment
+ * when the segment's file was truncated under it (guard.c). */
+#define MEMORY_GUARDED(name)                                                   \
+    static PyObject *Memory_##name(MemoryObject *self, PyObject *arg) {        \
+        PyObject *res = Memory_##name##_impl(self, arg);                       \
+        if (sl_guard_hit(self->guard))                                         \
+            res = sl_guard_result(res, "segment", self->label);                \
+        return res;                                                            \
+    }
+MEMORY_GUARDED(load32)
+MEMORY_GUARDED(load64)
+MEMORY_GUARDED(store32)
+MEMORY_GUARDED(store64)
+MEMORY_GUARDED(cas32)
+MEMORY_GUARDED(cas64)
+MEMORY_GUARDED(add32)
+MEMORY_GUARDED(add64)
+MEMORY_GUARDED(wait32)
+MEMORY_GUARDED(wake32)
+MEMORY_GUARDED(lock_acquire)
+MEMORY_GUARDED(lock_try)
+MEMORY_GUARDED(lock_release)
+MEMORY_GUARDED(event_set)
+MEMORY_GUARDED(event_clear)
+MEMORY_GUARDED(event_is_set)
+MEMORY_GUARDED(event_wait)
+MEMORY_GUARDED(event_stats)
+MEMORY_GUARDED(board_read)
+MEMORY_GUARDED(board_write)
+MEMORY_GUARDED(board_wait)
+MEMORY_GUARDED(ec_notify)
+
+static PyObject *Memory_get_faulted(MemoryObject *self, void *closure) {
+    return PyBool_FromLong(sl_guard_hit(self->guard));
+}
+
 static PyMethodDef Memory_methods[] = {
     {"load32", (PyCFunction)Memory_load32, METH_O,
      "load32($self, offset, /)\n--\n\nAcquire-load the aligned 32-bit word at offset."},
@@ -1030,6 +1071,9 @@ static PyGetSetDef Memory_getset[] = {
     {"size", (getter)Memory_get_size, NULL, "bytes in the buffer", NULL},
     {"views", (getter)Memory_get_views, NULL, "live exporters made by view()", NULL},
     {"closed", (getter)Memory_get_closed, NULL, "True once release() was called", NULL},
+    {"faulted", (getter)Memory_get_faulted, NULL,
+     "True once the buffer's file was truncated under it (its pages past the new end "
+     "now read as zeros here; see guard.c)", NULL},
     {NULL}};
 
 static PyType_Slot Memory_slots[] = {

@@ -9,6 +9,7 @@
  *   memory.c    Memory (atomic words, futex wait, robust lock) and View
  *   ring.c      Ring (shmlink.Queue)
  *   topic.c     Topic and Subscriber (shmlink.Topic)
+ *   guard.c     surviving a truncated file: the SIGBUS guard over mapped ranges
  *   layout.c    LAYOUT: offsets and sizes of the header structs, for Python
  */
 #include "internal.h"
@@ -329,6 +330,8 @@ static int core_exec(PyObject *m) {
     Py_DECREF(errors);
     static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
     pthread_once(&atfork_once, register_atfork);
+    if (sl_guard_install() < 0) /* survive a truncated file: guard.c */
+        return PyErr_SetFromErrno(PyExc_OSError), -1;
     if (memory_add_types(m, st) < 0 || ring_register(m, st) < 0 || topic_register(m, st) < 0 ||
         layout_register(m) < 0 || memory_register_layouts(m) < 0)
         return -1;

@@ -20,6 +20,7 @@ typedef struct {
     int calls;            /* calls inside (GIL-protected; see "Handle lifetime") */
     int closing;          /* close() was called: calls end, new ones are refused */
     int live_views;       /* live exporters of the open zero-copy receive */
+    int guard;            /* truncation guard token (guard.c), 0: none */
 } RingObject;
 
 static void ring_finish(RingObject *self);
@@ -42,6 +43,8 @@ static inline void ring_leave(RingObject *self) {
         if (ring_enter(self) < 0)                                              \
             return NULL;                                                       \
         PyObject *res_ = (expr);                                               \
+        if (sl_guard_hit(self->guard))                                         \
+            res_ = sl_guard_result(res_, "queue", self->label);                \
         ring_leave(self);                                                      \
         return res_;                                                           \
     } while (0)
@@ -60,6 +63,7 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kw) {
     if (PyObject_GetBuffer(obj, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return -1;
     self->has_view = 1;
+    self->guard = sl_guard_register(self->view.buf, self->view.len);
     if (offset < 0 || size < 0 || offset % 64 != 0 || offset > self->view.len ||
         size > self->view.len - offset) {
         PyErr_SetString(PyExc_ValueError, "ring region outside the buffer");
@@ -84,6 +88,7 @@ static int Ring_init(RingObject *self, PyObject *args, PyObject *kw) {
 
 static void Ring_dealloc(RingObject *self) {
     Py_CLEAR(self->label);
+    sl_guard_unregister(self->guard);
     if (self->has_view)
         PyBuffer_Release(&self->view);
     PyTypeObject *tp = Py_TYPE(self);
@@ -111,8 +116,9 @@ static int cond_has_room(void *obj, uint64_t need) {
     uint64_t tail = SHMLINK_LOAD_ACQUIRE(&r->h.ring->tail);
     uint64_t head = SHMLINK_LOAD_ACQUIRE(&r->h.ring->head);
     uint64_t used = tail - head;
-    if (used > r->h.capacity)
-        return 1; /* corrupt: let the locked path report it */
+    if (!shmlink_ring_positions_ok(&r->h, head, tail) ||
+        tail + r->h.capacity + need > SHMLINK_RING_POS_LIMIT)
+        return 1; /* corrupt or exhausted: let the locked path report it */
     /* room for the record, plus a possible wrap gap */
     uint64_t to_end = r->h.capacity - (tail % r->h.capacity);
     uint64_t gap = need > to_end ? to_end : 0;
@@ -188,6 +194,13 @@ static Py_ssize_t ring_send_buffers(RingObject *self, Py_buffer *bufs,
         if (prc == -EAGAIN) {
             if (no_wait(deadline)) {
                 *timed_out = 1; /* try_ form */
+                return (Py_ssize_t)done;
+            }
+            int chk = sl_retry_check(deadline);
+            if (chk < 0)
+                return -1;
+            if (chk > 0) {
+                *timed_out = 1;
                 return (Py_ssize_t)done;
             }
             int wrc = sl_ec_wait(&r->space_ec, cond_has_room, self,
@@ -369,6 +382,9 @@ static int64_t ring_take(RingObject *self, shmlink_ring_deliver_fn deliver, void
             return n;
         if (no_wait(deadline))
             return 0;
+        int chk = sl_retry_check(deadline);
+        if (chk != 0)
+            return chk < 0 ? -1 : 0;
         int wrc = sl_ec_wait(&r->data_ec, cond_has_data, self, 0, deadline, spin_ns, &self->closing);
         if (wrc == -ETIMEDOUT)
             return 0;
@@ -523,6 +539,11 @@ static PyObject *Ring_view_begin_impl(RingObject *self, PyObject *args) {
             return ring_raise(self, (int)len), NULL;
         if (no_wait(deadline))
             Py_RETURN_NONE;
+        int chk = sl_retry_check(deadline);
+        if (chk < 0)
+            return NULL;
+        if (chk > 0)
+            Py_RETURN_NONE;
         int wrc = sl_ec_wait(&r->data_ec, cond_has_data, self, 0, deadline, spin, &self->closing);
         if (wrc == -ETIMEDOUT)
             Py_RETURN_NONE;
@@ -589,6 +610,8 @@ static void ring_finish(RingObject *self) {
     if (self->in_view)
         ring_view_end(self, 0); /* the message stays for the next receive */
     self->in_view = 0;
+    sl_guard_unregister(self->guard);
+    self->guard = 0;
     PyBuffer_Release(&self->view);
     self->has_view = 0;
 }

@@ -23,6 +23,7 @@ typedef struct {
     long long spin_ns; /* how long a blocked call spins before it sleeps; -1: forever */
     int calls;         /* calls inside (GIL-protected; see "Handle lifetime") */
     int closing;       /* close() was called: calls end, new ones are refused */
+    int guard;         /* truncation guard token (guard.c), 0: none */
 } TopicObject;
 
 typedef struct {
@@ -41,6 +42,7 @@ typedef struct {
     int in_view; /* a zero-copy receive is open */
     int live_views; /* live exporters of the open zero-copy receive */
     uint64_t view_pos, view_len, view_seq;
+    int guard;      /* truncation guard token (guard.c), 0: none */
 } SubscriberObject;
 
 
@@ -76,6 +78,7 @@ static int Topic_init(TopicObject *self, PyObject *args, PyObject *kw) {
     if (PyObject_GetBuffer(obj, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return -1;
     self->has_view = 1;
+    self->guard = sl_guard_register(self->view.buf, self->view.len);
     Py_XSETREF(self->name, Py_NewRef(name));
     if (offset < 0 || size < 0 || offset % 64 != 0 || offset > self->view.len ||
         size > self->view.len - offset) {
@@ -102,6 +105,7 @@ static int Topic_init(TopicObject *self, PyObject *args, PyObject *kw) {
 }
 
 static void Topic_dealloc(TopicObject *self) {
+    sl_guard_unregister(self->guard);
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_XDECREF(self->name);
@@ -119,6 +123,8 @@ static int topic_ready(TopicObject *self) {
 }
 
 static void topic_finish(TopicObject *self) {
+    sl_guard_unregister(self->guard);
+    self->guard = 0;
     if (self->has_view) {
         PyBuffer_Release(&self->view);
         self->has_view = 0;
@@ -131,6 +137,8 @@ static void topic_finish(TopicObject *self) {
             return NULL;                                                       \
         self->calls++;                                                         \
         PyObject *res_ = (expr);                                               \
+        if (sl_guard_hit(self->guard))                                         \
+            res_ = sl_guard_result(res_, "topic", self->name);                 \
         if (--self->calls == 0 && self->closing)                               \
             topic_finish(self);                                                \
         return res_;                                                           \
@@ -219,6 +227,13 @@ static Py_ssize_t topic_publish_buffers(TopicObject *self, Py_buffer *bufs, Py_s
             return topic_corrupt(self->name);
         if (prc == -EAGAIN) {
             if (try_only) {
+                *timed_out = 1;
+                return done;
+            }
+            int chk = sl_retry_check(deadline);
+            if (chk < 0)
+                return -1;
+            if (chk > 0) {
                 *timed_out = 1;
                 return done;
             }
@@ -347,6 +362,7 @@ static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
         return NULL;
     }
     s->has_view = 1;
+    s->guard = sl_guard_register(s->view.buf, s->view.len);
     if (s->view.buf != self->view.buf || s->view.len != self->view.len) {
         PyErr_SetString(PyExc_RuntimeError, "the topic's mapping moved");
         Py_DECREF(s);
@@ -538,6 +554,7 @@ static PyType_Spec Topic_spec = {"shmlink._core.Topic", sizeof(TopicObject), 0, 
 /* ------------------------------------------------------------------------ */
 
 static void Subscriber_dealloc(SubscriberObject *self) {
+    sl_guard_unregister(self->guard);
     if (self->has_view) {
         uint32_t pid;
         uint64_t start;
@@ -563,6 +580,8 @@ static void sub_finish(SubscriberObject *self) {
     if (self->r.slot >= 0 && pid == self->r.pid) /* not in a forked child */
         shmlink_topic_release_slot(&self->h, self->r.slot, self->r.pid, self->r.gen);
     self->in_view = 0;
+    sl_guard_unregister(self->guard);
+    self->guard = 0;
     PyBuffer_Release(&self->view);
     self->has_view = 0;
 }
@@ -669,8 +688,24 @@ static int take_keep(void *ctx, int keep) {
 /* Take up to max messages, waiting until there is at least one, the
  * deadline, or cancel.  max == 1 with one != NULL: the message into *one;
  * else appended to list.  Returns how many (0: timeout or cancel), or -1. */
+static Py_ssize_t sub_take_(SubscriberObject *self, Py_ssize_t max, PyObject *list,
+                            PyObject **one, const struct timespec *deadline);
+
+/* sub_take_, or CorruptSegment when the topic's file was truncated meanwhile
+ * (guard.c): what it read were zeros.  The caller drops list / *one. */
 static Py_ssize_t sub_take(SubscriberObject *self, Py_ssize_t max, PyObject *list,
                            PyObject **one, const struct timespec *deadline) {
+    Py_ssize_t n = sub_take_(self, max, list, one, deadline);
+    if (sl_guard_hit(self->guard) &&
+        !(n < 0 && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))) {
+        PyErr_Clear();
+        return sl_raise_truncated("topic", self->name);
+    }
+    return n;
+}
+
+static Py_ssize_t sub_take_(SubscriberObject *self, Py_ssize_t max, PyObject *list,
+                            PyObject **one, const struct timespec *deadline) {
     const struct shmlink_topic_handle *h = &self->h;
     struct shmlink_topic *t = h->topic;
     struct take_sink ts = {list, one, NULL};
@@ -687,6 +722,9 @@ static Py_ssize_t sub_take(SubscriberObject *self, Py_ssize_t max, PyObject *lis
             return 0;
         if (self->cancel)
             return sub_cancelled(self);
+        int chk = sl_retry_check(deadline);
+        if (chk != 0)
+            return chk < 0 ? -1 : 0;
         int w = topic_wait(&t->data_ec, cond_sub_data, self, self->r.cursor, deadline,
                            self->spin_ns, &self->cancel);
         if (w == -1)
@@ -824,6 +862,10 @@ static PyObject *Subscriber_view_begin(SubscriberObject *self, PyObject *args) {
             res = Py_NewRef(Py_None);
             break;
         }
+    }
+    if (sl_guard_hit(self->guard)) {
+        self->in_view = 0;
+        res = sl_guard_result(res, "topic", self->name);
     }
     sub_leave(self);
     return res;

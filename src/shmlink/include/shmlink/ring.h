@@ -152,27 +152,51 @@ static inline int shmlink_ring_attach(struct shmlink_ring_handle *h, void *mem,
     return 0;
 }
 
-/* Space check and placement for one record of len bytes, with prod_lock
- * held.  Returns the position to write at (>= tail), with *wrap set when a
- * wrap marker must first fill [tail, pos); or -EAGAIN when the ring lacks
- * room now; or -EBADMSG when head/tail are inconsistent. */
-static inline int64_t shmlink_ring_place(const struct shmlink_ring_handle *h,
-                                         uint64_t tail, uint64_t head,
-                                         uint64_t len, int *wrap) {
+/* Positions.  head and tail count bytes from 0 and never wrap: a valid
+ * position is at most SHMLINK_RING_POS_LIMIT (2^63; at 10 GB/s a ring
+ * reaches it after 29 years).  Every check below holds under uint64_t
+ * arithmetic: tail - head > capacity catches tail < head (it wraps to a
+ * huge difference), and nothing is added to a position before it is known
+ * to be at most the limit, so no sum overflows.  A position past the limit,
+ * misaligned, or more than capacity ahead of the other is corruption
+ * (-EBADMSG); a ring whose next record would end past the limit is
+ * exhausted and reports the same.  Positions travel in uint64_t
+ * out-parameters, never in a return value shared with -errno. */
+#define SHMLINK_RING_POS_LIMIT ((uint64_t)1 << 63)
+
+static inline int shmlink_ring_positions_ok(const struct shmlink_ring_handle *h,
+                                            uint64_t head, uint64_t tail) {
+    return tail <= SHMLINK_RING_POS_LIMIT && tail - head <= h->capacity &&
+           ((head | tail) & 7u) == 0;
+}
+
+/* Space check and placement for one record of len bytes (len <=
+ * max_message), with prod_lock held.  0 with *pos_out the position to write
+ * at (>= tail) and *wrap set when a wrap marker must first fill [tail,
+ * *pos_out); -EAGAIN when the ring lacks room now (*pos_out, *wrap still
+ * say where the record would go); -EBADMSG when head/tail are inconsistent
+ * or the record would end past SHMLINK_RING_POS_LIMIT. */
+static inline int shmlink_ring_place(const struct shmlink_ring_handle *h, uint64_t tail,
+                                     uint64_t head, uint64_t len, uint64_t *pos_out,
+                                     int *wrap) {
     uint64_t cap = h->capacity;
-    if (tail - head > cap || (tail & 7u) || (head & 7u))
+    *wrap = 0;
+    *pos_out = tail;
+    if (!shmlink_ring_positions_ok(h, head, tail))
         return -EBADMSG;
     uint64_t need = shmlink_ring_record_size(len);
     uint64_t to_end = cap - (tail % cap);
     uint64_t pos = tail;
-    *wrap = 0;
     if (need > to_end) {
-        pos = tail + to_end;
+        pos = tail + to_end; /* tail <= 2^63 and to_end <= cap < 2^63: no overflow */
         *wrap = 1;
     }
+    *pos_out = pos;
+    if (pos > SHMLINK_RING_POS_LIMIT || need > SHMLINK_RING_POS_LIMIT - pos)
+        return -EBADMSG; /* exhausted: the record would end past the limit */
     if (pos + need - head > cap)
         return -EAGAIN;
-    return (int64_t)pos;
+    return 0;
 }
 
 /* Write a record (or a wrap marker when payload == NULL and len ==
@@ -188,16 +212,17 @@ static inline void shmlink_ring_write_record(const struct shmlink_ring_handle *h
 }
 
 /* Read and check the record header at head (with cons_lock held, tail
- * acquired).  Returns the payload length, or -EAGAIN when empty, or -EBADMSG
- * for a corrupt ring.  Wrap markers are skipped (*head_io advances). */
-static inline int64_t shmlink_ring_peek(const struct shmlink_ring_handle *h,
-                                        uint64_t *head_io, uint64_t tail) {
+ * acquired).  0 with *len_out the payload length, or -EAGAIN when empty, or
+ * -EBADMSG for a corrupt ring.  Wrap markers are skipped (*head_io
+ * advances). */
+static inline int shmlink_ring_peek(const struct shmlink_ring_handle *h, uint64_t *head_io,
+                                    uint64_t tail, uint64_t *len_out) {
     uint64_t cap = h->capacity;
     for (int hops = 0; hops < 2; hops++) {
         uint64_t head = *head_io;
-        if (tail == head)
+        if (tail == head && tail <= SHMLINK_RING_POS_LIMIT)
             return -EAGAIN;
-        if (tail - head > cap || (head & 7u) || (tail & 7u))
+        if (!shmlink_ring_positions_ok(h, head, tail))
             return -EBADMSG;
         uint64_t off = head % cap;
         uint32_t hdr[2];
@@ -215,7 +240,8 @@ static inline int64_t shmlink_ring_peek(const struct shmlink_ring_handle *h,
         uint64_t rec = shmlink_ring_record_size(len);
         if (len > h->max_message || rec > tail - head || rec > cap - off)
             return -EBADMSG;
-        return (int64_t)len;
+        *len_out = len;
+        return 0;
     }
     return -EBADMSG; /* two wrap markers in a row */
 }
@@ -230,24 +256,25 @@ static inline int shmlink_ring_push_locked(const struct shmlink_ring_handle *h,
     uint64_t tail = *tail_io;
     uint64_t head = SHMLINK_LOAD_ACQUIRE(&r->head); /* SYNC: consumers' head release */
     int wrap;
-    int64_t pos = shmlink_ring_place(h, tail, head, len, &wrap);
-    if (pos == -EAGAIN && wrap) {
+    uint64_t pos;
+    int rc = shmlink_ring_place(h, tail, head, len, &pos, &wrap);
+    if (rc == -EAGAIN && wrap) {
         /* No room for the record, but the wrap marker alone may fit: commit
          * it, so that once consumers drain, the record fits at position 0.
          * Without this, a record longer than the room left before the end
-         * of an empty ring would wait forever. */
-        uint64_t to_end = h->capacity - (tail % h->capacity);
-        if (tail + to_end - head <= h->capacity) {
+         * of an empty ring would wait forever.  (place checked pos <= the
+         * limit, so pos - head cannot wrap around.) */
+        if (pos - head <= h->capacity) {
             shmlink_ring_write_record(h, tail, NULL, SHMLINK_RECORD_WRAP);
-            *tail_io = tail + to_end;
+            *tail_io = pos;
         }
     }
-    if (pos < 0)
-        return (int)pos;
+    if (rc < 0)
+        return rc;
     if (wrap)
         shmlink_ring_write_record(h, tail, NULL, SHMLINK_RECORD_WRAP);
-    shmlink_ring_write_record(h, (uint64_t)pos, data, (uint32_t)len);
-    *tail_io = (uint64_t)pos + shmlink_ring_record_size(len);
+    shmlink_ring_write_record(h, pos, data, (uint32_t)len);
+    *tail_io = pos + shmlink_ring_record_size(len);
     return 0;
 }
 
@@ -369,20 +396,21 @@ static inline int64_t shmlink_ring_recv_many_unlock(const struct shmlink_ring_ha
     uint64_t taken = 0;
     int64_t result = 0;
     while (taken < max) {
-        int64_t len = shmlink_ring_peek(h, &head, tail);
-        if (len == -EAGAIN)
+        uint64_t len;
+        int pk = shmlink_ring_peek(h, &head, tail, &len);
+        if (pk == -EAGAIN)
             break;
-        if (len < 0) {
+        if (pk < 0) {
             result = -EBADMSG;
             break;
         }
         const uint8_t *src = h->data + (head % h->capacity) + SHMLINK_RECORD_HEADER;
-        int d = deliver(ctx, src, (uint64_t)len);
+        int d = deliver(ctx, src, len);
         if (d < 0) {
             result = d;
             break;
         }
-        head += shmlink_ring_record_size((uint64_t)len);
+        head += shmlink_ring_record_size(len);
         taken++;
     }
     if (head != head0) {
@@ -471,14 +499,15 @@ static inline int64_t shmlink_ring_view_begin_locked(const struct shmlink_ring_h
     uint64_t head0 = SHMLINK_LOAD_RELAXED(&r->head), head = head0;
     /* SYNC: pairs with the producers' release of tail in shmlink_ring_commit. */
     uint64_t tail = SHMLINK_LOAD_ACQUIRE(&r->tail);
-    int64_t len = shmlink_ring_peek(h, &head, tail);
-    if (len >= 0) {
+    uint64_t len;
+    int pk = shmlink_ring_peek(h, &head, tail, &len);
+    if (pk == 0) {
         *view_head = head;
-        *view_next = head + shmlink_ring_record_size((uint64_t)len);
-        return len;
+        *view_next = head + shmlink_ring_record_size(len);
+        return (int64_t)len; /* <= SHMLINK_RING_MAX_MESSAGE: never taken for a code */
     }
     int moved = 0;
-    if (len == -EAGAIN && head != head0) {
+    if (pk == -EAGAIN && head != head0) {
         /* SYNC: consumed a wrap marker; pairs with the producers' head acquire. */
         SHMLINK_STORE_RELEASE(&r->head, head);
         moved = 1;
@@ -486,7 +515,7 @@ static inline int64_t shmlink_ring_view_begin_locked(const struct shmlink_ring_h
     shmlink_lock_release(&r->cons_lock);
     if (moved)
         shmlink_ec_notify(&r->space_ec);
-    return len;
+    return pk;
 }
 
 /* End a zero-copy receive begun by shmlink_ring_view_begin_locked: consume

@@ -10,7 +10,10 @@
  * whole entries, oldest first: a record (16-byte header: length, check,
  * 64-bit sequence number; the payload padded to 16 bytes) or a WRAP marker
  * that fills the rest of the ring.  Entries never wrap.  Always
- * head <= tail, tail - head <= capacity, and both are multiples of 16.
+ * head <= tail <= SHMLINK_TOPIC_POS_LIMIT (2^63: positions never wrap
+ * around 2^64, as in ring.h), tail - head <= capacity, and both are
+ * multiples of 16.  Anything else is -EBADMSG; so is an entry that would
+ * end past the limit (an exhausted topic).
  *
  * Publishing.  An entry ending at `end` has room when head >= end -
  * capacity.  The publisher moves head forward over whole entries until it
@@ -127,6 +130,14 @@ SHMLINK_STATIC_ASSERT(offsetof(struct shmlink_topic, pub_lock) % 64 == 0 &&
                           offsetof(struct shmlink_topic, space_ec) % 64 == 0,
                       "the lock, the positions and each event count on their own lines");
 #define SHMLINK_TOPIC_SUBS_OFFSET ((uint64_t)sizeof(struct shmlink_topic))
+
+#define SHMLINK_TOPIC_POS_LIMIT SHMLINK_RING_POS_LIMIT
+
+/* head and tail (as loaded once) obey the rules above. */
+static inline int shmlink_topic_positions_ok(uint64_t capacity, uint64_t head, uint64_t tail) {
+    return head <= tail && tail <= SHMLINK_TOPIC_POS_LIMIT && tail - head <= capacity &&
+           ((head | tail) & 15u) == 0;
+}
 
 static inline uint64_t shmlink_topic_record_size(uint64_t len) {
     return SHMLINK_TOPIC_RECORD_HEADER + ((len + 15u) & ~(uint64_t)15u);
@@ -333,6 +344,8 @@ static inline int shmlink_topic_put(const struct shmlink_topic_handle *h, uint64
     struct shmlink_topic *t = h->topic;
     uint64_t cap = h->capacity, tail = *tail_io, head = *head_io;
     uint64_t need = shmlink_topic_record_size(len);
+    if (tail > SHMLINK_TOPIC_POS_LIMIT || need > SHMLINK_TOPIC_POS_LIMIT - tail)
+        return -EBADMSG; /* exhausted (or damaged): the entry would end past the limit */
     uint64_t to_end = cap - tail % cap;
     int wrap = need > to_end;
     uint64_t end = tail + (wrap ? to_end : need);
@@ -383,7 +396,7 @@ static inline void shmlink_topic_commit(const struct shmlink_topic_handle *h, ui
 static inline int shmlink_topic_repair(const struct shmlink_topic_handle *h) {
     struct shmlink_topic *t = h->topic;
     uint64_t tail = SHMLINK_LOAD_RELAXED(&t->tail), head = SHMLINK_LOAD_RELAXED(&t->head);
-    if (head > tail || tail - head > h->capacity || ((head | tail) & 15u))
+    if (!shmlink_topic_positions_ok(h->capacity, head, tail))
         return -EBADMSG;
     uint64_t p = head, last = 0;
     int have = 0;
@@ -446,7 +459,7 @@ static inline int shmlink_topic_claim(const struct shmlink_topic_handle *h, uint
     struct shmlink_topic *t = h->topic;
     uint64_t tail = SHMLINK_LOAD_RELAXED(&t->tail), head = SHMLINK_LOAD_RELAXED(&t->head);
     uint64_t published = SHMLINK_LOAD_RELAXED(&t->published);
-    if (head > tail || tail - head > h->capacity || ((head | tail) & 15u))
+    if (!shmlink_topic_positions_ok(h->capacity, head, tail))
         return -EBADMSG;
     uint64_t cursor = tail, seq = published;
     if (oldest) {
@@ -560,10 +573,10 @@ static inline int64_t shmlink_topic_peek(const struct shmlink_topic_handle *h,
                                          uint64_t *cursor_io, uint64_t tail, uint64_t *seq) {
     for (int hops = 0; hops < 2; hops++) {
         uint64_t c = *cursor_io;
+        if (tail > SHMLINK_TOPIC_POS_LIMIT || c > tail || (c & 15u))
+            return -EBADMSG;
         if (c == tail)
             return -EAGAIN;
-        if (c > tail || (c & 15u))
-            return -EBADMSG;
         if (tail - c > h->capacity)
             return -ESTALE;
         uint64_t size, len;
@@ -589,7 +602,7 @@ static inline int shmlink_topic_resume(const struct shmlink_topic_handle *h,
          * covered it when it was stored is visible to the next load. */
         uint64_t head = SHMLINK_LOAD_ACQUIRE(&t->head);
         uint64_t tail = SHMLINK_LOAD_ACQUIRE(&t->tail);
-        if (head > tail || (head & 15u) || head < *cursor_io)
+        if (head > tail || tail > SHMLINK_TOPIC_POS_LIMIT || (head & 15u) || head < *cursor_io)
             return -EBADMSG;
         if (tail - head > h->capacity)
             continue; /* lapped again between the two loads */
@@ -830,7 +843,7 @@ static inline int shmlink_topic_publish_many_unlock(const struct shmlink_topic_h
                                                        : UINT64_MAX;
     int rc = 0, rescanned = 0, any = 0;
     *required = 0;
-    if (head > tail || tail - head > h->capacity || ((head | tail) & 15u))
+    if (!shmlink_topic_positions_ok(h->capacity, head, tail))
         rc = -EBADMSG;
     while (rc == 0 && *done < n) {
         const void *data;
