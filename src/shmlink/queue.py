@@ -251,7 +251,8 @@ class Queue(_Named):
         # A zero-copy receive open at fork() is the parent's, and so is the
         # consumer lock it holds: here its view stays readable, and releasing
         # it does nothing (the parent consumes it or not).
-        view, self._view = self._view, None
+        view = self._viewref()
+        self.__dict__.pop("_viewref", None)  # back to the class default: none open here
         if view is not None:
             view._done = True
         self._attach()
