@@ -516,6 +516,9 @@ class Connection(_ReaderRole, _Named):
             If none arrived within ``timeout`` seconds.
         SegmentClosed
             If this end was closed (also by another thread while waiting).
+        BufferFull
+            If no message is kept and the requests kept for
+            :meth:`recv_request` fill :attr:`max_buffered`.
         """
         deadline = None if timeout is None else deadline_of(timeout)
         inbox = self._inbox
@@ -670,6 +673,9 @@ class Connection(_ReaderRole, _Named):
             If the other end's handler raised.
         MessageTooLarge
             If ``data`` is larger than :attr:`max_message_size`.
+        BufferFull
+            If messages (or requests) read past while waiting, kept for
+            :meth:`recv`, fill :attr:`max_buffered`; read them, then retry.
         """
         deadline = None if timeout is None else deadline_of(timeout)
         rid = next(self._ids)
@@ -769,6 +775,9 @@ class Connection(_ReaderRole, _Named):
             If the other end closed or died.
         Timeout
             If none arrived within ``timeout`` seconds.
+        BufferFull
+            If no request is kept and the messages kept for :meth:`recv`
+            fill :attr:`max_buffered`.
         """
         deadline = None if timeout is None else deadline_of(timeout)
         f = self._take(self._pop_request, deadline)
@@ -798,7 +807,8 @@ class Connection(_ReaderRole, _Named):
         (bytes-like; None means empty).  If it raises, the requester's
         :meth:`request` raises :class:`RemoteError` with the traceback, and
         serving goes on.  Plain messages that arrive meanwhile are kept for
-        :meth:`recv`.
+        :meth:`recv`; when they fill :attr:`max_buffered`, serve raises
+        :class:`~shmlink.BufferFull` (nothing is dropped).
 
         Parameters
         ----------
