@@ -199,6 +199,49 @@ def test_timeouts_and_late_responses_are_dropped(name):
     join_all([p], WAIT)
 
 
+def test_a_flooding_peer_is_bounded_by_max_buffered(name):
+    # The peer sends far more messages than the bound (and than its ring holds)
+    # while this end waits for a response: the request raises BufferFull, the
+    # kept messages stay within the bound plus one frame, the rest waits in the
+    # ring, and recv() then gets every message in order; later requests work.
+    n, size, bound = 400, 1000, 32 * 1024
+    ready = CTX.Event()
+    p = _start(W.flooding_server, name, ready, n, size)
+    assert ready.wait(WAIT), "the server did not start listening"
+    with shmlink.connect(name, timeout=WAIT, max_buffered=bound) as conn:
+        assert conn.max_buffered == bound
+        with pytest.raises(shmlink.BufferFull, match=r"recv\(\)/recv_request\(\)") as ei:
+            conn.request(b"first", timeout=WAIT)
+        assert isinstance(ei.value, BufferError)
+        assert "waiting for a response" in str(ei.value)
+        held = conn.stats()["buffered_bytes"]
+        assert bound < held <= bound + size
+        # still full: raised before anything more is read (or sent)
+        t0 = time.monotonic()
+        with pytest.raises(shmlink.BufferFull):
+            conn.request(b"second", timeout=WAIT)
+        assert time.monotonic() - t0 < WAIT / 2
+        assert conn.stats()["buffered_bytes"] == held
+        got, peak = [], held
+        for _ in range(n):
+            got.append(conn.recv(timeout=WAIT))
+            peak = max(peak, conn.stats()["buffered_bytes"])
+        assert got == [W.flood_msg(i, size) for i in range(n)]  # none lost, none reordered
+        assert peak <= bound + size
+        assert conn.stats()["buffered_bytes"] == 0
+        assert conn.request(b"later", timeout=WAIT) == b"re:later"
+        assert conn.stats()["dropped"] == 1  # the answer to "first", whose caller gave up
+    join_all([p], WAIT)
+
+
+def test_max_buffered_is_checked(name):
+    for bad in (-1, 1.5, True, "16M"):
+        with pytest.raises(shmlink.InvalidArgument, match="max_buffered"):
+            shmlink.listen(name, max_buffered=bad)
+        with pytest.raises(shmlink.InvalidArgument, match="max_buffered"):
+            shmlink.connect(name, timeout=1, max_buffered=bad)
+
+
 def test_connect_errors(name):
     with pytest.raises(SegmentNotFound):
         shmlink.connect(name, timeout=1)

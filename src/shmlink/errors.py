@@ -30,6 +30,7 @@ __all__ = [
     "OwnerDied",
     "NotOwner",
     "PeerDisconnected",
+    "BufferFull",
     "TooManyParticipants",
     "MessageOverwritten",
     "RemoteError",
@@ -201,6 +202,18 @@ class NotOwner(ShmlinkError, RuntimeError):
 
 class PeerDisconnected(ShmlinkError, ConnectionError):
     """The other end of a connection closed or died."""
+
+
+class BufferFull(ShmlinkError, BufferError):
+    """A connection end holds ``max_buffered`` bytes of unread messages/requests from its peer.
+
+    Raised to the thread that was reading (for a response, a message or a
+    request) when what it read past, and kept for :meth:`~shmlink.Connection.recv`
+    or :meth:`~shmlink.Connection.recv_request`, reached the end's bound.
+    Nothing is dropped: further frames stay in the shared ring (the peer's
+    sends wait) until the application reads the kept ones; then the end works
+    again.
+    """
 
 
 class TooManyParticipants(ShmlinkError, OSError):

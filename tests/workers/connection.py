@@ -196,3 +196,18 @@ def threaded_client(name: str, threads: int, n: int) -> None:
             errors.append("a thread hung")
     if errors:
         raise AssertionError("; ".join(errors[:5]))
+
+
+def flood_msg(i: int, size: int) -> bytes:
+    """The ``i``-th message of :func:`flooding_server`: its number, padded to ``size`` bytes."""
+    return (b"%08d" % i).ljust(size, b".")
+
+
+def flooding_server(name: str, ready, n: int, size: int) -> None:
+    """Accept one client, send it ``n`` messages of ``size`` bytes, then answer its requests."""
+    with shmlink.listen(name, capacity=1 << 16) as lst:
+        ready.set()
+        with lst.accept(timeout=WAIT_S) as conn:
+            for i in range(n):
+                conn.send(flood_msg(i, size), timeout=WAIT_S)
+            conn.serve(lambda req: b"re:" + req)  # until the client closes

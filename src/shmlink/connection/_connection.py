@@ -19,6 +19,7 @@ from .. import _core
 from ..errors import (
     CorruptSegment,
     IncompatibleSegment,
+    InvalidArgument,
     InvalidState,
     MessageTooLarge,
     PeerDisconnected,
@@ -67,12 +68,20 @@ from ._layout import (
     _ring_size,
     _slice_end,
 )
-from ._reader import _NOWAIT, _TIMEOUT, ResponseFuture, _ReaderRole
+from ._reader import _NOWAIT, _TIMEOUT, MAX_BUFFERED, ResponseFuture, _ReaderRole
 
 __all__ = ["Connection"]
 
 _process_alive = _core.process_alive
 _get_ident = threading.get_ident
+
+def _max_buffered_of(value: Any) -> int:
+    """Check a ``max_buffered=`` option: an int >= 0 (bytes)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"max_buffered={value!r}: expected a number of bytes, an int >= 0 "
+                              f"(default {MAX_BUFFERED})")
+    return value
+
 
 class _Refused:
     """Stands in, in a forked child, for an inherited end's rings: every use raises."""
@@ -131,7 +140,8 @@ class Connection(_ReaderRole, _Named):
 
     @classmethod
     def pair(cls, name: str, *, timeout: float | None = None, capacity: int = 1 << 20,
-             wait: WaitStrategy = "hybrid", mode: int = 0o600) -> Connection:
+             wait: WaitStrategy = "hybrid", mode: int = 0o600,
+             max_buffered: int = MAX_BUFFERED) -> Connection:
         """Meet one peer under ``name``: whoever comes first becomes the server.
 
         The first caller listens on ``name`` and accepts exactly one
@@ -152,6 +162,9 @@ class Connection(_ReaderRole, _Named):
             How this end waits (see :class:`~shmlink.Queue`).
         mode : int
             Permission bits of the segments (default ``0o600``).
+        max_buffered : int
+            Bytes of unread messages and requests this end keeps (see
+            :attr:`max_buffered`; default 16 MiB).
 
         Returns
         -------
@@ -166,12 +179,15 @@ class Connection(_ReaderRole, _Named):
         from ._listener import Listener, connect  # (the listener makes connections)
 
         deadline = deadline_of(timeout)
+        _max_buffered_of(max_buffered)
         while True:
             try:
-                lst = Listener.create(name, capacity=capacity, backlog=1, wait=wait, mode=mode)
+                lst = Listener.create(name, capacity=capacity, backlog=1, wait=wait, mode=mode,
+                                      max_buffered=max_buffered)
             except SegmentExists:
                 try:
-                    return connect(name, timeout=_remaining(deadline), wait=wait)
+                    return connect(name, timeout=_remaining(deadline), wait=wait,
+                                   max_buffered=max_buffered)
                 except (SegmentNotFound, PeerDisconnected):
                     # the first party left (or paired) between our two calls
                     if deadline is not None and _monotonic() >= deadline:
@@ -249,7 +265,7 @@ class Connection(_ReaderRole, _Named):
         self._wlock = threading.Lock()  # held while sending (close waits for it)
         self._ids = itertools.count(1)
 
-    def _bind(self, role: Role, wait: WaitStrategy) -> None:
+    def _bind(self, role: Role, wait: WaitStrategy, max_buffered: int = MAX_BUFFERED) -> None:
         """Take a side: which ring is ours to read, whose flags are the peer's."""
         client = role == "client"
         c2s, s2c = self._rings  # type: ignore[misc]
@@ -265,6 +281,7 @@ class Connection(_ReaderRole, _Named):
             self._peer = (mem.load32(_C_CLIENT_PID), mem.load64(_C_CLIENT_START))
         self._max_frame = self._out.max_message
         self.wait = wait
+        self._max_buffered = max_buffered
         self._role = role
         self._err = None
         self._closing = False
@@ -313,6 +330,24 @@ class Connection(_ReaderRole, _Named):
         self._wait = value
 
     @property
+    def max_buffered(self) -> int:
+        """Bytes of unread messages and requests from the peer this end keeps in-process.
+
+        What a thread reads past while it waits for something else (messages
+        while it waits for a response, requests while it waits for a
+        message, ...) is kept for :meth:`recv` and :meth:`recv_request`.
+        Once that reaches this bound (plus the one frame that crossed it),
+        the reading thread gets :class:`~shmlink.BufferFull` and further
+        frames stay in the ring, so the peer's sends wait; reading the kept
+        ones makes room.  Nothing is dropped.  Default 16 MiB; settable.
+        """
+        return self._max_buffered
+
+    @max_buffered.setter
+    def max_buffered(self, value: int) -> None:
+        self._max_buffered = _max_buffered_of(value)
+
+    @property
     def role(self) -> Role | None:
         """``"client"``, ``"server"``, or None for an inspection handle."""
         return self._role
@@ -355,7 +390,11 @@ class Connection(_ReaderRole, _Named):
             Client and server PIDs (with liveness), the accept state, closed
             flags and, per direction, messages sent, received and queued;
             ``dropped``: responses this end read that no request of its own
-            waited for (late, duplicate or unsolicited), dropped as read.
+            waited for (late, duplicate or unsolicited), dropped as read;
+            ``buffered_bytes``: payload bytes of messages and requests this
+            end read from the ring and keeps for :meth:`recv` and
+            :meth:`recv_request` (at most ``max_buffered`` plus one frame);
+            ``max_buffered``: that bound.
         """
         mem = self._memory
         c2s, s2c = self._rings  # type: ignore[misc]
@@ -364,6 +403,8 @@ class Connection(_ReaderRole, _Named):
             (mem.load32(_C_SERVER_PID), mem.load32(_C_SERVER_CLOSED), mem.load64(_C_SERVER_START)),
             mem.load32(_C_STATE), c2s.stats(), s2c.stats())
         state["dropped"] = self._dropped
+        state["buffered_bytes"] = self._held() if self._role is not None else 0
+        state["max_buffered"] = self._max_buffered
         return state
 
     # -- sending --
@@ -475,6 +516,9 @@ class Connection(_ReaderRole, _Named):
             If none arrived within ``timeout`` seconds.
         SegmentClosed
             If this end was closed (also by another thread while waiting).
+        BufferFull
+            If no message is kept and the requests kept for
+            :meth:`recv_request` fill :attr:`max_buffered`.
         """
         deadline = None if timeout is None else deadline_of(timeout)
         inbox = self._inbox
@@ -496,6 +540,8 @@ class Connection(_ReaderRole, _Named):
                 elif self._err is not None:
                     raise self._error()
                 else:
+                    if self._buffered > self._max_buffered:
+                        self._check_room("a message")
                     # the hot path: one Ring.recv_frame, the frame is a message
                     f = self._wait_frame(deadline)
                     if f is not None and f[0] == _MSG:
@@ -547,6 +593,8 @@ class Connection(_ReaderRole, _Named):
             if self._err is not None:
                 raise self._error()
             while True:
+                if self._buffered > self._max_buffered:
+                    self._check_room("a message")
                 f = self._in.try_recv_frame()
                 if f is None:
                     why = self._peer_down(cheap=True)
@@ -625,6 +673,9 @@ class Connection(_ReaderRole, _Named):
             If the other end's handler raised.
         MessageTooLarge
             If ``data`` is larger than :attr:`max_message_size`.
+        BufferFull
+            If messages (or requests) read past while waiting, kept for
+            :meth:`recv`, fill :attr:`max_buffered`; read them, then retry.
         """
         deadline = None if timeout is None else deadline_of(timeout)
         rid = next(self._ids)
@@ -640,6 +691,8 @@ class Connection(_ReaderRole, _Named):
                 # The hot path: one try_send_frame and one Ring.recv_frame, with
                 # the reader role held (close() waits for it, so the send needs
                 # no lock).
+                if self._buffered > self._max_buffered:
+                    self._check_room("a response")  # before the request goes out
                 sent = self._out.try_send_frame(_REQ, rid, data)
                 if sent:
                     end = self._slice
@@ -722,6 +775,9 @@ class Connection(_ReaderRole, _Named):
             If the other end closed or died.
         Timeout
             If none arrived within ``timeout`` seconds.
+        BufferFull
+            If no request is kept and the messages kept for :meth:`recv`
+            fill :attr:`max_buffered`.
         """
         deadline = None if timeout is None else deadline_of(timeout)
         f = self._take(self._pop_request, deadline)
@@ -751,7 +807,8 @@ class Connection(_ReaderRole, _Named):
         (bytes-like; None means empty).  If it raises, the requester's
         :meth:`request` raises :class:`RemoteError` with the traceback, and
         serving goes on.  Plain messages that arrive meanwhile are kept for
-        :meth:`recv`.
+        :meth:`recv`; when they fill :attr:`max_buffered`, serve raises
+        :class:`~shmlink.BufferFull` (nothing is dropped).
 
         Parameters
         ----------
@@ -801,6 +858,8 @@ class Connection(_ReaderRole, _Named):
                     if reqs:
                         f = reqs.popleft()
                     else:
+                        if self._buffered > self._max_buffered:
+                            self._check_room("a request")
                         f = ring.recv_frame(self._slice, spin)
                         if f is None:
                             f = self._idle(None)

@@ -32,7 +32,8 @@ from ..errors import (
 from ..queue import WAIT_STRATEGIES, _spin_of
 from ..segment import PREFIX, _identity, _Named, shm_dir, validate_name
 from ..sync import deadline_of
-from ._connection import Connection
+from ._connection import Connection, _max_buffered_of
+from ._reader import MAX_BUFFERED
 from ._layout import (
     _ACCEPT_NAME,
     _ACCEPT_RECORD,
@@ -92,11 +93,12 @@ class Listener(_Named):
     _detached = False
     _spin = WAIT_STRATEGIES["hybrid"]
     _wait: WaitStrategy = "hybrid"
+    _max_buffered = MAX_BUFFERED
 
     @classmethod
     def create(cls, name: str, *, capacity: int = 1 << 20, backlog: int = 64,
                max_message_size: int | None = None, wait: WaitStrategy = "hybrid",
-               mode: int = 0o600) -> "Listener":
+               mode: int = 0o600, max_buffered: int = MAX_BUFFERED) -> "Listener":
         """Listen on ``name`` (see :func:`listen`).
 
         Parameters
@@ -114,6 +116,8 @@ class Listener(_Named):
             How accepted connections (and :meth:`accept`) wait.
         mode : int
             Permission bits of the listener and of every connection segment.
+        max_buffered : int
+            :attr:`Connection.max_buffered` of accepted connections.
 
         Returns
         -------
@@ -132,6 +136,7 @@ class Listener(_Named):
             raise InvalidName(f"listener name {name[:40]!r}... is {len(name)} characters; the "
                               f"limit is {LISTENER_NAME_MAX} (its connections add a suffix)")
         _spin_of(wait)
+        _max_buffered_of(max_buffered)
         for what, v, lo in (("capacity", capacity, 64), ("backlog", backlog, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise InvalidSize(f"listener {name!r}: {what} must be an int >= {lo}, not {v!r}")
@@ -171,6 +176,7 @@ class Listener(_Named):
                     ) from None
         lst._owner = True
         lst.wait = wait
+        lst._max_buffered = max_buffered
         return lst
 
     @classmethod
@@ -341,7 +347,7 @@ class Listener(_Named):
                 conn.close()
                 return None
             mem.wake32(_C_STATE)
-            conn._bind("server", self._wait)
+            conn._bind("server", self._wait, self._max_buffered)
             self._memory.add64(_L_ACCEPTED, 1)
             return conn
         except BaseException:
@@ -590,7 +596,7 @@ def _listener_clients(name: str) -> list[dict[str, Any]]:
 
 def listen(name: str, *, capacity: int = 1 << 20, backlog: int = 64,
            max_message_size: int | None = None, wait: WaitStrategy = "hybrid",
-           mode: int = 0o600) -> Listener:
+           mode: int = 0o600, max_buffered: int = MAX_BUFFERED) -> Listener:
     """Listen for connections on ``name``; clients reach it with :func:`connect`.
 
     Parameters
@@ -611,6 +617,9 @@ def listen(name: str, *, capacity: int = 1 << 20, backlog: int = 64,
         until the deadline.
     mode : int
         Permission bits of the listener and its connections (default ``0o600``).
+    max_buffered : int
+        Bytes of unread messages and requests each accepted connection keeps
+        in-process (default 16 MiB; see :attr:`Connection.max_buffered`).
 
     Returns
     -------
@@ -623,10 +632,12 @@ def listen(name: str, *, capacity: int = 1 << 20, backlog: int = 64,
         If a live server already listens on ``name``.
     """
     return Listener.create(name, capacity=capacity, backlog=backlog,
-                           max_message_size=max_message_size, wait=wait, mode=mode)
+                           max_message_size=max_message_size, wait=wait, mode=mode,
+                           max_buffered=max_buffered)
 
 
-def connect(name: str, *, timeout: float | None = None, wait: WaitStrategy = "hybrid") -> Connection:
+def connect(name: str, *, timeout: float | None = None, wait: WaitStrategy = "hybrid",
+            max_buffered: int = MAX_BUFFERED) -> Connection:
     """Connect to the listener ``name`` and wait until its server accepts.
 
     Parameters
@@ -638,6 +649,9 @@ def connect(name: str, *, timeout: float | None = None, wait: WaitStrategy = "hy
         server's :meth:`Listener.accept`; None = forever.
     wait : {"hybrid", "block", "spin"}
         How this end waits.
+    max_buffered : int
+        Bytes of unread messages and requests this end keeps in-process
+        (default 16 MiB; see :attr:`Connection.max_buffered`).
 
     Returns
     -------
@@ -655,6 +669,7 @@ def connect(name: str, *, timeout: float | None = None, wait: WaitStrategy = "hy
     """
     deadline = deadline_of(timeout)
     _spin_of(wait)
+    _max_buffered_of(max_buffered)
     try:
         lst = Listener._open_kind(name, timeout=_remaining(deadline) if deadline else 5.0)
     except SegmentNotFound:
@@ -685,7 +700,7 @@ def connect(name: str, *, timeout: float | None = None, wait: WaitStrategy = "hy
         except BaseException:
             conn.close()
             raise
-        conn._bind("client", wait)
+        conn._bind("client", wait, max_buffered)
         return conn
     finally:
         lst.close()

@@ -12,6 +12,16 @@ the one place that decides whose it is:
   dropped;
 * end of stream marks the peer gone; a wake-up only interrupts the reader.
 
+What the inbox and the request queue hold is bounded by the end's
+``max_buffered`` (bytes of payload): the reader takes a frame from the ring
+only while they hold at most that much, so they exceed it by one frame at
+most.  Past it, the reading thread gets :class:`~shmlink.BufferFull` and the
+rest stays in the ring (the peer's sends wait) until the application reads
+what is kept.  ``_buffered`` counts the bytes routed to them since the last
+exact count; it is written only with the reader role held and is never less
+than what they hold (threads that pop do not touch it), so the exact count,
+a sum over both queues, runs only when the counter passes the bound.
+
 A thread that wants something while another holds the role waits on a
 condition until it appears (the router notifies), or until the role frees
 and it can read itself.
@@ -21,10 +31,11 @@ from __future__ import annotations
 
 import collections
 import threading
+from operator import itemgetter
 from typing import Any, Callable
 
 from .. import _core
-from ..errors import PeerDisconnected
+from ..errors import BufferFull, PeerDisconnected
 from ._layout import (
     _CLOSE,
     _ERR,
@@ -47,6 +58,10 @@ _RETRY = object()  # the reader role looks free: try to take it
 #: takes the reader role does it this way, inside the try that gives it back.
 _NOWAIT = (False,)
 _TIMEOUT = object()  # the deadline passed
+_payload = itemgetter(2)
+
+#: Default ``max_buffered``: bytes of unread messages and requests an end keeps.
+MAX_BUFFERED = 16 << 20
 
 
 class ResponseFuture:
@@ -95,6 +110,8 @@ class _ReaderRole:
     _rowner = 0
     _stop = False
     _dropped = 0  # responses nobody waited for (late, duplicate or unsolicited)
+    _buffered = 0  # >= payload bytes in _inbox + _requests (see the module docstring)
+    _max_buffered = MAX_BUFFERED
 
     def _init_reader(self) -> None:
         self._lock = threading.Lock()
@@ -105,6 +122,7 @@ class _ReaderRole:
         self._pending: dict[int, ResponseFuture] = {}  # request id -> its future
         self._slice = 0.0  # end of the current wait slice (monotonic)
         self._nwaiting = 0  # threads waiting in _wait_turn
+        self._buffered = 0
 
     def _finish_close(self, wait: bool) -> None:
         raise NotImplementedError
@@ -163,8 +181,10 @@ class _ReaderRole:
             fut.frame = f
         elif k == _MSG:
             self._inbox.append(f[2])
+            self._buffered += len(f[2])
         elif k == _REQ:
             self._requests.append(f)
+            self._buffered += len(f[2])
         elif k == _CLOSE:
             self._set_gone("closed the connection")
             raise self._error()
@@ -175,6 +195,29 @@ class _ReaderRole:
         if self._nwaiting:
             with self._cv:
                 self._cv.notify_all()
+
+    def _held(self) -> int:
+        """Payload bytes in the inbox and the request queue now (exact)."""
+        # all in C, so no other thread runs (and pops) in the middle
+        return sum(map(len, self._inbox)) + sum(map(len, map(_payload, self._requests)))
+
+    def _check_room(self, what: str) -> None:
+        """Before taking a frame from the ring (reader role held): raise BufferFull if full.
+
+        ``what``: what the reading thread waits for ("a response", ...).
+        """
+        if self._buffered <= self._max_buffered:
+            return
+        self._buffered = held = self._held()
+        if held <= self._max_buffered:
+            return
+        nmsg, nreq = len(self._inbox), len(self._requests)
+        raise BufferFull(
+            f"connection {self._name!r}: {_size(held)} of messages/requests from the "
+            f"{self._peer_role()} ({nmsg} messages, {nreq} requests) are buffered unread while "
+            f"waiting for {what} (max_buffered={self._max_buffered}); read them with "
+            "recv()/recv_request() or pass a larger max_buffered; nothing was dropped"
+        )
 
     def _pop_msg(self) -> bytes | None:
         inbox = self._inbox
@@ -195,6 +238,8 @@ class _ReaderRole:
         """
         while True:
             if f is None:
+                if self._buffered > self._max_buffered:
+                    self._check_room(_WHAT.get(getattr(check, "__name__", ""), "a response"))
                 f = self._wait_frame(deadline)
                 if f is None:
                     f = self._idle(deadline)
@@ -298,3 +343,15 @@ class _ReaderRole:
             item = self._wait_turn(check, deadline)
             if item is not _RETRY:
                 return item
+
+
+_WHAT = {"_pop_msg": "a message", "_pop_request": "a request"}
+
+
+def _size(n: int) -> str:
+    """``n`` bytes, for a message: "16 MiB", "1.5 KiB", "300 bytes"."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            v = n / (1 << shift)
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} bytes"
