@@ -51,9 +51,9 @@ WAIT_STRATEGIES: dict[str, int] = {"block": 0, "hybrid": 50_000, "spin": -1}
 DEFAULT_CAPACITY = 1 << 20
 
 
-#: offsets of the ring's producer and consumer locks (struct shmlink_ring)
-_PROD_LOCK = 64
-_CONS_LOCK = 128
+#: offsets of the ring's producer and consumer locks (struct shmlink_ring, from _core)
+_PROD_LOCK: int = _core.LAYOUT["ring"]["prod_lock"][0]
+_CONS_LOCK: int = _core.LAYOUT["ring"]["cons_lock"][0]
 #: blocking send()/recv() look at their lock's holder this often
 _GUARD_S = 0.25
 
