@@ -64,6 +64,7 @@ HIERARCHY = {
     "InvalidArgument": (ValueError,),
     "InvalidState": (RuntimeError,),
     "BadDirectory": (OSError,),
+    "BufferFull": (BufferError,),
     "OutOfDescriptors": (OSError,),
 }
 
