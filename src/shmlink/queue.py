@@ -371,6 +371,8 @@ class Queue(_Named):
         if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
             ring.qsend(data, timeout=timeout)
             return
+        if ring.try_send(data):  # room now: one C call, no slicing (the hot path)
+            return
         self._guarded(ring.qsend, (data,), timeout, _PROD_LOCK,
                       "queue {name!r} stayed full for {timeout!r} s; nothing was sent")
 
@@ -465,6 +467,9 @@ class Queue(_Named):
         ring = self._ring or self._r()
         if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
             return ring.qrecv(timeout=timeout)  # type: ignore[no-any-return]
+        msg = ring.try_recv()  # a message now: one C call, no slicing (the hot path)
+        if msg is not None:
+            return msg  # type: ignore[no-any-return]
         return self._guarded(ring.qrecv, (), timeout, _CONS_LOCK,
                              "queue {name!r}: no message within {timeout!r} s")  # type: ignore[no-any-return]
 
