@@ -371,7 +371,15 @@ class Queue(_Named):
         if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
             ring.qsend(data, timeout=timeout)
             return
-        if ring.try_send(data):  # room now: one C call, no slicing (the hot path)
+        if timeout is None:
+            # The hot path is one C call that waits (spins, sleeps) for a first
+            # guard slice; only a wait longer than that runs the guarded slices.
+            try:
+                ring.qsend(data, timeout=_GUARD_S)
+                return
+            except Timeout:
+                pass
+        elif ring.try_send(data):  # room now: one C call, no slicing
             return
         self._guarded(ring.qsend, (data,), timeout, _PROD_LOCK,
                       "queue {name!r} stayed full for {timeout!r} s; nothing was sent")
@@ -467,9 +475,17 @@ class Queue(_Named):
         ring = self._ring or self._r()
         if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
             return ring.qrecv(timeout=timeout)  # type: ignore[no-any-return]
-        msg = ring.try_recv()  # a message now: one C call, no slicing (the hot path)
-        if msg is not None:
-            return msg  # type: ignore[no-any-return]
+        if timeout is None:
+            # The hot path is one C call that waits (spins, sleeps) for a first
+            # guard slice; only a wait longer than that runs the guarded slices.
+            try:
+                return ring.qrecv(timeout=_GUARD_S)  # type: ignore[no-any-return]
+            except Timeout:
+                pass
+        else:
+            msg = ring.try_recv()  # a message now: one C call, no slicing
+            if msg is not None:
+                return msg  # type: ignore[no-any-return]
         return self._guarded(ring.qrecv, (), timeout, _CONS_LOCK,
                              "queue {name!r}: no message within {timeout!r} s")  # type: ignore[no-any-return]
 
