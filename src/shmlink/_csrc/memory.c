@@ -793,6 +793,14 @@ static struct shmlink_mutex *mutex_at(MemoryObject *self, Py_ssize_t off, int wr
     return m;
 }
 
+/* mutex_at for a method's one argument, the offset (a Python int). */
+static struct shmlink_mutex *mutex_arg(MemoryObject *self, PyObject *arg, int write) {
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    return mutex_at(self, off, write);
+}
+
 /* (0, 0) taken; (1, dead PID) taken from a holder that died, or still
  * inconsistent since one did. */
 static PyObject *mutex_taken_result(struct shmlink_mutex *m, int rc) {
@@ -855,10 +863,7 @@ PyDoc_STRVAR(Memory_mutex_try_doc,
 "(1, dead pid) as mutex_acquire; None if a live process holds it.");
 
 static PyObject *Memory_mutex_try(MemoryObject *self, PyObject *arg) {
-    Py_ssize_t off = PyLong_AsSsize_t(arg);
-    if (off == -1 && PyErr_Occurred())
-        return NULL;
-    struct shmlink_mutex *m = mutex_at(self, off, 1);
+    struct shmlink_mutex *m = mutex_arg(self, arg, 1);
     if (!m)
         return NULL;
     uint32_t pid;
@@ -873,10 +878,7 @@ static PyObject *Memory_mutex_try(MemoryObject *self, PyObject *arg) {
 }
 
 static PyObject *Memory_mutex_release(MemoryObject *self, PyObject *arg) {
-    Py_ssize_t off = PyLong_AsSsize_t(arg);
-    if (off == -1 && PyErr_Occurred())
-        return NULL;
-    struct shmlink_mutex *m = mutex_at(self, off, 1);
+    struct shmlink_mutex *m = mutex_arg(self, arg, 1);
     if (!m)
         return NULL;
     uint32_t pid;
@@ -902,10 +904,7 @@ static PyObject *Memory_mutex_release(MemoryObject *self, PyObject *arg) {
 }
 
 static PyObject *Memory_mutex_mark_consistent(MemoryObject *self, PyObject *arg) {
-    Py_ssize_t off = PyLong_AsSsize_t(arg);
-    if (off == -1 && PyErr_Occurred())
-        return NULL;
-    struct shmlink_mutex *m = mutex_at(self, off, 1);
+    struct shmlink_mutex *m = mutex_arg(self, arg, 1);
     if (!m)
         return NULL;
     uint32_t pid;
@@ -923,10 +922,7 @@ static PyObject *Memory_mutex_mark_consistent(MemoryObject *self, PyObject *arg)
 }
 
 static PyObject *Memory_mutex_stats(MemoryObject *self, PyObject *arg) {
-    Py_ssize_t off = PyLong_AsSsize_t(arg);
-    if (off == -1 && PyErr_Occurred())
-        return NULL;
-    struct shmlink_mutex *m = mutex_at(self, off, 0);
+    struct shmlink_mutex *m = mutex_arg(self, arg, 0);
     if (!m)
         return NULL;
     struct shmlink_mutex_stats st;
