@@ -39,6 +39,17 @@ from typing import Any, Iterator
 
 CTX = multiprocessing.get_context("spawn")
 
+#: glibc malloc settings every measured (spawned) process starts with.  By default glibc
+#: moves its mmap threshold up when a large block is freed and trims the heap when its top
+#: grows free, so whether a 256 KiB or 1 MiB allocation (a received 1 MiB message, the
+#: receiver's joined batch) costs an mmap, page faults and an munmap depends on the
+#: process's allocation history: import one more module and a case flips between two modes
+#: 2x apart.  Fixed thresholds make every competitor allocate the same way in every run
+#: (whatever the user's environment says wins).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+for _k, _v in MALLOC_ENV.items():
+    os.environ.setdefault(_k, _v)
+
 #: Longest a single send or receive inside a timed loop may block before the run fails.
 OP_TIMEOUT = float(os.environ.get("SHMLINK_BENCH_OP_TIMEOUT", "10"))
 #: Longest the parent waits for all roles of a case to start and report ready.

@@ -56,6 +56,7 @@ _PROD_LOCK: int = _core.LAYOUT["ring"]["prod_lock"][0]
 _CONS_LOCK: int = _core.LAYOUT["ring"]["cons_lock"][0]
 #: blocking send()/recv() look at their lock's holder this often
 _GUARD_S = 0.25
+_monotonic = time.monotonic
 
 
 def _spin_of(wait: str) -> int:
@@ -371,21 +372,19 @@ class Queue(_Named):
         if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
             ring.qsend(data, timeout=timeout)
             return
-        if timeout is None:
-            # The hot path is one C call that waits (spins, sleeps) for a first
-            # guard slice; only a wait longer than that runs the guarded slices.
-            try:
-                ring.qsend(data, timeout=_GUARD_S)
-                return
-            except Timeout:
-                pass
-        elif ring.try_send(data):  # room now: one C call, no slicing
+        # The hot path is one C call that waits (spins, sleeps) for a first
+        # guard slice; only a wait longer than that runs the guarded slices.
+        start = 0.0 if timeout is None else _monotonic()
+        try:
+            ring.qsend(data, timeout=_GUARD_S)
             return
-        self._guarded(ring.qsend, (data,), timeout, _PROD_LOCK,
+        except Timeout:
+            pass
+        self._guarded(ring.qsend, (data,), timeout, start, _PROD_LOCK,
                       "queue {name!r} stayed full for {timeout!r} s; nothing was sent")
 
-    def _guarded(self, call: Any, args: tuple[Any, ...], timeout: float | None, lock: int,
-                 what: str) -> Any:
+    def _guarded(self, call: Any, args: tuple[Any, ...], timeout: float | None, start: float,
+                 lock: int, what: str) -> Any:
         """A blocking ring call in slices, freeing a lock whose holder was forged.
 
         The ring's locks wait for a live holder however long it holds
@@ -394,7 +393,7 @@ class Queue(_Named):
         holder is checked (:func:`~shmlink.segment.forged_lock_holder`), and
         one that is not attached to the segment for a whole slice is cleared.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else start + timeout
         suspect = None
         while True:
             left = _GUARD_S if deadline is None else min(_GUARD_S, deadline - time.monotonic())
@@ -475,18 +474,14 @@ class Queue(_Named):
         ring = self._ring or self._r()
         if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
             return ring.qrecv(timeout=timeout)  # type: ignore[no-any-return]
-        if timeout is None:
-            # The hot path is one C call that waits (spins, sleeps) for a first
-            # guard slice; only a wait longer than that runs the guarded slices.
-            try:
-                return ring.qrecv(timeout=_GUARD_S)  # type: ignore[no-any-return]
-            except Timeout:
-                pass
-        else:
-            msg = ring.try_recv()  # a message now: one C call, no slicing
-            if msg is not None:
-                return msg  # type: ignore[no-any-return]
-        return self._guarded(ring.qrecv, (), timeout, _CONS_LOCK,
+        # The hot path is one C call that waits (spins, sleeps) for a first
+        # guard slice; only a wait longer than that runs the guarded slices.
+        start = 0.0 if timeout is None else _monotonic()
+        try:
+            return ring.qrecv(timeout=_GUARD_S)  # type: ignore[no-any-return]
+        except Timeout:
+            pass
+        return self._guarded(ring.qrecv, (), timeout, start, _CONS_LOCK,
                              "queue {name!r}: no message within {timeout!r} s")  # type: ignore[no-any-return]
 
     def try_recv(self) -> bytes | None:
