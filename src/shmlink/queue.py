@@ -247,6 +247,7 @@ class Queue(_Named):
         ring = self._ring = _core.Ring(m.mm, DATA_OFFSET, m.header.data_size)
         ring.label = self._name  # used by the C core's error messages
         ring.spin = self._spin
+        ring.slice = _GUARD_S  # qsend/qrecv hand back after a slice: see _guarded
 
     def _after_fork(self) -> None:
         # A zero-copy receive open at fork() is the parent's, and so is the
@@ -368,23 +369,16 @@ class Queue(_Named):
         # SegmentClosed itself.  A method (not the C function bound to the
         # instance) so that the call keeps the queue alive:
         # ``Queue.open(name).send(b"x")`` must not close it half-way.
+        # The ring's C handle waits at most one guard slice (ring.slice), so
+        # the hot path is this one call; only a longer wait (False: the slice
+        # ended, nothing sent, time left) runs the guarded slices.
         ring = self._ring or self._r()
-        if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
-            ring.qsend(data, timeout=timeout)
-            return
-        # The hot path is one C call that waits (spins, sleeps) for a first
-        # guard slice; only a wait longer than that runs the guarded slices.
-        start = 0.0 if timeout is None else _monotonic()
-        try:
-            ring.qsend(data, timeout=_GUARD_S)
-            return
-        except Timeout:
-            pass
-        self._guarded(ring.qsend, (data,), timeout, start, _PROD_LOCK,
-                      "queue {name!r} stayed full for {timeout!r} s; nothing was sent")
+        if not ring.qsend(data, timeout=timeout):
+            self._guarded(ring.qsend, (data,), timeout, _PROD_LOCK,
+                          "queue {name!r} stayed full for {timeout!r} s; nothing was sent")
 
-    def _guarded(self, call: Any, args: tuple[Any, ...], timeout: float | None, start: float,
-                 lock: int, what: str) -> Any:
+    def _guarded(self, call: Any, args: tuple[Any, ...], timeout: float | None, lock: int,
+                 what: str) -> Any:
         """A blocking ring call in slices, freeing a lock whose holder was forged.
 
         The ring's locks wait for a live holder however long it holds
@@ -393,7 +387,8 @@ class Queue(_Named):
         holder is checked (:func:`~shmlink.segment.forged_lock_holder`), and
         one that is not attached to the segment for a whole slice is cleared.
         """
-        deadline = None if timeout is None else start + timeout
+        # called when a first slice has passed without success
+        deadline = None if timeout is None else _monotonic() + timeout - _GUARD_S
         suspect = None
         while True:
             left = _GUARD_S if deadline is None else min(_GUARD_S, deadline - time.monotonic())
@@ -471,17 +466,12 @@ class Queue(_Named):
         Timeout
             If none arrived within ``timeout`` seconds.
         """
+        # One C call that waits at most one guard slice (see send).
         ring = self._ring or self._r()
-        if timeout is not None and not timeout > _GUARD_S:  # short, None-less, or invalid
-            return ring.qrecv(timeout=timeout)  # type: ignore[no-any-return]
-        # The hot path is one C call that waits (spins, sleeps) for a first
-        # guard slice; only a wait longer than that runs the guarded slices.
-        start = 0.0 if timeout is None else _monotonic()
-        try:
-            return ring.qrecv(timeout=_GUARD_S)  # type: ignore[no-any-return]
-        except Timeout:
-            pass
-        return self._guarded(ring.qrecv, (), timeout, start, _CONS_LOCK,
+        msg = ring.qrecv(timeout=timeout)
+        if msg is not None:
+            return msg  # type: ignore[no-any-return]
+        return self._guarded(ring.qrecv, (), timeout, _CONS_LOCK,
                              "queue {name!r}: no message within {timeout!r} s")  # type: ignore[no-any-return]
 
     def try_recv(self) -> bytes | None:

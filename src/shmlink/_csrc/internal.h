@@ -75,6 +75,7 @@ static inline void identity(uint32_t *pid, uint64_t *start) {
 /* ---- module.c: arguments ------------------------------------------------- */
 struct timespec *parse_deadline(PyObject *obj, struct timespec *ts, int *err);
 int parse_timeout(PyObject *obj, struct timespec *ts, struct timespec **deadline);
+int parse_timeout_seconds(PyObject *obj, double *seconds);
 int kw_only_timeout(const char *sig, PyObject *const *args, Py_ssize_t nargs,
                     PyObject *kwnames, Py_ssize_t npos, PyObject **timeout);
 int fast_wait_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t i,

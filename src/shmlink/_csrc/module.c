@@ -146,9 +146,10 @@ struct timespec *parse_deadline(PyObject *obj, struct timespec *ts,
 }
 
 
-/* timeout in seconds (None = forever, 0 = do not wait) -> *deadline. */
-int parse_timeout(PyObject *obj, struct timespec *ts, struct timespec **deadline) {
-    *deadline = NULL;
+/* timeout in seconds (None = forever, 0 = do not wait) -> *seconds, with
+ * -1 for forever (None, or more than 1e9 s).  0, or -1 with an exception. */
+int parse_timeout_seconds(PyObject *obj, double *seconds) {
+    *seconds = -1;
     if (obj == NULL || obj == Py_None)
         return 0;
     double d = PyFloat_AsDouble(obj);
@@ -158,14 +159,25 @@ int parse_timeout(PyObject *obj, struct timespec *ts, struct timespec **deadline
         sl_raisef(-EINVAL, "timeout must be None or >= 0 seconds, not %R", obj);
         return -1;
     }
+    if (d <= 1e9)
+        *seconds = d;
+    return 0;
+}
+
+/* timeout in seconds (None = forever, 0 = do not wait) -> *deadline. */
+int parse_timeout(PyObject *obj, struct timespec *ts, struct timespec **deadline) {
+    *deadline = NULL;
+    double d;
+    if (parse_timeout_seconds(obj, &d) < 0)
+        return -1;
+    if (d < 0)
+        return 0; /* forever */
     if (d == 0) {
         ts->tv_sec = 0;
         ts->tv_nsec = 0;
         *deadline = ts;
         return 0;
     }
-    if (d > 1e9)
-        return 0; /* far enough to be forever */
     shmlink_deadline_after(ts, d);
     *deadline = ts;
     return 0;

@@ -14,6 +14,7 @@ typedef struct {
     struct shmlink_ring_handle h;
     int in_view;          /* a zero-copy receive holds cons_lock */
     long long spin;       /* wait strategy of qsend/qrecv (spin_ns) */
+    double slice;         /* qsend/qrecv wait at most this long (s) before handing back; 0 none */
     PyObject *label;      /* the queue's name, for error messages */
     uint64_t view_next;   /* head after the viewed record */
     uint64_t view_head;   /* head before it (after skipped wrap markers) */
@@ -664,18 +665,50 @@ static PyObject *ring_init(PyObject *mod, PyObject *args) {
 
 /* ---- Queue.send / Queue.recv in one C call ----------------------------- */
 
+/* How long qsend/qrecv wait, from their timeout=: *wait_s seconds (-1
+ * forever, 0 not at all), capped at the handle's slice (self->slice), in
+ * which case *sliced is set and running out of time is not a timeout: the
+ * call hands back (False/None) so the caller can check the ring's locks
+ * between slices (Queue's forged-holder guard).  0, or -1 with an
+ * exception for a bad timeout. */
+static int qwait_seconds(RingObject *self, PyObject *timeout, double *wait_s, int *sliced) {
+    *sliced = 0;
+    if (parse_timeout_seconds(timeout, wait_s) < 0)
+        return -1;
+    if (*wait_s != 0 && self->slice > 0 && (*wait_s < 0 || self->slice < *wait_s)) {
+        *wait_s = self->slice;
+        *sliced = 1;
+    }
+    return 0;
+}
+
+/* The deadline of a wait of wait_s seconds (as above) starting now.  Only
+ * computed once a first attempt has failed: a call that needs no wait reads
+ * no clock. */
+static const struct timespec *qwait_until(double wait_s, struct timespec *ts) {
+    if (wait_s < 0)
+        return NULL;
+    if (wait_s == 0)
+        return &zero_deadline;
+    shmlink_deadline_after(ts, wait_s);
+    return ts;
+}
+
 PyDoc_STRVAR(Ring_qsend_doc,
 "qsend($self, data, /, *, timeout=None)\n--\n\n"
 "Queue.send in one C call: append one message, waiting while the queue is\n"
-"full; raise shmlink.Timeout if there is no room within timeout seconds.");
+"full; raise shmlink.Timeout if there is no room within timeout seconds.\n"
+"Returns True when sent, or False when the handle's slice ended first\n"
+"(nothing was sent; time is left: call again).");
 
 static PyObject *Ring_qsend_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames) {
     PyObject *timeout;
     if (kw_only_timeout("send(data, *, timeout=None)", args, nargs, kwnames, 1, &timeout) < 0)
         return NULL;
-    struct timespec ts, *deadline;
-    if (parse_timeout(timeout, &ts, &deadline) < 0)
+    double wait_s;
+    int sliced;
+    if (qwait_seconds(self, timeout, &wait_s, &sliced) < 0)
         return NULL;
     Py_buffer b;
     if (PyObject_GetBuffer(args[0], &b, PyBUF_C_CONTIGUOUS) < 0)
@@ -683,37 +716,55 @@ static PyObject *Ring_qsend_impl(RingObject *self, PyObject *const *args, Py_ssi
     Py_ssize_t n = -1;
     if (check_len(self, b.len) == 0) {
         int timed_out;
-        n = ring_send_buffers(self, &b, 1, deadline, self->spin, &timed_out);
+        /* room now (as try_send), else wait */
+        n = ring_send_buffers(self, &b, 1, &zero_deadline, 1, &timed_out);
+        if (n == 0 && wait_s != 0) {
+            struct timespec ts;
+            n = ring_send_buffers(self, &b, 1, qwait_until(wait_s, &ts), self->spin,
+                                  &timed_out);
+        }
     }
     PyBuffer_Release(&b);
     if (n < 0)
         return NULL;
+    if (n == 0 && sliced)
+        Py_RETURN_FALSE;
     if (n == 0) {
         sl_raisef(-ETIMEDOUT, "queue %R stayed full for %R s; nothing was sent",
                      self->label ? self->label : Py_None, timeout ? timeout : Py_None);
         return NULL;
     }
-    Py_RETURN_NONE;
+    Py_RETURN_TRUE;
 }
 
 PyDoc_STRVAR(Ring_qrecv_doc,
 "qrecv($self, /, *, timeout=None)\n--\n\n"
 "Queue.recv in one C call: take the oldest message as bytes, waiting until\n"
-"one arrives; raise shmlink.Timeout if none does within timeout seconds.");
+"one arrives; raise shmlink.Timeout if none does within timeout seconds.\n"
+"Returns None when the handle's slice ended first (time is left: call again).");
 
 static PyObject *Ring_qrecv_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames) {
     PyObject *timeout;
     if (kw_only_timeout("recv(*, timeout=None)", args, nargs, kwnames, 0, &timeout) < 0)
         return NULL;
-    struct timespec ts, *deadline;
-    if (parse_timeout(timeout, &ts, &deadline) < 0)
+    double wait_s;
+    int sliced;
+    if (qwait_seconds(self, timeout, &wait_s, &sliced) < 0)
         return NULL;
     PyObject *one = NULL;
-    Py_ssize_t n = ring_recv(self, 1, NULL, &one, NULL, 0, NULL, deadline, self->spin);
+    /* a message now (as try_recv), else wait */
+    Py_ssize_t n = ring_recv(self, 1, NULL, &one, NULL, 0, NULL, &zero_deadline, 1);
+    if (n == 0 && wait_s != 0) {
+        struct timespec ts;
+        n = ring_recv(self, 1, NULL, &one, NULL, 0, NULL, qwait_until(wait_s, &ts),
+                      self->spin);
+    }
     if (n > 0)
         return one;
     Py_XDECREF(one);
+    if (n == 0 && sliced)
+        Py_RETURN_NONE;
     if (n == 0)
         sl_raisef(-ETIMEDOUT, "queue %R: no message within %R s",
                      self->label ? self->label : Py_None, timeout ? timeout : Py_None);
@@ -1047,6 +1098,8 @@ static PyMethodDef Ring_methods[] = {
 static PyMemberDef Ring_members[] = {
     {"spin", T_LONGLONG, offsetof(RingObject, spin), 0,
      "spin_ns used by qsend/qrecv: 0 block, -1 spin, >0 hybrid"},
+    {"slice", T_DOUBLE, offsetof(RingObject, slice), 0,
+     "qsend/qrecv wait at most this many seconds, then hand back False/None (0: no slice)"},
     {"label", T_OBJECT, offsetof(RingObject, label), 0, "name used in error messages"},
     {NULL}};
 
