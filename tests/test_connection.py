@@ -419,8 +419,8 @@ def test_inspection_handles_and_cli_info(name, capsys):
     assert main(["info", name]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^kind: +listener$", out, re.M), out
-    for c in clients:
-        assert f"PID {c.pid}" in out
+    for c in clients:  # a row of the clients table: PID, alive, state, connection
+        assert re.search(rf"^  {c.pid} +yes +connected +{name}\.c", out, re.M), out
     conn_name = _conn_files(name)[0][len(PREFIX):]
     with Connection.open(conn_name) as insp:
         st = insp.stats()

@@ -97,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("SHMLINK_DEBUG") == "1"
+    if argv[:2] == ["--debug", "bench"]:
+        debug, argv = True, argv[1:]
     command = ""
     try:
         if argv[:1] == ["bench"]:

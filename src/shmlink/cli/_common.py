@@ -25,7 +25,7 @@ import select
 import sys
 import time
 from fractions import Fraction
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, Callable, Mapping, NoReturn, TypeVar
 
 from ..errors import ShmlinkError, Timeout
 from ..segment import KIND_CLASSES, Segment, info
@@ -55,7 +55,7 @@ class Parser(argparse.ArgumentParser):
     sub-command's name to its parser (set by ``build_parser``).
     """
 
-    commands: dict[str, argparse.ArgumentParser] = {}
+    commands: Mapping[str, argparse.ArgumentParser] = {}
     #: True for a sub-command's parser (``build_parser`` sets it).
     is_command = False
     _intermixing = False
@@ -249,7 +249,7 @@ def open_any(name: str, readonly: bool = False) -> Any:
     si = info(name)
     if si.error:
         raise ShmlinkError(si.error)
-    cls = KIND_CLASSES.get(si.kind)
+    cls: Any = KIND_CLASSES.get(si.kind)
     if cls is None:
         raise ShmlinkError(f"{name!r} is a {si.kind}, which this shmlink cannot open")
     if si.kind == "segment":
