@@ -28,7 +28,7 @@ OBJECT_KEYS: list[Key] = [
     ("age", "float", "seconds since it was created"),
     ("participants", "list of int", "live processes that have it open"),
     ("dead_participants", "list of int", "processes that died with it open"),
-    ("lifetime", "string", "persist or auto"),
+    ("lifetime", "string", "persist or auto (? when invalid)"),
     ("in_use", "bool", "some process has it open"),
     ("error", "string or null", "why it is invalid (null when it is not)"),
 ]

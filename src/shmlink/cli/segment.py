@@ -35,7 +35,7 @@ def cmd_ls(a: argparse.Namespace) -> None:
     for i in items:
         if i.error:
             rows.append([owner_name(i.uid), f"{i.mode:04o}", str(i.size), "invalid", "-", "-",
-                         "-", f"{i.name}  ({i.error[:60]})"])
+                         "-", f"{i.name}  (`shmlink info {i.name}` says why)"])
             continue
         users = ",".join(map(str, i.participants)) or ("(in use)" if i.in_use else "-")
         name = i.name
