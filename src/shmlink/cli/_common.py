@@ -69,11 +69,15 @@ class Parser(argparse.ArgumentParser):
         """
         if not self.is_command or self._intermixing:  # (intermixed parsing calls us back)
             return super().parse_known_args(args, namespace)
-        self._intermixing = True
-        try:
-            ns, extras = super().parse_known_intermixed_args(args, namespace)
-        finally:
-            self._intermixing = False
+        if any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions):
+            # argparse cannot intermix around nested sub-commands or a REMAINDER
+            ns, extras = super().parse_known_args(args, namespace)
+        else:
+            self._intermixing = True
+            try:
+                ns, extras = super().parse_known_intermixed_args(args, namespace)
+            finally:
+                self._intermixing = False
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return ns, extras
