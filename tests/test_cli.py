@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import select
+import shlex
+import signal
 import subprocess
 import sys
 
@@ -13,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import shmlink
-from support import python_env
+from support import python_env, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -120,12 +124,22 @@ def test_foreign_file_is_reported_not_crashed(name):
         os.unlink(path)
 
 
+def assert_usage_error(r: subprocess.CompletedProcess, command: str, *words: str) -> None:
+    """Exit 2: the sub-command's own usage, then one error line naming it; no traceback."""
+    err = r.stderr.decode()
+    assert r.returncode == 2, (r.returncode, err)
+    lines = err.splitlines()
+    assert lines[0].startswith(f"usage: shmlink {command} "), err
+    assert lines[-1].startswith(f"shmlink {command}: error: "), err
+    assert [line for line in lines if "error:" in line] == lines[-1:], err
+    assert f"shmlink {command} --help" in lines[-1] and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[-1], err
+
+
 def test_usage_errors_exit_2():
-    r = sh("create", "onlyname")
-    assert r.returncode == 2 and b"required: size" in r.stderr
-    assert r.stderr.count(b"\n") == 1 and b"shmlink create --help" in r.stderr
-    r = sh("create", "x", "twelve")
-    assert r.returncode == 2 and b"not a number" in r.stderr
+    assert_usage_error(sh("create", "onlyname"), "create", "required: size")
+    assert_usage_error(sh("create", "x", "twelve"), "create", "not a number")
 
 
 def _from_checkout() -> bool:
@@ -253,9 +267,14 @@ def test_bad_input_is_one_line_and_a_failure(cli_dir, case):
     err = r.stderr.decode("utf-8", "backslashreplace")
     assert r.returncode == status, (r.returncode, err)
     assert "Traceback" not in err and "internal error" not in err, err
-    assert err.count("\n") == 1 and err.endswith("\n"), err
+    if status == 2:  # the sub-command's usage, then the line
+        assert err.startswith(f"usage: shmlink {args[0]} "), err
+    else:
+        assert err.count("\n") == 1, err
+    assert err.endswith("\n") and err.count("error:") == 1, err
+    last = err.splitlines()[-1]
     for w in words:
-        assert w in err, (w, err)
+        assert w in last, (w, err)
     assert not os.path.exists(cli_dir / "shmlink.big") and not os.path.exists(cli_dir / "shmlink.m")
 
 
@@ -333,26 +352,28 @@ VALUES = {
 COMMANDS = {
     "ls": ([], {"--json": None}),
     "info": (["name"], {"--json": None}),
-    "create": (["name", "num"], {"--mode": "num", "--lifetime": "lifetime"}),
+    "create": (["name", "num"], {"--mode": "num", "--lifetime": "lifetime", "--json": None}),
     "write": (["name", "text"], {"--file": "file", "--binary": None, "--encoding": "enc",
                                  "--offset": "num", "-v": None}),
-    "read": (["name"], {"--hex": None, "--raw": None, "--encoding": "enc", "--offset": "num",
-                        "--length": "num"}),
+    "read": (["name"], {"--hex": None, "--raw": None, "--json": None, "--encoding": "enc",
+                        "--offset": "num", "--length": "num"}),
     "clear": (["name"], {}),
     "rm": (["name", "name"], {"-f": None}),
     "gc": ([], {"--dry-run": None, "--json": None}),
     "send": (["name", "text"], {"--file": "file", "--create": "num", "--timeout": "timeout"}),
     "recv": (["name"], {"--count": "num", "--follow": None, "--timeout": "timeout",
-                        "--raw": None}),
+                        "--raw": None, "--json": None}),
     "demo": ([], {"--rounds": "num"}),
-    "board": (["action", "name", "text"], {"--create": "num", "--raw": None, "--encoding": "enc",
-                                           "--count": "num", "--initial": None,
-                                           "--timeout": "timeout", "-v": None}),
+    "board": (["action", "name", "text"], {"--create": "num", "--raw": None, "--json": None,
+                                           "--encoding": "enc", "--count": "num",
+                                           "--initial": None, "--timeout": "timeout",
+                                           "-v": None}),
     "pub": (["name", "text"], {"--whole": None, "--create": "num", "--delivery": "delivery",
                                "--timeout": "timeout"}),
     "sub": (["name"], {"--count": "num", "--oldest": None, "--timeout": "timeout",
-                       "--raw": None}),
-    "request": (["name", "text"], {"--file": "file", "--timeout": "timeout", "--raw": None}),
+                       "--raw": None, "--json": None}),
+    "request": (["name", "text"], {"--file": "file", "--timeout": "timeout", "--raw": None,
+                                   "--json": None}),
     "serve": (["name"], {"--count": "num", "--capacity": "num"}),
 }
 
@@ -452,3 +473,348 @@ def test_fuzzed_command_lines_never_end_in_a_traceback(commander, command, data)
             assert errors and lines[-len(errors):] == errors, (argv, err)
         else:
             assert len(errors) == 1 and lines[-1] == errors[0], (argv, err)
+
+
+# --- a CLI scripts can lean on: --json, info, advice, usage, pipelines, Ctrl-C ------------------
+
+from shmlink.cli._advice import PYTHON_ADVICE  # noqa: E402
+from shmlink.cli._reference import JSON_KEYS, STATE_KEYS  # noqa: E402
+
+_TYPES = {"int": int, "float": (int, float), "string": str, "bool": bool, "object": dict,
+          "null": type(None)}
+
+
+def _type_ok(value, typ: str) -> bool:
+    """``value`` has the documented JSON type (``int or null``, ``list of int`` ...)."""
+    for alt in typ.split(" or "):
+        if alt.startswith("list of "):
+            if isinstance(value, list) and all(_type_ok(v, alt[8:]) for v in value):
+                return True
+        elif isinstance(value, _TYPES[alt]) and not (alt in ("int", "float")
+                                                      and isinstance(value, bool)):
+            return True
+    return False
+
+
+def assert_keys(obj: dict, keys) -> None:
+    """Exactly the documented keys, in order, each value of its documented type."""
+    assert list(obj) == [k for k, _, _ in keys], (list(obj), keys)
+    for k, typ, _ in keys:
+        assert _type_ok(obj[k], typ), (k, typ, obj[k])
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_ls_shows_owner_and_mode_like_ipcs(names):
+    import pwd
+    import stat as st_
+
+    a, b = names("a"), names("b")
+    with shmlink.Segment.create(a, 100, mode=0o640), shmlink.Queue.create(b, 4096, mode=0o604):
+        table = ok("ls").splitlines()
+        assert table[0].split() == ["OWNER", "MODE", "SIZE", "KIND", "LIFETIME", "AGE", "PIDS",
+                                    "NAME"]
+        rows = {r["name"]: r for r in json.loads(ok("ls", "--json"))}
+        for n, kind in ((a, "segment"), (b, "queue")):
+            fst = os.stat(rows[n]["path"])
+            owner = pwd.getpwuid(fst.st_uid).pw_name
+            row = next(line.split() for line in table[1:] if line.split()[-1] == n)
+            assert row[:4] == [owner, f"{st_.S_IMODE(fst.st_mode):04o}", str(rows[n]["size"]),
+                               kind], row
+            assert rows[n]["uid"] == fst.st_uid and rows[n]["owner"] == owner
+            assert rows[n]["mode"] == st_.S_IMODE(fst.st_mode)
+            assert_keys(rows[n], JSON_KEYS["ls"])
+        assert rows[a]["mode"] == 0o640 and rows[b]["mode"] == 0o604
+
+
+def _listener_with_a_client(name):
+    """A listener in this process with one accepted connection (closed by the caller)."""
+    import threading
+    lst = shmlink.listen(name)
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("s", lst.accept(timeout=30)))
+    t.start()
+    client = shmlink.connect(name, timeout=30)
+    t.join(30)
+    return lst, got["s"], client
+
+
+def test_info_json_has_the_documented_keys_for_every_kind(names):
+    objs = {
+        "segment": shmlink.Segment.create(names("s"), 64),
+        "queue": shmlink.Queue.create(names("q"), 4096),
+        "topic": shmlink.Topic.create(names("t"), 4096),
+        "board": shmlink.Board.create(names("b"), 64),
+        "mutex": shmlink.Mutex.create(names("m")),
+        "event": shmlink.Event.create(names("e")),
+    }
+    sub = objs["topic"].subscribe()
+    lst, server, client = _listener_with_a_client(names("L"))
+    from shmlink.connection._listener import _listener_clients
+    conn_name = _listener_clients(lst.name)[0]["name"]
+    try:
+        objs["queue"].send(b"x")
+        for kind, obj in [*objs.items(), ("listener", lst), ("connection", None)]:
+            name = conn_name if kind == "connection" else obj.name
+            d = json.loads(ok("info", name, "--json"))
+            assert_keys(d, JSON_KEYS["info"])
+            assert d["kind"] == kind and d["state_error"] is None
+            if kind == "segment":
+                assert d["state"] == {}
+                continue
+            assert_keys(d["state"], STATE_KEYS[kind])
+        assert json.loads(ok("info", objs["queue"].name, "--json"))["state"]["depth"] == 1
+        state = json.loads(ok("info", objs["topic"].name, "--json"))["state"]
+        assert [s["pid"] for s in state["subscribers"]] == [os.getpid()]
+        state = json.loads(ok("info", lst.name, "--json"))["state"]
+        assert state["server_pid"] == os.getpid() and state["server_alive"] is True
+        assert [(c["name"], c["client_pid"], c["accept"]) for c in state["clients"]] == \
+            [(conn_name, os.getpid(), "accepted")]
+    finally:
+        sub.close()
+        for c in (client, server, lst):
+            c.close()
+        for obj in objs.values():
+            obj.unlink()
+            obj.close()
+
+
+def test_info_text_is_aligned_with_sizes_as_given_and_tables_for_rows(names):
+    q = shmlink.Queue.create(names("q"), 64 * 1024)
+    t = shmlink.Topic.create(names("t"), 4096)
+    sub = t.subscribe()
+    lst, server, client = _listener_with_a_client(names("L"))
+    try:
+        text = ok("info", q.name)
+        assert re.search(r"^capacity: +64 KiB \(65536 bytes\)$", text, re.M), text
+        for kind_text in (text, ok("info", t.name), ok("info", lst.name)):
+            lines = kind_text.splitlines()
+            labelled = [line for line in lines if re.match(r"^[a-z][a-z ]*:", line)]
+            columns = {len(re.match(r"^[a-z ]+: *", line).group()) for line in labelled}
+            assert len(columns) == 1, kind_text  # every value starts in the same column
+            for bad in ("{", "[", "None", "True", "False", "'"):  # no Python reprs
+                assert bad not in kind_text, kind_text
+        text = ok("info", t.name)
+        assert re.search(r"^subscribers: +1$", text, re.M), text
+        i = text.splitlines().index(next(ln for ln in text.splitlines() if "SLOT" in ln))
+        header, row = text.splitlines()[i].split(), text.splitlines()[i + 1].split()
+        assert header == ["SLOT", "PID", "ALIVE", "LAG", "MISSED", "RECEIVED"]
+        assert row == ["0", str(os.getpid()), "yes", "0", "0", "0"], text
+        text = ok("info", lst.name)
+        assert re.search(r"^server pid: +PID %d$" % os.getpid(), text, re.M), text
+        row = next(ln for ln in text.splitlines() if ln.strip().startswith(str(os.getpid())))
+        assert row.split()[:3] == [str(os.getpid()), "yes", "connected"], text
+    finally:
+        sub.close()
+        for c in (client, server, lst):
+            c.close()
+        for obj in (q, t):
+            obj.unlink()
+            obj.close()
+
+
+def test_json_of_every_command_that_prints_data(names):
+    seg, q, t, b, L = (names(k) for k in "sqtbL")
+    d = json.loads(ok("create", seg, "4k", "--json"))
+    assert_keys(d, JSON_KEYS["create"])
+    assert d["size"] == 4096 and d["mode"] == 0o600 and d["kind"] == "segment"
+    ok("write", seg, "héllo")
+    for extra in ([], ["--length", "3"]):  # one key set whatever the flags
+        d = json.loads(ok("read", seg, "--json", *extra))
+        assert_keys(d, JSON_KEYS["read"])
+    d = json.loads(ok("read", seg, "--json"))
+    assert d["text"] == "héllo" and d["length"] == 6 and base64.b64decode(d["base64"]) == \
+        "héllo".encode()
+    d = json.loads(ok("read", seg, "--json", "--length", "1", "--offset", "1"))
+    assert d["text"] is None and base64.b64decode(d["base64"]) == b"\xc3"  # half a character
+
+    ok("send", q, "--create", "4k", "one")  # a message after an option: intermixed
+    ok("send", q, "-", input=b"\xff\xfe")
+    got = json_lines(ok("recv", q, "--count", "2", "--json"))
+    for m in got:
+        assert_keys(m, JSON_KEYS["recv"])
+    assert [m["text"] for m in got] == ["one", None]
+    assert base64.b64decode(got[1]["base64"]) == b"\xff\xfe" and got[1]["length"] == 2
+
+    ok("pub", t, "--create", "4k", "first")
+    got = json_lines(ok("sub", t, "--oldest", "--count", "1", "--json"))
+    assert_keys(got[0], JSON_KEYS["sub"])
+    assert got[0]["seq"] == 0 and got[0]["text"] == "first" and got[0]["missed"] == 0
+
+    ok("board", "write", b, "--create", "64", "v1")
+    got = json_lines(ok("board", "read", b, "--json"))
+    assert_keys(got[0], JSON_KEYS["board"])
+    assert got[0]["version"] == 1 and got[0]["text"] == "v1"
+    got = json_lines(ok("board", "watch", b, "--initial", "--count", "1", "--json"))
+    assert got[0]["version"] == 1 and got[0]["text"] == "v1"
+
+    server = subprocess.Popen([sys.executable, "-m", "shmlink", "serve", L, "--count", "1"],
+                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        assert b"listening" in server.stderr.readline()
+        got = json_lines(ok("request", L, "ping", "--json", "--timeout", "30"))
+        assert_keys(got[0], JSON_KEYS["request"])
+        assert got[0]["text"] == "ping"
+    finally:
+        server.wait(30)
+
+    for flags in ([], ["--dry-run"]):  # the same keys with and without --dry-run
+        d = json.loads(ok("gc", "--json", *flags))
+        assert_keys(d, JSON_KEYS["gc"])
+        assert d["dry_run"] is bool(flags)
+    ok("rm", seg, q, t, b)
+
+
+def test_every_json_key_is_documented_in_help_and_docs():
+    docs = open(os.path.join(ROOT, "docs", "cli.md"), encoding="utf-8").read()
+    sections = re.split(r"^### ", docs, flags=re.M)
+    for command, keys in JSON_KEYS.items():
+        section = next((s for s in sections if s.startswith(f"`shmlink {command}")), None)
+        assert section is not None, f"docs/cli.md has no section for shmlink {command}"
+        for k, typ, _ in keys:
+            assert re.search(rf"^\| `{k}` \| {re.escape(typ)} \|", section, re.M), (command, k)
+    state = next(s for s in sections if s.startswith("`info` state"))
+    for kind, keys in STATE_KEYS.items():
+        for k, typ, _ in keys:
+            assert re.search(rf"^\| {kind} \| `{k}` \| {re.escape(typ)} \|", state, re.M), \
+                (kind, k)
+    help_text = ok("info", "--help")
+    for k, _, _ in JSON_KEYS["info"] + STATE_KEYS["topic"]:
+        assert re.search(rf"^ +{k} ", help_text, re.M), k
+
+
+CLI_ADVICE = [
+    # (set-up: kind -> created by the library, command line, words of the advice)
+    ({"segment": "X"}, ["create", "X", "1k"], ["`shmlink rm X`"]),
+    ({}, ["rm", "X"], ["--force", "`shmlink ls`"]),
+    ({}, ["send", "X", "hi"], ["--create"]),
+    ({}, ["read", "X"], ["`shmlink ls`"]),
+    ({"segment": "X"}, ["send", "X", "hi"], ["`shmlink info X`", "`shmlink read`"]),
+    ({"queue": "X"}, ["sub", "X"], ["`shmlink info X`", "`shmlink send`/`recv`"]),
+    ({"queue": "X"}, ["send", "X", "hi", "--create", "8k"], ["leave out --create",
+                                                             "`shmlink rm X`"]),
+    ({}, ["request", "X", "hi", "--timeout", "1"], ["`shmlink serve X`"]),
+    ({"board": "X"}, ["board", "write", "X", "x" * 100], ["`shmlink rm X`", "--create"]),
+    ({"queue": "X"}, ["recv", "X", "--timeout", "0"], ["--timeout"]),
+    ({"segment": "X"}, ["read", "X", "--encoding", "utf-16-le"], ["--encoding", "--hex"]),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CLI_ADVICE)))
+def test_error_messages_give_cli_advice_not_python_advice(names, case):
+    made, argv, words = CLI_ADVICE[case]
+    x = names("x")
+    objs = []
+    for kind in made:
+        if kind == "segment":
+            s = shmlink.Segment.create(x, 64)
+            s.write(b"\x00\xd8A\x00\x00\x00")  # a lone surrogate: not UTF-16 text
+            objs.append(s)
+        else:
+            objs.append({"queue": shmlink.Queue, "board": shmlink.Board}[kind].create(
+                x, 4096 if kind == "queue" else 16))
+    try:
+        r = sh(*[x if a == "X" else a for a in argv])
+        err = r.stderr.decode()
+        assert_user_error(r)
+        assert not PYTHON_ADVICE.search(err), err
+        for w in words:
+            assert w.replace("X", x) in err, err
+    finally:
+        for o in objs:
+            o.unlink()
+            o.close()
+
+
+def test_debug_shows_the_traceback_of_an_error():
+    for argv in (["--debug", "read", "no-such-thing-here"], ["read", "no-such-thing-here",
+                                                              "--debug"]):
+        r = sh(*argv)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and "Traceback" in err and "SegmentNotFound" in err, err
+        assert err.splitlines()[-1].startswith("shmlink: error: segment 'no-such-thing-here'")
+
+
+@pytest.mark.parametrize("argv,command,words", [
+    (["ls", "--bogus"], "ls", ["unrecognized arguments: --bogus"]),
+    (["recv", "q", "--raw", "--json"], "recv", ["not allowed with"]),
+    (["board", "read", "b", "text"], "board", ["takes only a NAME"]),
+    (["board", "clear", "b", "--json"], "board", ["--json is for read and watch"]),
+    (["sub"], "sub", ["required: topic"]),
+])
+def test_a_usage_error_shows_the_subcommands_usage(argv, command, words):
+    assert_usage_error(sh(*argv), command, *words)
+
+
+def _pipeline(cmd: list[str], timeout: float = 60) -> tuple[list[int], str, bytes]:
+    """``shmlink CMD | head -1`` in bash: (each exit status, what head printed, stderr)."""
+    line = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "shmlink", *cmd])
+    r = subprocess.run(["bash", "-c", f'{line} | head -1; echo "status ${{PIPESTATUS[*]}}" >&2'],
+                       capture_output=True, timeout=timeout, cwd=ROOT)
+    *noise, status = r.stderr.decode().splitlines()
+    return [int(x) for x in status.split()[1:]], r.stdout.decode(), "\n".join(noise).encode()
+
+
+@pytest.mark.parametrize("kind", ["recv", "sub", "board"])
+def test_a_closed_pipe_ends_a_follower_quietly_without_another_message(names, kind):
+    # head exits after the first line; nothing more arrives: the follower must notice the
+    # closed pipe by itself (not at its next write) and exit 0 without a word
+    n = names(kind)
+    if kind == "recv":
+        obj = shmlink.Queue.create(n, 4096)
+        obj.send(b"first")
+        cmd = ["recv", n, "--follow"]
+    elif kind == "sub":
+        obj = shmlink.Topic.create(n, 4096)
+        obj.publish(b"first")
+        cmd = ["sub", n, "--oldest"]
+    else:
+        obj = shmlink.Board.create(n, 64)
+        obj.write(b"first")
+        cmd = ["board", "watch", n, "--initial"]
+    try:
+        status, out_, noise = _pipeline(cmd)
+        assert out_ == "first\n" and status == [0, 0] and noise == b"", (status, noise)
+    finally:
+        obj.unlink()
+        obj.close()
+
+
+def test_a_closed_pipe_mid_stream_leaves_no_noise(name):
+    # the follower is writing when head exits: EPIPE on write (and at the final flush)
+    with shmlink.Queue.create(name, 1 << 20) as q:
+        for i in range(20000):
+            q.send(b"line %d" % i)
+        status, out_, noise = _pipeline(["recv", name, "--follow"])
+        assert out_ == "line 0\n" and status == [0, 0], status
+        assert noise == b"", noise  # no BrokenPipeError, no "Exception ignored"
+        status, out_, noise = _pipeline(["recv", name, "--follow", "--json"])
+        assert json.loads(out_)["text"].startswith("line ") and status == [0, 0] and noise == b""
+        q.unlink()
+
+
+@pytest.mark.parametrize("cmd", [["recv", "{n}", "--follow"], ["sub", "{n}"]])
+def test_ctrl_c_ends_a_follower_quietly_with_130(names, cmd):
+    n = names("f")
+    obj = shmlink.Queue.create(n, 4096) if cmd[0] == "recv" else shmlink.Topic.create(n, 4096)
+    p = subprocess.Popen([sys.executable, "-m", "shmlink", *[a.format(n=n) for a in cmd]],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        # a first message proves it is waiting in its loop (a subscriber has to join first)
+        if cmd[0] == "recv":
+            obj.send(b"ready")
+        else:
+            wait_for(lambda: obj.subscriber_count == 1, timeout=30, what="the subscriber")
+            obj.publish(b"ready")
+        assert p.stdout.readline() == b"ready\n"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 130
+        assert p.stderr.read() == b""
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+        obj.unlink()
+        obj.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import queue as pyqueue
+import re
 import signal
 import struct
 import subprocess
@@ -410,26 +411,26 @@ def test_inspection_handles_and_cli_info(name, capsys):
         assert connected.acquire(timeout=WAIT)
     with shmlink.Listener.open(name) as lst:
         state = lst.stats()
-        assert state["server"] == f"PID {p.pid}"
+        assert state["server_pid"] == p.pid and state["server_alive"] and not state["closed"]
         assert state["accepted"] == 2
-        text = "\n".join(state["clients"])
-        for c in clients:
-            assert f"PID {c.pid}" in text
-        assert "connected" in text
+        assert {c["client_pid"] for c in state["clients"]} == {c.pid for c in clients}
+        assert {c["accept"] for c in state["clients"]} == {"accepted"}
         assert {c["client_pid"] for c in lst.clients()} == {c.pid for c in clients}
     assert main(["info", name]) == 0
     out = capsys.readouterr().out
-    assert "kind:          listener" in out
-    for c in clients:
-        assert f"PID {c.pid}" in out
+    assert re.search(r"^kind: +listener$", out, re.M), out
+    for c in clients:  # a row of the clients table: PID, alive, state, connection
+        assert re.search(rf"^  {c.pid} +yes +connected +{name}\.c", out, re.M), out
     conn_name = _conn_files(name)[0][len(PREFIX):]
     with Connection.open(conn_name) as insp:
         st = insp.stats()
-        assert st["accept"] == "accepted" and st["server"] == f"PID {p.pid}"
+        assert st["accept"] == "accepted" and st["server_pid"] == p.pid and st["server_alive"]
+        assert st["client_pid"] in {c.pid for c in clients} and st["client_alive"]
+        assert st["client_to_server"]["sent"] >= 0 and "depth" in st["server_to_client"]
         with pytest.raises(SegmentClosed):
             insp.send(b"x")
     assert main(["info", conn_name]) == 0
-    assert "client_to_server" in capsys.readouterr().out
+    assert "client to server" in capsys.readouterr().out
     release.set()
     join_all(clients + [p], WAIT)
     wait_for(lambda: not _conn_files(name), what="connection segments to go")

@@ -2,6 +2,9 @@
 
 import sys
 
-from .cli import main
+try:
+    from .cli import main
+except KeyboardInterrupt:  # Ctrl-C while the command was still starting: as quiet as later
+    sys.exit(130)
 
 sys.exit(main())

@@ -1733,7 +1733,12 @@ def _live_participants(mem: Any) -> list[int]:
 
 @dataclasses.dataclass
 class SegmentInfo:
-    """What :func:`list_segments` knows about one segment file."""
+    """What :func:`list_segments` knows about one segment file.
+
+    ``size`` is the bytes of the data area (a queue's ring plus its control
+    block, ...); ``uid`` and ``mode`` are the file's owner and permission
+    bits (``-1`` and ``0`` when the file could not be examined).
+    """
 
     name: str
     path: str
@@ -1746,6 +1751,8 @@ class SegmentInfo:
     lifetime: str
     in_use: bool
     error: str | None = None
+    uid: int = -1
+    mode: int = 0
 
     @property
     def age(self) -> float:
@@ -1780,15 +1787,17 @@ def inspect_path(path: str, name: str | None = None) -> SegmentInfo:
         raise _os_error(e, "segment", name, path=path) from None
     try:
         st = os.fstat(fd)
+        owner = {"uid": st.st_uid, "mode": stat.S_IMODE(st.st_mode)}
         if not stat.S_ISREG(st.st_mode):
             return SegmentInfo(name, path, "invalid", 0, 0, st.st_mtime, [], [], "?", False,
-                               f"{path} is not a regular file; it is not a shmlink segment")
+                               f"{path} is not a regular file; it is not a shmlink segment",
+                               **owner)
         in_use = _in_use(fd)
         try:
             h = _parse_header(os.pread(fd, _HDR.size, 0), st.st_size, f"segment {name!r}")
         except (IncompatibleSegment, CorruptSegment) as e:
             return SegmentInfo(name, path, "invalid", st.st_size, 0, st.st_mtime, [], [],
-                               "?", in_use, str(e))
+                               "?", in_use, str(e), **owner)
         table = os.pread(fd, _PART_SIZE * MAX_PARTICIPANTS, _OFF_PARTICIPANTS)
         live, dead = [], []
         for i in range(MAX_PARTICIPANTS):
@@ -1797,7 +1806,7 @@ def inspect_path(path: str, name: str | None = None) -> SegmentInfo:
                 (live if _core.process_alive(pid, start) else dead).append(pid)
         return SegmentInfo(name, path, KINDS[h.kind], h.data_size, h.creator_pid,
                            h.created_ns / 1e9, sorted(set(live)), sorted(set(dead)),
-                           "auto" if h.flags & FLAG_AUTO else "persist", in_use)
+                           "auto" if h.flags & FLAG_AUTO else "persist", in_use, **owner)
     finally:
         os.close(fd)
 

@@ -1,28 +1,42 @@
 """What every ``shmlink`` sub-command shares: the parser, argument types, output, input.
 
 Argument values are checked where argparse reads them (the ``*_arg``
-types): a bad value is a usage error (exit 2) whose one line names the
-option and the value.  Problems found while running (input that is not
-text, a name that does not exist) are user errors (exit 1).
+types): a bad value is a usage error (exit 2): the sub-command's usage, then
+one line naming the option and the value.  Problems found while running
+(input that is not text, a name that does not exist) are user errors (exit 1).
+
+Output for scripts: :func:`emit_json` writes one JSON document, and
+:func:`emit_message` one message (text, ``--raw`` bytes, or a JSON line).
+Commands that wait for messages wait through :func:`wait_sliced`, which
+notices a reader that went away (``shmlink sub t | head -1``) between
+messages, not only at the next write.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import codecs
+import json
 import math
 import os
 import re
+import select
 import sys
+import time
 from fractions import Fraction
-from typing import Any, NoReturn
+from typing import Any, Callable, Mapping, NoReturn, TypeVar
 
-from ..errors import ShmlinkError
+from ..errors import ShmlinkError, Timeout
 from ..segment import KIND_CLASSES, Segment, info
 
 __all__ = ["Parser", "UsageError", "UserError", "out", "age", "table", "shown", "parse_size",
            "size_arg", "mode_arg", "timeout_arg", "count_arg", "offset_arg", "encoding_arg",
-           "text_arg", "input_bytes", "decode_input", "encode_text", "open_any", "open_segment"]
+           "text_arg", "input_bytes", "decode_input", "encode_text", "open_any", "open_segment",
+           "emit_json", "message_json", "emit_message", "human_size", "owner_name",
+           "stdout_gone", "wait_sliced", "SLICE"]
+
+_T = TypeVar("_T")
 
 
 class UsageError(Exception):
@@ -34,11 +48,44 @@ class UserError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr (exit 2), pointing at ``--help``."""
+    """An ArgumentParser whose usage errors show its own usage, then one line (exit 2).
+
+    Sub-command parsers are Parsers too, so ``shmlink create x`` shows the
+    usage of ``shmlink create``, not of ``shmlink``.  ``commands`` maps each
+    sub-command's name to its parser (set by ``build_parser``).
+    """
+
+    commands: Mapping[str, argparse.ArgumentParser] = {}
+    #: True for a sub-command's parser (``build_parser`` sets it).
+    is_command = False
+    _intermixing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """A sub-command reads options and positionals in any order, and reports leftovers.
+
+        ``shmlink send q --create 64k hello`` works (the message after an
+        option), and an argument the sub-command does not take is its own
+        usage error, shown with its own usage rather than ``shmlink``'s.
+        """
+        if not self.is_command or self._intermixing:  # (intermixed parsing calls us back)
+            return super().parse_known_args(args, namespace)
+        if any(a.nargs in (argparse.PARSER, argparse.REMAINDER) for a in self._actions):
+            # argparse cannot intermix around nested sub-commands or a REMAINDER
+            ns, extras = super().parse_known_args(args, namespace)
+        else:
+            self._intermixing = True
+            try:
+                ns, extras = super().parse_known_intermixed_args(args, namespace)
+            finally:
+                self._intermixing = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
 
     def error(self, message: str) -> NoReturn:
         line = " ".join(message.split())
-        self.exit(2, f"{self.prog}: error: {line} (see '{self.prog} --help')\n")
+        self.exit(2, f"{self.format_usage()}{self.prog}: error: {line} "
+                     f"(see '{self.prog} --help')\n")
 
 
 def shown(text: str, limit: int = 40) -> str:
@@ -63,12 +110,12 @@ def age(seconds: float) -> str:
     return f"{seconds / 86400:.0f}d"
 
 
-def table(rows: list[list[str]], header: list[str]) -> None:
-    """Print ``rows`` under ``header`` in left-aligned columns."""
+def table(rows: list[list[str]], header: list[str], indent: str = "") -> None:
+    """Print ``rows`` under ``header`` in left-aligned columns, each line after ``indent``."""
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    out("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    out(indent + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
     for r in rows:
-        out("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        out(indent + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def parse_size(text: str) -> int:
@@ -206,7 +253,7 @@ def open_any(name: str, readonly: bool = False) -> Any:
     si = info(name)
     if si.error:
         raise ShmlinkError(si.error)
-    cls = KIND_CLASSES.get(si.kind)
+    cls: Any = KIND_CLASSES.get(si.kind)
     if cls is None:
         raise ShmlinkError(f"{name!r} is a {si.kind}, which this shmlink cannot open")
     if si.kind == "segment":
@@ -217,3 +264,135 @@ def open_any(name: str, readonly: bool = False) -> Any:
 def open_segment(name: str, readonly: bool = False) -> Segment:
     """Open a plain segment by name."""
     return Segment.open(name, readonly=readonly)
+
+
+# --- output for people and scripts -------------------------------------------------------------
+
+
+def emit_json(obj: Any) -> None:
+    """Write ``obj`` as one indented JSON document (numbers as numbers, no NaN)."""
+    out(json.dumps(obj, indent=2, allow_nan=False))
+
+
+def message_json(data: bytes, encoding: str = "utf-8") -> dict[str, Any]:
+    """The keys every message carries in ``--json`` output.
+
+    ``length`` (bytes), ``text`` (the bytes decoded with ``encoding``, or
+    None when they are not valid in it) and ``base64`` (the bytes, always).
+    """
+    try:
+        text: str | None = data.decode(encoding)
+    except UnicodeDecodeError:
+        text = None
+    return {"length": len(data), "text": text, "base64": base64.b64encode(data).decode("ascii")}
+
+
+def emit_message(data: bytes, a: argparse.Namespace, **extra: Any) -> None:
+    """Print one received message: a JSON line (``--json``), the bytes (``--raw``) or text.
+
+    ``extra`` goes first in the JSON object (``seq``, ``version`` ...).  Text
+    is decoded with ``a.encoding`` (UTF-8 when the command has none), bytes
+    that are not valid shown as ``\\xNN`` escapes.
+    """
+    encoding = getattr(a, "encoding", None) or "utf-8"
+    if getattr(a, "json", False):
+        line = json.dumps({**extra, **message_json(data, encoding)}, allow_nan=False)
+        sys.stdout.write(line + "\n")
+    elif getattr(a, "raw", False):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+    else:
+        sys.stdout.write(data.decode(encoding, "backslashreplace") + "\n")
+    sys.stdout.flush()
+
+
+_UNITS = ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"))
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes as a person would have typed it: ``64 KiB (65536 bytes)``, ``100 bytes``.
+
+    A unit is used only when ``n`` is a whole number of it, so the value
+    shown is exact (and :func:`parse_size` reads it back).
+    """
+    for unit, label in _UNITS:
+        if n >= unit and n % unit == 0:
+            return f"{n // unit} {label} ({n} bytes)"
+    return f"{n} byte" + ("" if n == 1 else "s")
+
+
+def owner_name(uid: int) -> str:
+    """The user name of ``uid`` (its number when the system has no name for it)."""
+    if uid < 0:
+        return "?"
+    try:
+        import pwd
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return str(uid)
+
+
+# --- waiting in a pipeline ---------------------------------------------------------------------
+
+#: Longest single wait of a command that waits for messages: how soon it notices that
+#: the reader of its stdout went away.
+SLICE = 0.25
+
+
+def stdout_gone() -> bool:
+    """True when nobody can read our stdout any more (the pipe's reader exited).
+
+    A pipe whose reader closed reports POLLERR to its writer; a socket or
+    terminal that hung up reports POLLHUP.  A regular file or an in-memory
+    stream never is gone.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    p = select.poll()
+    p.register(fd, 0)  # POLLERR, POLLHUP and POLLNVAL are reported whatever the mask
+    try:
+        events = p.poll(0)
+    except OSError:
+        return False
+    return any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events)
+
+
+def wait_sliced(call: Callable[..., _T], timeout: float | None, what: str) -> _T:
+    """``call(timeout=...)`` in slices of at most :data:`SLICE` seconds until it returns.
+
+    Between slices it checks that stdout still has a reader: a command at
+    the head of ``| head -1`` ends (BrokenPipeError, which ``main`` turns
+    into a quiet exit 0) as soon as ``head`` exits, not at the next message.
+
+    Parameters
+    ----------
+    call : callable
+        A blocking call with a ``timeout=`` keyword that raises
+        :class:`~shmlink.Timeout` when it runs out (``queue.recv`` ...).
+    timeout : float or None
+        The whole wait in seconds (None: no limit).
+    what : str
+        What did not come, for the message when ``timeout`` runs out
+        (``"queue 'q': no message"``).
+
+    Raises
+    ------
+    Timeout
+        After ``timeout`` seconds, with a message naming the whole wait
+        and the option that sets it.
+    BrokenPipeError
+        When stdout's reader went away.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = SLICE if deadline is None else max(0.0, min(SLICE, deadline - time.monotonic()))
+        try:
+            return call(timeout=left)
+        except Timeout:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"{what} within {timeout:g} s; pass a longer --timeout, or leave "
+                              "it out to wait without a limit") from None
+        if stdout_gone():
+            raise BrokenPipeError(32, "the reader of stdout went away")

@@ -8,14 +8,16 @@ from typing import Any
 
 from ..board import Board
 from ..errors import TextDecodeError
-from ._common import (UsageError, count_arg, decode_input, encode_text, encoding_arg, size_arg,
-                      text_arg, timeout_arg)
+from ._common import (UsageError, count_arg, decode_input, emit_message, encode_text,
+                      encoding_arg, size_arg, text_arg, timeout_arg, wait_sliced)
 
 
 def cmd_board(a: argparse.Namespace) -> int:
     """Run ``shmlink board ACTION NAME ...``; returns the exit status."""
     if a.action != "write" and (a.text is not None or a.create):
         raise UsageError(f"board {a.action} takes only a NAME (TEXT and --create are for write)")
+    if a.json and a.action not in ("read", "watch"):
+        raise UsageError(f"board {a.action} prints nothing; --json is for read and watch")
     if a.action == "write":
         if a.create:
             board = Board.create_or_open(a.name, a.create)
@@ -39,41 +41,44 @@ def cmd_board(a: argparse.Namespace) -> int:
     board = Board.open(a.name)
     try:
         if a.action == "read":
-            _emit(board, board.read(), a)
+            _emit(board, *board.read_versioned(), a)
         elif a.action == "clear":
             board.clear(timeout=a.timeout)
-        else:  # watch
+        else:  # watch: like Board.watch, in slices that notice a closed stdout
+            version, value = board.read_versioned()
             seen = 0
-            for value in board.watch(timeout=a.timeout, initial=a.initial):
-                _emit(board, value, a)
+            if a.initial:
+                _emit(board, version, value, a)
                 seen += 1
-                if a.count is not None and seen >= a.count:
-                    break
+            while a.count is None or seen < a.count:
+                def changed(timeout: float | None, since: int = version) -> int:
+                    return board.wait_for_change(since, timeout=timeout)
+                wait_sliced(changed, a.timeout, f"board {a.name!r}: no write")
+                version, value = board.read_versioned()
+                _emit(board, version, value, a)
+                seen += 1
     finally:
         board.close()
     return 0
 
 
-def _emit(board: Board, value: bytes, a: argparse.Namespace) -> None:
-    if a.raw:
-        sys.stdout.buffer.write(value)
-    else:
+def _emit(board: Board, version: int, value: bytes, a: argparse.Namespace) -> None:
+    if not a.raw and not a.json:
         try:
-            text = value.decode(a.encoding)
+            value.decode(a.encoding)
         except UnicodeDecodeError as e:
             raise TextDecodeError(
                 f"board {board.name!r}: the value is not valid {a.encoding} ({e.reason}); "
                 "pass --encoding, or --raw for the bytes"
             ) from None
-        sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    emit_message(value, a, version=version)
 
 
 def add_parsers(sub: Any) -> None:
     """Add ``board``."""
     p = sub.add_parser("board", help="write, read or watch a board (a shared latest value)")
-    p.description = ("Use a board, a shared latest value.  write: replace the value "
-                     "(TEXT, or stdin); read: print it; watch: print each new value; "
+    p.description = ("Use a board, a shared latest value.  write: replace the value\n"
+                     "(TEXT, or stdin); read: print it; watch: print each new value;\n"
                      "clear: make it empty.")
     p.add_argument("action", choices=["write", "read", "watch", "clear"])
     p.add_argument("name")
@@ -81,8 +86,11 @@ def add_parsers(sub: Any) -> None:
                    help="(write) the value; '-' or omitted: read stdin")
     p.add_argument("--create", metavar="CAPACITY", type=size_arg,
                    help="(write) create the board, holding up to SIZE bytes, if it is missing")
-    p.add_argument("--raw", action="store_true",
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--raw", action="store_true",
                    help="(read, watch) write the bytes as they are, without a newline")
+    g.add_argument("--json", action="store_true",
+                   help="(read, watch) one JSON object per value (keys below)")
     p.add_argument("--encoding", type=encoding_arg, default="utf-8",
                    help="text encoding (default utf-8)")
     p.add_argument("--count", type=count_arg, default=None, help="(watch) stop after N values")

@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from ..connection import Connection, connect, listen
-from ._common import count_arg, size_arg, text_arg, timeout_arg
+from ._common import count_arg, emit_message, size_arg, text_arg, timeout_arg
 
 
 def cmd_request(a: argparse.Namespace) -> int:
@@ -24,11 +24,7 @@ def cmd_request(a: argparse.Namespace) -> int:
         data = a.text.encode("utf-8")
     with connect(a.listener, timeout=a.timeout) as conn:
         resp = conn.request(data, timeout=a.timeout)
-    if a.raw:
-        sys.stdout.buffer.write(resp)
-    else:
-        sys.stdout.write(resp.decode("utf-8", "backslashreplace") + "\n")
-    sys.stdout.flush()
+    emit_message(resp, a)
     return 0
 
 
@@ -76,7 +72,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--file", help="send this file's contents ('-' = stdin)")
     p.add_argument("--timeout", type=timeout_arg, default=10.0,
                    help="seconds for connecting and for the response (default 10)")
-    p.add_argument("--raw", action="store_true", help="write the response's bytes as they are")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--raw", action="store_true", help="write the response's bytes as they are")
+    g.add_argument("--json", action="store_true", help="the response as a JSON object (keys below)")
     p.set_defaults(func=cmd_request)
 
     p = sub.add_parser("serve",

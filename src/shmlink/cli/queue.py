@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from ..queue import Queue
-from ._common import count_arg, input_bytes, out, size_arg, text_arg, timeout_arg
+from ._common import (count_arg, emit_message, input_bytes, size_arg, text_arg, timeout_arg,
+                      wait_sliced)
 
 
 def cmd_send(a: argparse.Namespace) -> None:
@@ -27,13 +27,10 @@ def cmd_recv(a: argparse.Namespace) -> None:
     try:
         got = 0
         while a.follow or got < a.count:
-            msg = q.recv(timeout=None if a.follow and a.timeout is None else a.timeout)
+            # --follow alone waits without a limit; --timeout bounds each message's wait
+            msg = wait_sliced(q.recv, a.timeout, f"queue {a.queue!r}: no message")
             got += 1
-            if a.raw:
-                sys.stdout.buffer.write(msg)
-                sys.stdout.flush()
-            else:
-                out(msg.decode("utf-8", "backslashreplace"))
+            emit_message(msg, a)
     finally:
         q.close()
 
@@ -53,7 +50,11 @@ def add_parsers(sub: Any) -> None:
     s = sub.add_parser("recv", help="receive messages from a queue")
     s.add_argument("queue")
     s.add_argument("--count", type=count_arg, default=1)
-    s.add_argument("--follow", action="store_true", help="keep receiving until Ctrl-C")
-    s.add_argument("--timeout", type=timeout_arg, default=None)
-    s.add_argument("--raw", action="store_true", help="write raw bytes, no newline")
+    s.add_argument("--follow", action="store_true",
+                   help="keep receiving until Ctrl-C (or until the reader of stdout exits)")
+    s.add_argument("--timeout", type=timeout_arg, default=None,
+                   help="give up after this many seconds without a message")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--raw", action="store_true", help="write raw bytes, no newline")
+    g.add_argument("--json", action="store_true", help="one JSON object per message (keys below)")
     s.set_defaults(func=cmd_recv)

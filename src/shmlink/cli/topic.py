@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..topic import DELIVERIES, Topic
-from ._common import count_arg, size_arg, text_arg, timeout_arg
+from ._common import count_arg, emit_message, size_arg, text_arg, timeout_arg, wait_sliced
 
 
 def cmd_pub(a: argparse.Namespace) -> int:
@@ -34,13 +34,9 @@ def cmd_sub(a: argparse.Namespace) -> int:
         sub = topic.subscribe("oldest" if a.oldest else "newest")
         got = 0
         while a.count is None or got < a.count:
-            msg = sub.recv(timeout=a.timeout)
+            msg = wait_sliced(sub.recv, a.timeout, f"topic {a.topic!r}: no message")
             got += 1
-            if a.raw:
-                sys.stdout.buffer.write(msg)
-            else:
-                sys.stdout.write(msg.decode("utf-8", "backslashreplace") + "\n")
-            sys.stdout.flush()
+            emit_message(msg, a, seq=sub.next_seq - 1, missed=sub.missed)
         if sub.missed:
             print(f"shmlink: missed {sub.missed} message(s)", file=sys.stderr)
     finally:
@@ -70,5 +66,7 @@ def add_parsers(sub: Any) -> None:
                    help="start at the oldest message still held")
     p.add_argument("--timeout", type=timeout_arg, default=None,
                    help="give up after this many seconds without a message")
-    p.add_argument("--raw", action="store_true", help="write raw bytes, no newline")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--raw", action="store_true", help="write raw bytes, no newline")
+    g.add_argument("--json", action="store_true", help="one JSON object per message (keys below)")
     p.set_defaults(func=cmd_sub)

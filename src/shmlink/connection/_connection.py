@@ -387,8 +387,12 @@ class Connection(_ReaderRole, _Named):
         Returns
         -------
         dict
-            Client and server PIDs (with liveness), the accept state, closed
-            flags and, per direction, messages sent, received and queued;
+            ``client_pid`` and ``server_pid`` (None before that end came),
+            ``client_alive``/``server_alive`` (the process lives and has not
+            closed its end), ``client_closed``/``server_closed``, ``accept``
+            (``"pending"``, ``"accepted"``, ...), and per direction
+            (``client_to_server``, ``server_to_client``) a dict of messages
+            ``sent``, ``received`` and ``depth`` (sent, not yet received);
             ``dropped``: responses this end read that no request of its own
             waited for (late, duplicate or unsolicited), dropped as read;
             ``buffered_bytes``: payload bytes of messages and requests this
@@ -1038,18 +1042,15 @@ class Connection(_ReaderRole, _Named):
 
 def _conn_state(client: tuple[int, int, int], server: tuple[int, int, int], st: int,
                 c2s: dict[str, int] | None, s2c: dict[str, int] | None) -> dict[str, Any]:
-    def side(pid: int, closed: int, start: int) -> str:
-        if not pid:
-            return "-"
-        if closed:
-            return f"PID {pid} (closed)"
-        return f"PID {pid}" + ("" if _process_alive(pid, start) else " (dead)")
-
-    out: dict[str, Any] = {"client": side(*client), "server": side(*server),
-                           "accept": _ST_NAMES.get(st, f"invalid ({st})")}
+    out: dict[str, Any] = {}
+    for end, (pid, closed, start) in (("client", client), ("server", server)):
+        out[f"{end}_pid"] = pid or None
+        out[f"{end}_alive"] = bool(pid) and not closed and _process_alive(pid, start)
+        out[f"{end}_closed"] = bool(closed)
+    out["accept"] = _ST_NAMES.get(st, f"invalid ({st})")
     for label, s in (("client_to_server", c2s), ("server_to_client", s2c)):
-        if s is not None:
-            out[label] = (f"{s['sent']} sent, {s['received']} received, "
-                          f"{max(0, s['sent'] - s['received'])} queued")
+        out[label] = None if s is None else {
+            "sent": s["sent"], "received": s["received"],
+            "depth": max(0, s["sent"] - s["received"])}
     return out
 

@@ -382,31 +382,24 @@ class Listener(_Named):
         Returns
         -------
         dict
-            Server PID and whether it is alive, capacity, backlog, counts,
-            and ``clients``: one line per connection with the client's PID.
+            ``server_pid``, ``server_alive``, ``closed`` (the server closed
+            the listener), ``capacity`` (bytes per direction of each
+            connection), ``backlog``, ``accepted`` (connections, since
+            creation), ``pending`` (connects waiting for ``accept``) and
+            ``clients``: one dict per connection, as :meth:`clients` gives.
         """
         mem = self._memory
         pid = mem.load32(_L_PID)
-        alive = _process_alive(pid, mem.load64(_L_START))
         stats = self._ring.stats() if self._ring is not None else {"sent": 0, "received": 0}
-        lines = []
-        for c in self.clients():
-            status = c["accept"]
-            if c["accept"] == "accepted":
-                status = "connected"
-                if c["client_closed"] or c["server_closed"]:
-                    status = "closing"
-            if not c["client_alive"]:
-                status += ", client dead"
-            lines.append(f"PID {c['client_pid']} {c['name']} ({status})")
         return {
-            "server": f"PID {pid}" + ("" if alive else " (dead)")
-                      + (" (closed)" if mem.load32(_L_CLOSED) else ""),
+            "server_pid": pid or None,
+            "server_alive": bool(pid) and _process_alive(pid, mem.load64(_L_START)),
+            "closed": bool(mem.load32(_L_CLOSED)),
             "capacity": mem.load64(_L_CAPACITY),
             "backlog": mem.load32(_L_BACKLOG),
             "accepted": mem.load64(_L_ACCEPTED),
             "pending": max(0, stats["sent"] - stats["received"]),
-            "clients": lines,
+            "clients": self.clients(),
         }
 
     # -- lifetime --
