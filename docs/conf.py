@@ -13,12 +13,15 @@ from __future__ import annotations
 import os
 import sys
 
+import importlib.util
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "_ext"))
-# the package of this checkout, even when it was not installed (it must be built: _core)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
+if importlib.util.find_spec("shmlink") is None:
+    # not installed: this checkout's package, built in place (python setup.py build_ext --inplace)
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
 
-import shmlink  # noqa: E402
+import shmlink  # noqa: E402  (the installed one documents itself: what users get)
 
 project = "shmlink"
 author = "the shmlink authors"
@@ -52,6 +55,8 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_class_signature = "separated"
 autodoc_preserve_defaults = True
+# classes are made by named constructors (create, open, ...): calling one is a TypeError
+autodoc_default_options = {"exclude-members": "__init__"}
 add_module_names = False
 
 # "--json" stays two hyphens (no en dash); quotes and ellipses are still made typographic
