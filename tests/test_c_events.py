@@ -243,7 +243,7 @@ def test_old_event_layout_is_refused_by_c_and_python(event_peer, name):
         r = subprocess.run([event_peer, "state", name], capture_output=True, text=True,
                            timeout=20)
         assert r.returncode == 1 and r.stdout.strip() == "open: EPROTO"
-        with pytest.raises(shmlink.IncompatibleSegment, match="event layout 0.*speaks 2"):
+        with pytest.raises(shmlink.IncompatibleSegment, match="event layout 0.*speaks 3"):
             Event.open(name)
     finally:
         shmlink.remove(name)

@@ -63,6 +63,7 @@
 #include "shmlink/atomic.h"
 #include "shmlink/platform.h"
 #include "shmlink/eventcount.h"
+#include "shmlink/doorbell.h"
 #include "shmlink/wait.h"
 #include "shmlink/liveness.h"
 #include "shmlink/lock.h"
