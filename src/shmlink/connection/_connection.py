@@ -638,8 +638,11 @@ class Connection(_ReaderRole, _Named):
                 f = self._in.try_recv_frame()
                 if f is None:
                     why = self._peer_down(cheap=True)
+                    if why is None and self._readies and "recv" in self._readies \
+                            and self._readies["recv"].extra_ready():
+                        why = self._peer_down()  # fileno() said its pidfd is readable
                     if why is None:
-                        if self._readies:
+                        if self._readies and "recv" in self._readies:
                             self._readies["recv"].rearm()  # a stale ring reads idle again
                         return None
                     f = self._in.try_recv_frame()
