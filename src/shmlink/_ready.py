@@ -104,7 +104,7 @@ class Readiness:
     def fd(self) -> int:
         """The descriptor to wait on (made and registered on first use)."""
         bell = self._ensure()
-        return self._epoll.fileno() if self._epoll is not None else bell.fileno()  # type: ignore[no-any-return]
+        return self._epoll.fileno() if self._epoll is not None else int(bell.fileno())
 
     def prepare(self, ring: bool = False, hint: Callable[[], bool] | None = None) -> bool:
         """Drain, arm, re-check: True if the wait may succeed now.

@@ -652,7 +652,7 @@ class Connection(_Async["_s.Connection"]):
             await self._send_frame(_REQ, rid, data, timeout)
             f = await self._take(fut.result, timeout,
                                  f"connection {c.name!r}: no response within {timeout} s")
-            return c._response(f, timeout)  # type: ignore[no-any-return]
+            return c._response(f, timeout)
         finally:
             c._pending.pop(rid, None)
 
@@ -755,8 +755,14 @@ async def connect(name: str, *, timeout: float | None = None, **kw: Any) -> Conn
     try:
         return Connection(await asyncio.shield(fut))
     except asyncio.CancelledError:
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().close())
+        fut.add_done_callback(_close_made)
         raise
+
+
+def _close_made(f: asyncio.Future[Any]) -> None:
+    """A connect whose caller was cancelled: close the connection it made anyway."""
+    if not f.cancelled() and f.exception() is None:
+        f.result().close()
 
 
 async def wait(objects: Any, timeout: float | None = None) -> list[Any]:
@@ -774,9 +780,9 @@ async def wait(objects: Any, timeout: float | None = None) -> list[Any]:
     while True:
         fut = loop.create_future()
         for fd in set(fds):
-            loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+            loop.add_reader(fd, _expire, fut)
         timer = None if deadline is None else loop.call_later(
-            max(0.0, deadline - _monotonic()), lambda: fut.done() or fut.set_result(None))
+            max(0.0, deadline - _monotonic()), _expire, fut)
         try:
             await fut
         finally:

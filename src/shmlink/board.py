@@ -357,7 +357,7 @@ class Board(_Named):
         -------
         int
         """
-        return self._ready_change().fileno()
+        return int(self._ready_change().fileno())
 
     def _wait_ready(self) -> Any:  # what shmlink.wait waits for
         return self._ready_change()

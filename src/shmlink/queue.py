@@ -527,7 +527,7 @@ class Queue(_Named):
         TooManyParticipants
             If all 7 descriptor slots of the queue are held by live handles.
         """
-        return self._ready_recv().fileno()
+        return int(self._ready_recv().fileno())
 
     def send_fileno(self) -> int:
         """A descriptor that reads ready when there may be room to send (send side).
@@ -540,7 +540,7 @@ class Queue(_Named):
         -------
         int
         """
-        return self._ready_send().fileno()
+        return int(self._ready_send().fileno())
 
     def _wait_ready(self) -> Any:  # what shmlink.wait waits for
         return self._ready_recv()

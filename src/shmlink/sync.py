@@ -424,7 +424,7 @@ class Event(_Named):
         -------
         int
         """
-        return self._ready_wait().fileno()
+        return int(self._ready_wait().fileno())
 
     def _wait_ready(self) -> Any:  # what shmlink.wait waits for
         return self._ready_wait()

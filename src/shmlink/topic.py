@@ -724,7 +724,7 @@ class Subscriber:
         -------
         int
         """
-        return self._ready_recv().fileno()
+        return int(self._ready_recv().fileno())
 
     def _wait_ready(self) -> "_ready.Readiness":  # what shmlink.wait waits for
         return self._ready_recv()

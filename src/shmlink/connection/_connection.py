@@ -674,7 +674,7 @@ class Connection(_ReaderRole, _Named):
         -------
         int
         """
-        return self._ready_recv().fileno()
+        return int(self._ready_recv().fileno())
 
     def send_fileno(self) -> int:
         """A descriptor that reads ready when a send may find room (or the peer is gone).
@@ -683,7 +683,7 @@ class Connection(_ReaderRole, _Named):
         -------
         int
         """
-        return self._ready_send().fileno()
+        return int(self._ready_send().fileno())
 
     def _peer_gone_hint(self) -> bool:
         return self._err is not None or bool(self._mem.load32(self._peer_closed))

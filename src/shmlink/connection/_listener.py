@@ -360,7 +360,7 @@ class Listener(_Named):
         -------
         int
         """
-        return self._ready_accept().fileno()
+        return int(self._ready_accept().fileno())
 
     def _wait_ready(self) -> Any:  # what shmlink.wait waits for
         return self._ready_accept()
