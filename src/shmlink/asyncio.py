@@ -597,6 +597,8 @@ class Connection(_Async["_s.Connection"]):
         out = c._out
 
         def attempt() -> Any:
+            if c._try_send_frame(kind, rid, data):
+                return None
             return None if c._try_send_frame(kind, rid, data, ready.extra_ready()) else _AGAIN
 
         await self._until("send", ready, attempt, timeout,
@@ -615,7 +617,9 @@ class Connection(_Async["_s.Connection"]):
         ring = c._in
 
         def attempt() -> Any:
-            item = c._try_take(check, ready.extra_ready())
+            item = c._try_take(check)
+            if item is None and ready.extra_ready():  # the peer's pidfd: look at it now
+                item = c._try_take(check, True)
             return _AGAIN if item is None else item
 
         return await self._until("recv", ready, attempt, timeout, what,
