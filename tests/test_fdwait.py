@@ -367,3 +367,23 @@ def test_python_fd_waiter_is_rung_by_a_c_sender(name):
             assert got == [str(i).encode() for i in range(200)]
     finally:
         os.unlink(exe)
+
+
+def test_wait_takes_multiprocessing_pipes_and_asyncio_wrappers(name):
+    import multiprocessing
+
+    import shmlink.asyncio as sa
+
+    r, w = multiprocessing.Pipe(duplex=False)
+    with shmlink.Queue.create(name, 4096) as q:
+        aq = sa.Queue(shmlink.Queue.open(name))
+        try:
+            assert shmlink.wait([r, aq], timeout=0.05) == []
+            w.send("x")
+            assert shmlink.wait([r, aq], timeout=5) == [r]
+            q.send(b"m")
+            assert shmlink.wait([r, aq], timeout=5) == [r, aq]
+        finally:
+            aq.close()
+            r.close()
+            w.close()
