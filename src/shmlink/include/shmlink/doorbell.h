@@ -37,7 +37,7 @@
  * spurious (a ring for a change another receiver consumed, a late ring of
  * an earlier notify); it is never missed.
  *
- * Layouts: rings (ring.h, version 3) and topics (topic.h, version 3) keep
+ * Layouts: rings (ring.h, version 3) and topics (topic.h, version 2) keep
  * the table in the cache line of each event count (ec + 8); boards (board.h
  * version 3) and events (event.h version 3) in a line of their own.
  */
