@@ -243,7 +243,7 @@ def test_old_event_layout_is_refused_by_c_and_python(event_peer, name):
         r = subprocess.run([event_peer, "state", name], capture_output=True, text=True,
                            timeout=20)
         assert r.returncode == 1 and r.stdout.strip() == "open: EPROTO"
-        with pytest.raises(shmlink.IncompatibleSegment, match="event layout 0.*speaks 2"):
+        with pytest.raises(shmlink.IncompatibleSegment, match="event layout 0.*speaks 3"):
             Event.open(name)
     finally:
         shmlink.remove(name)
@@ -393,14 +393,15 @@ def test_c_watcher_killed_asleep_costs_one_futex_wake_then_none(board_peer, name
 
 
 def test_old_board_layout_is_refused_by_c_and_python(board_peer, name):
-    # Made by a shmlink that counted sleepers: board layout 1.
+    # Made by a shmlink that counted sleepers: board layout 1 (layout 2, without the
+    # doorbell table, is refused the same way).
     with Board.create(name, 16) as b:
         b._memory.store32(board_mod._C_LAYOUT, 1)
     try:
         r = subprocess.run([board_peer, "stats", name], capture_output=True, text=True,
                            timeout=20)
         assert r.returncode == 1 and r.stdout.strip() == "open: EPROTO"
-        with pytest.raises(shmlink.IncompatibleSegment, match="board layout 1.*speaks 2"):
+        with pytest.raises(shmlink.IncompatibleSegment, match="board layout 1.*speaks 3"):
             Board.open(name)
     finally:
         shmlink.remove(name)

@@ -16,6 +16,9 @@ PAIRS = [
     ("topic_subscriber", "topic_publisher", ["subscriber: got EURUSD 1.0840"]),
     ("board_reader", "board_writer", ["reader: latest done"]),
     ("server", "client", ["answered 3 requests"]),
+    ("async_consumer", "queue_producer", ["async consumer: got job 2",
+                                          "{'job': 3, 'args': [1, 2, 3]}"]),
+    ("wait_loop", "queue_producer", ["wait loop: got b'job 2'"]),
 ]
 
 

@@ -38,3 +38,7 @@ __all__ += ["Topic", "Subscriber", "Delivery", "Start"]
 from .connection import Connection, Listener, RemoteError, Request, connect, listen
 
 __all__ += ["Connection", "Listener", "RemoteError", "Request", "connect", "listen"]
+
+from ._multiwait import wait
+
+__all__ += ["wait"]

@@ -37,15 +37,16 @@ handle opens it and checked against the mapping; every length read later is
 checked against that capacity (:class:`CorruptSegment` if it does not fit).
 
 Layout of the data area (offsets from its start, all little-endian; board
-layout version 2 -- version 1 counted sleepers, and the two refuse each
-other with :class:`IncompatibleSegment`)::
+layout version 3 -- version 1 counted sleepers, version 2 had no doorbell
+table; versions refuse each other with :class:`IncompatibleSegment`)::
 
     0    u32 magic "BORD"   u32 layout version   u64 capacity
          u64 offset of slot 0   u64 slot stride                 (constants)
     64   struct shmlink_lock writers' lock (16)   u64 takeovers   u32 last writer PID
     128  u64 version   event count "changed" (8)   u64 wakes      (published)
-    192  slot 0: u64 seq, u64 length, pad to 64, capacity bytes (rounded up to 64)
-         slot 1: the same, at 192 + stride
+    192  doorbell table of "changed" (7 x u64 ids, include/shmlink/doorbell.h)
+    256  slot 0: u64 seq, u64 length, pad to 64, capacity bytes (rounded up to 64)
+         slot 1: the same, at 256 + stride
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ _W_LAST_PID = DATA_OFFSET + _L["last_writer_pid"]  # u32: PID of the last writer
 _P_VERSION = DATA_OFFSET + _L["published"]  # u64 SYNC: released by writers (board.h)
 _P_CHANGED = DATA_OFFSET + _L["changed"]  # the event count (u32 seq: bit 0 = armed)
 _P_WAKES = DATA_OFFSET + _L["wakes"]  # u64: writes that made a futex wake system call
+# line 3: the doorbell table rung with "changed" (include/shmlink/doorbell.h): fileno()
+_P_BELLS = DATA_OFFSET + _L["bells"]
 _SLOT0: int = _L["slot0"]  # first slot, from the start of the data area
 _SLOT_HEADER: int = _L["slot_header"]  # seq (u64), length (u64), padding; the bytes follow
 _SEQ = 0
@@ -334,7 +337,37 @@ class Board(_Named):
         from a writer that died) when writers keep overtaking the reader.
         """
         version, data = self._m().board_read(_BLOCK, self._capacity, copy, _OPTIMISTIC_TRIES)
-        return int(version), data
+        self._seen = version = int(version)  # what fileno() compares with
+        return version, data
+
+    #: the version this handle last read (fileno(): "changed since")
+    _seen: int | None = None
+
+    def fileno(self) -> int:
+        """A descriptor that reads ready when the value changed since this handle last read it.
+
+        "Last read" is the latest :meth:`read` / :meth:`read_versioned` /
+        :meth:`read_text` / :meth:`read_object` / :meth:`watch` step of this
+        handle (before any, the version when fileno() is first called).  For
+        :mod:`select`, ``epoll``, event loops and :func:`shmlink.wait`; read
+        the value to make it idle again.  The descriptor is this handle's:
+        :meth:`close` closes it.
+
+        Returns
+        -------
+        int
+        """
+        return int(self._ready_change().fileno())
+
+    def _wait_ready(self) -> Any:  # what shmlink.wait waits for
+        return self._ready_change()
+
+    def _ready_change(self) -> Any:
+        mem = self._m()
+        if self._seen is None:
+            self._seen = int(mem.load64(_P_VERSION))
+        return self._readiness("change", _P_CHANGED, _P_BELLS,
+                               lambda: mem.load64(_P_VERSION) != self._seen)
 
     def read(self) -> bytes:
         """The current value, as bytes (``b""`` when empty).

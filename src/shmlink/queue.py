@@ -54,6 +54,11 @@ DEFAULT_CAPACITY = 1 << 20
 #: offsets of the ring's producer and consumer locks (struct shmlink_ring, from _core)
 _PROD_LOCK: int = _core.LAYOUT["ring"]["prod_lock"][0]
 _CONS_LOCK: int = _core.LAYOUT["ring"]["cons_lock"][0]
+# the event counts and doorbell tables (include/shmlink/doorbell.h) of fileno()
+_DATA_EC = DATA_OFFSET + _core.LAYOUT["ring"]["data_ec"][0]
+_DATA_BELLS = DATA_OFFSET + _core.LAYOUT["ring"]["data_bells"][0]
+_SPACE_EC = DATA_OFFSET + _core.LAYOUT["ring"]["space_ec"][0]
+_SPACE_BELLS = DATA_OFFSET + _core.LAYOUT["ring"]["space_bells"][0]
 #: blocking send()/recv() look at their lock's holder this often
 _GUARD_S = 0.25
 _monotonic = time.monotonic
@@ -407,7 +412,11 @@ class Queue(_Named):
 
     def try_send(self, data: Any) -> bool:
         """Append one message if there is room now; True if it was sent."""
-        return self._r().try_send(data)
+        if self._r().try_send(data):
+            return True
+        if self._readies and "send" in self._readies:
+            self._readies["send"].rearm()
+        return False
 
     def send_many(self, messages: Iterable[Any], *, timeout: float | None = None) -> int:
         """Append messages in order, taking the producer lock as few times as room allows.
@@ -476,7 +485,57 @@ class Queue(_Named):
 
     def try_recv(self) -> bytes | None:
         """Take the oldest message if there is one now, else None."""
-        return self._r().try_recv()
+        msg = self._r().try_recv()
+        if msg is None and self._readies and "recv" in self._readies:
+            self._readies["recv"].rearm()  # a stale ring: the descriptor reads idle again
+        return msg  # type: ignore[no-any-return]
+
+    # -- readiness by file descriptor --
+
+    def fileno(self) -> int:
+        """A descriptor that reads ready when a message may be waiting (receive side).
+
+        For :mod:`select`, :mod:`selectors`, ``epoll``, an event loop's
+        ``add_reader`` and :func:`shmlink.wait`; :mod:`shmlink.asyncio`
+        uses it.  Readiness may be spurious (another consumer took the
+        message): after it, take messages with :meth:`try_recv` until it
+        returns None (which also clears a stale readiness).  The descriptor
+        is this handle's: :meth:`close` closes it; don't close it yourself.
+        A forked child gets its own.
+
+        Returns
+        -------
+        int
+
+        Raises
+        ------
+        TooManyParticipants
+            If all 7 descriptor slots of the queue are held by live handles.
+        """
+        return int(self._ready_recv().fileno())
+
+    def send_fileno(self) -> int:
+        """A descriptor that reads ready when there may be room to send (send side).
+
+        As :meth:`fileno`, for the producer: ready when a message of up to
+        one record header would fit; after it, send with :meth:`try_send`
+        (a False clears a stale readiness).
+
+        Returns
+        -------
+        int
+        """
+        return int(self._ready_send().fileno())
+
+    def _wait_ready(self) -> Any:  # what shmlink.wait waits for
+        return self._ready_recv()
+
+    def _ready_recv(self) -> Any:
+        return self._readiness("recv", _DATA_EC, _DATA_BELLS, self._r().may_recv)
+
+    def _ready_send(self) -> Any:
+        ring = self._r()
+        return self._readiness("send", _SPACE_EC, _SPACE_BELLS, lambda: ring.may_send(0))
 
     def recv_many(self, max_count: int, *, timeout: float | None = None) -> list[bytes]:
         """Wait for at least one message, then take up to ``max_count`` at once.

@@ -51,7 +51,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterator, Literal, TypeVar
 
-from . import _core
+from . import _core, _ready
 from .errors import (
     AccessDenied,
     BadDirectory,
@@ -1011,6 +1011,9 @@ class _Named:
         hmem = _core.Memory(self._map.mm)  # type: ignore[union-attr]
         hmem.label = self._name
         self._hmem = hmem
+        # the parent's doorbells stay the parent's: close our copies of
+        # their descriptors, unregister nothing; fileno() makes new ones
+        _ready.close_all(self._readies, release=False)
         self._after_fork()
 
     def _after_fork(self) -> None:
@@ -1026,6 +1029,20 @@ class _Named:
 
     #: True in a forked child for a handle that stays its parent's (see _after_fork)
     _inherited = False
+    #: this handle's descriptors for fd waits, by wait ("recv", "send", ...): _ready.py
+    _readies: "dict[str, _ready.Readiness] | None" = None
+
+    def _readiness(self, wait: str, ec: int, bells: int, hint: Any,
+                   extra: Any = None) -> "_ready.Readiness":
+        """This handle's :class:`_ready.Readiness` for one of its waits (made once)."""
+        readies = self._readies
+        if readies is None:
+            readies = self._readies = {}
+        r = readies.get(wait)
+        if r is None:
+            r = readies[wait] = _ready.Readiness(self._memory, ec, bells, hint,
+                                                 f"{self.KIND} {self._name!r}", extra)
+        return r
 
     def _at_exit(self) -> None:
         """Hook for kinds: called at a clean interpreter exit while still open.
@@ -1109,6 +1126,7 @@ class _Named:
         with _registry_lock:
             if m.refs == 1:
                 _check_no_views(m)
+            _ready.close_all(self._readies)  # unregister the doorbells, close their fds
             self._detach_kind()
             if self._hmem is not None:
                 self._hmem.release()  # wakes this handle's waiters; never waits

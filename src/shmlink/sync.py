@@ -40,6 +40,8 @@ _E_VERSION: int = _EVENT["version"]  # the segment header's kind_version
 _E_SIZE: int = _EVENT["size"]
 _E_BLOCK = DATA_OFFSET  # the block starts the data area
 _E_AUTO = DATA_OFFSET + _EVENT["auto_reset"]
+_E_EC = DATA_OFFSET + _EVENT["ec"]  # the event count set() notifies
+_E_BELLS = DATA_OFFSET + _EVENT["bells"]  # its doorbell table (include/shmlink/doorbell.h)
 
 _SPIN_NS = 20_000
 
@@ -400,6 +402,36 @@ class Event(_Named):
         if self._memory.event_wait(_E_BLOCK, deadline, _SPIN_NS):
             return True
         raise Timeout(f"event {self._name!r} was not set within {timeout} s")
+
+    def try_wait(self) -> bool:
+        """Whether the event is set now; for auto-reset, True consumes the set."""
+        if self._memory.event_wait(_E_BLOCK, 0.0, 0):
+            return True
+        if self._readies:
+            self._readies["wait"].rearm()
+        return False
+
+    def fileno(self) -> int:
+        """A descriptor that reads ready when the event may be set.
+
+        For :mod:`select`, :mod:`selectors`, ``epoll``, an event loop's
+        ``add_reader`` and :func:`shmlink.wait`.  Readiness may be spurious
+        (another waiter consumed an auto-reset set): after it, call
+        :meth:`try_wait` (or :meth:`is_set`).  The descriptor belongs to
+        this handle and is closed by :meth:`close`; don't close it yourself.
+
+        Returns
+        -------
+        int
+        """
+        return int(self._ready_wait().fileno())
+
+    def _wait_ready(self) -> Any:  # what shmlink.wait waits for
+        return self._ready_wait()
+
+    def _ready_wait(self) -> Any:
+        mem = self._memory
+        return self._readiness("wait", _E_EC, _E_BELLS, lambda: bool(mem.event_is_set(_E_BLOCK)))
 
     def stats(self) -> dict[str, Any]:
         """A snapshot: ``set``, ``auto_reset``, ``set_count``, ``wakes``, ``armed``.

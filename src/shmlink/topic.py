@@ -49,7 +49,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Literal
 
-from . import _core
+from . import _core, _ready
 from .errors import (
     InvalidArgument,
     InvalidSize,
@@ -75,6 +75,10 @@ DELIVERIES: tuple[Delivery, ...] = ("lossless", "latest")
 from .errors import MessageOverwritten  # noqa: E402  (re-exported)
 
 _log = logging.getLogger("shmlink.topic")
+
+# the event count publishers notify and its doorbell table (Subscriber.fileno)
+_DATA_EC = DATA_OFFSET + _core.LAYOUT["topic"]["data_ec"][0]
+_DATA_BELLS = DATA_OFFSET + _core.LAYOUT["topic"]["data_bells"][0]
 
 def _close_core(core: Any, what: str) -> None:
     """Close a C handle without waiting: a call of another thread inside it is
@@ -666,9 +670,12 @@ class Subscriber:
         obj._wait = topic.wait
         return obj
 
+    _readies: "dict[str, _ready.Readiness] | None" = None
+
     def _inherit(self) -> None:
         """In a forked child: the parent's slot and cursor stay the parent's."""
         self._handler = None  # its thread is the parent's
+        _ready.close_all(self._readies, release=False)  # the parent's doorbell stays its own
         if not self._c.closed:
             self._c = _InheritedCore(
                 f"this subscriber of topic {self._name!r} was inherited through fork() from "
@@ -700,7 +707,42 @@ class Subscriber:
 
     def try_recv(self) -> bytes | None:
         """The next message if there is one now, else None."""
-        return self._c.try_recv()
+        msg = self._c.try_recv()
+        if msg is None and self._readies:
+            self._readies["recv"].rearm()  # a stale ring: the descriptor reads idle again
+        return msg  # type: ignore[no-any-return]
+
+    def fileno(self) -> int:
+        """A descriptor that reads ready when a message may be waiting for this subscriber.
+
+        For :mod:`select`, ``epoll``, event loops and :func:`shmlink.wait`
+        (:mod:`shmlink.asyncio` uses it).  After it reads ready, take
+        messages with :meth:`try_recv` until None.  The descriptor is this
+        subscriber's: :meth:`close` closes it.
+
+        Returns
+        -------
+        int
+        """
+        return int(self._ready_recv().fileno())
+
+    def _wait_ready(self) -> "_ready.Readiness":  # what shmlink.wait waits for
+        return self._ready_recv()
+
+    def _ready_recv(self) -> "_ready.Readiness":
+        readies = self._readies
+        if readies is None:
+            readies = self._readies = {}
+        r = readies.get("recv")
+        if r is None:
+            core = self._c
+            if core.closed:
+                raise SegmentClosed(f"subscriber of topic {self._name!r} is closed")
+            core.lag  # an inherited subscriber raises InvalidState here
+            r = readies["recv"] = _ready.Readiness(
+                self._topic._memory, _DATA_EC, _DATA_BELLS, lambda: core.lag > 0,
+                f"subscriber of topic {self._name!r}")
+        return r
 
     def recv_many(self, max_count: int, *, timeout: float | None = None) -> list[bytes]:
         """Wait for at least one message, then take up to ``max_count`` at once.
@@ -895,6 +937,7 @@ class Subscriber:
                 handler.stop(timeout)
             except BaseException as e:
                 err = e
+        _ready.close_all(self._readies)
         if not self._c.closed:
             _close_core(self._c, f"subscriber of topic {self._name!r}")
         try:

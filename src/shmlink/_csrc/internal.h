@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <structmember.h>
 
+#define SHMLINK_BELL_SENDER_EXTERN 1 /* one sender socket per process: doorbell.c */
 #include "shmlink.h"
 
 /* ---- module.c: the module state (PEP 489 multi-phase init) ------------- */
@@ -190,6 +191,7 @@ int memory_register_layouts(PyObject *m);
 
 /* ---- ring.c / topic.c ---------------------------------------------------- */
 int ring_register(PyObject *m, sl_state *st);
+int doorbell_register(PyObject *m);
 int topic_register(PyObject *m, sl_state *st);
 
 /* ---- layout.c ------------------------------------------------------------ */

@@ -47,7 +47,8 @@ static const struct field ring_fields[] = {
     FIELD(shmlink_ring, max_message), FIELD(shmlink_ring, data_offset),
     FIELD(shmlink_ring, prod_lock), FIELD(shmlink_ring, tail), FIELD(shmlink_ring, sent),
     FIELD(shmlink_ring, cons_lock), FIELD(shmlink_ring, head), FIELD(shmlink_ring, received),
-    FIELD(shmlink_ring, data_ec), FIELD(shmlink_ring, space_ec), {NULL, 0, 0}};
+    FIELD(shmlink_ring, data_ec), FIELD(shmlink_ring, data_bells), FIELD(shmlink_ring, space_ec),
+    FIELD(shmlink_ring, space_bells), {NULL, 0, 0}};
 
 static const struct field topic_fields[] = {
     FIELD(shmlink_topic, magic), FIELD(shmlink_topic, version), FIELD(shmlink_topic, mode),
@@ -57,7 +58,8 @@ static const struct field topic_fields[] = {
     FIELD(shmlink_topic, floor), FIELD(shmlink_topic, sub_hwm), FIELD(shmlink_topic, claims),
     FIELD(shmlink_topic, evicted), FIELD(shmlink_topic, tail), FIELD(shmlink_topic, head),
     FIELD(shmlink_topic, published), FIELD(shmlink_topic, data_ec),
-    FIELD(shmlink_topic, space_ec), {NULL, 0, 0}};
+    FIELD(shmlink_topic, data_bells), FIELD(shmlink_topic, space_ec),
+    FIELD(shmlink_topic, space_bells), {NULL, 0, 0}};
 
 static const struct field connection_fields[] = {
     FIELD(shmlink_conn_block, magic), FIELD(shmlink_conn_block, version),

@@ -757,25 +757,88 @@ static PyObject *Memory_board_wait_impl(MemoryObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(Memory_ec_notify_doc,
-"ec_notify($self, offset, everyone=False, /)\n--\n\n"
+"ec_notify($self, offset, everyone=False, bells=-1, /)\n--\n\n"
 "Notify the event count (struct shmlink_eventcount) at offset after making a\n"
 "condition true: wake its sleepers if one is armed (True if a futex wake was\n"
 "made).  everyone=True: wake every sleeper, armed or not (a peer's handle is\n"
-"going away), and advance the count.");
+"going away), and advance the count.  bells >= 0: the offset of the count's\n"
+"doorbell table (doorbell.h), rung with it.");
+
+/* The doorbell table (doorbell.h) at off, or NULL with an exception. */
+static struct shmlink_bells *bells_at(MemoryObject *self, Py_ssize_t off) {
+    if (!word_at(self, off, 8, 1) ||
+        !word_at(self, off + (Py_ssize_t)sizeof(struct shmlink_bells) - 8, 8, 1))
+        return NULL;
+    return (struct shmlink_bells *)((char *)self->view.buf + off);
+}
 
 static PyObject *Memory_ec_notify_impl(MemoryObject *self, PyObject *args) {
-    Py_ssize_t off;
+    Py_ssize_t off, bells_off = -1;
     int everyone = 0;
-    if (!PyArg_ParseTuple(args, "n|p", &off, &everyone))
+    if (!PyArg_ParseTuple(args, "n|pn", &off, &everyone, &bells_off))
         return NULL;
     struct shmlink_eventcount *ec = word_at(self, off, 8, 1);
     if (!ec)
         return NULL;
+    struct shmlink_bells *bells = NULL;
+    if (bells_off >= 0 && !(bells = bells_at(self, bells_off)))
+        return NULL;
     if (everyone) {
-        shmlink_ec_wake_all(ec);
+        shmlink_ec_wake_all_bells(ec, bells);
         Py_RETURN_TRUE;
     }
-    return PyBool_FromLong(shmlink_ec_notify(ec));
+    return PyBool_FromLong(shmlink_ec_notify_bells(ec, bells));
+}
+
+PyDoc_STRVAR(Memory_ec_arm_doc,
+"ec_arm($self, offset, /)\n--\n\n"
+"Arm the event count at offset (shmlink_ec_arm): the next notify wakes and\n"
+"rings the doorbells.  Returns the armed value; re-check the condition after.");
+
+static PyObject *Memory_ec_arm_impl(MemoryObject *self, PyObject *arg) {
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    struct shmlink_eventcount *ec = word_at(self, off, 8, 1);
+    if (!ec)
+        return NULL;
+    return PyLong_FromUnsignedLong(shmlink_ec_arm(ec));
+}
+
+PyDoc_STRVAR(Memory_bells_claim_doc,
+"bells_claim($self, offset, id, /)\n--\n\n"
+"Register doorbell id in the table (struct shmlink_bells) at offset.  True, or\n"
+"False when every slot holds a live doorbell.");
+
+static PyObject *Memory_bells_claim_impl(MemoryObject *self, PyObject *args) {
+    Py_ssize_t off;
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "nK", &off, &id))
+        return NULL;
+    struct shmlink_bells *t = bells_at(self, off);
+    if (!t)
+        return NULL;
+    if (id == 0) {
+        PyErr_SetString(PyExc_ValueError, "doorbell id 0 is not a doorbell");
+        return NULL;
+    }
+    return PyBool_FromLong(shmlink_bells_claim(t, id) >= 0);
+}
+
+PyDoc_STRVAR(Memory_bells_release_doc,
+"bells_release($self, offset, id, /)\n--\n\n"
+"Unregister doorbell id from the table at offset.");
+
+static PyObject *Memory_bells_release_impl(MemoryObject *self, PyObject *args) {
+    Py_ssize_t off;
+    unsigned long long id;
+    if (!PyArg_ParseTuple(args, "nK", &off, &id))
+        return NULL;
+    struct shmlink_bells *t = bells_at(self, off);
+    if (!t)
+        return NULL;
+    shmlink_bells_release(t, id);
+    Py_RETURN_NONE;
 }
 
 /* ======================================================================== */
@@ -936,14 +999,15 @@ static PyObject *Memory_mutex_stats(MemoryObject *self, PyObject *arg) {
 /* The layouts of event.h and board.h, for sync.py and board.py. */
 int memory_register_layouts(PyObject *m) {
     PyObject *ev = Py_BuildValue(
-        "{sisisisisisisi}", "version", (int)SHMLINK_EVENT_VERSION, "size",
+        "{sisisisisisisisi}", "version", (int)SHMLINK_EVENT_VERSION, "size",
         (int)SHMLINK_EVENT_SIZE, "state", (int)offsetof(struct shmlink_event, state),
         "auto_reset", (int)offsetof(struct shmlink_event, auto_reset), "ec",
         (int)offsetof(struct shmlink_event, ec), "sets",
         (int)offsetof(struct shmlink_event, sets), "wakes",
-        (int)offsetof(struct shmlink_event, wakes));
+        (int)offsetof(struct shmlink_event, wakes), "bells",
+        (int)offsetof(struct shmlink_event, bells));
     PyObject *bd = Py_BuildValue(
-        "{sisisIsKsKsKsisisisisisisisi}", "version", (int)SHMLINK_BOARD_VERSION,
+        "{sisisIsKsKsKsisisisisisisisisi}", "version", (int)SHMLINK_BOARD_VERSION,
         "read_tries", (int)SHMLINK_BOARD_READ_TRIES, "magic",
         (unsigned int)SHMLINK_BOARD_MAGIC, "slot0", (unsigned long long)SHMLINK_BOARD_SLOT0,
         "slot_header", (unsigned long long)SHMLINK_BOARD_SLOT_HEADER, "max_capacity",
@@ -955,7 +1019,8 @@ int memory_register_layouts(PyObject *m) {
         (int)offsetof(struct shmlink_board, last_writer_pid), "published",
         (int)offsetof(struct shmlink_board, version), "changed",
         (int)offsetof(struct shmlink_board, changed), "wakes",
-        (int)offsetof(struct shmlink_board, wakes));
+        (int)offsetof(struct shmlink_board, wakes), "bells",
+        (int)offsetof(struct shmlink_board, bells));
     int rc = (ev && bd && PyModule_AddObjectRef(m, "EVENT_LAYOUT", ev) == 0 &&
               PyModule_AddObjectRef(m, "BOARD_LAYOUT", bd) == 0) ? 0 : -1;
     Py_XDECREF(ev);
@@ -994,6 +1059,9 @@ MEMORY_GUARDED(board_read)
 MEMORY_GUARDED(board_write)
 MEMORY_GUARDED(board_wait)
 MEMORY_GUARDED(ec_notify)
+MEMORY_GUARDED(ec_arm)
+MEMORY_GUARDED(bells_claim)
+MEMORY_GUARDED(bells_release)
 
 static PyObject *Memory_get_faulted(MemoryObject *self, void *closure) {
     return PyBool_FromLong(sl_guard_hit(self->guard));
@@ -1045,6 +1113,9 @@ static PyMethodDef Memory_methods[] = {
     {"board_write", (PyCFunction)Memory_board_write, METH_VARARGS, Memory_board_write_doc},
     {"board_wait", (PyCFunction)Memory_board_wait, METH_VARARGS, Memory_board_wait_doc},
     {"ec_notify", (PyCFunction)Memory_ec_notify, METH_VARARGS, Memory_ec_notify_doc},
+    {"ec_arm", (PyCFunction)Memory_ec_arm, METH_O, Memory_ec_arm_doc},
+    {"bells_claim", (PyCFunction)Memory_bells_claim, METH_VARARGS, Memory_bells_claim_doc},
+    {"bells_release", (PyCFunction)Memory_bells_release, METH_VARARGS, Memory_bells_release_doc},
     {"mutex_acquire", (PyCFunction)Memory_mutex_acquire, METH_VARARGS,
      Memory_mutex_acquire_doc},
     {"mutex_try", (PyCFunction)Memory_mutex_try, METH_O, Memory_mutex_try_doc},

@@ -345,7 +345,7 @@ static int core_exec(PyObject *m) {
     if (sl_guard_install() < 0) /* survive a truncated file: guard.c */
         return PyErr_SetFromErrno(PyExc_OSError), -1;
     if (memory_add_types(m, st) < 0 || ring_register(m, st) < 0 || topic_register(m, st) < 0 ||
-        layout_register(m) < 0 || memory_register_layouts(m) < 0)
+        layout_register(m) < 0 || memory_register_layouts(m) < 0 || doorbell_register(m) < 0)
         return -1;
     if (PyModule_AddIntConstant(m, "LAYOUT_VERSION", SHMLINK_LAYOUT_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "DATA_OFFSET", SHMLINK_DATA_OFFSET) < 0 ||

@@ -1043,6 +1043,21 @@ static PyObject *Ring_recv_into(RingObject *self, PyObject *args) {
 static PyObject *Ring_view_begin(RingObject *self, PyObject *args) {
     RING_CALL(self, Ring_view_begin_impl(self, args));
 }
+static PyObject *Ring_may_recv_impl(RingObject *self, PyObject *unused) {
+    return PyBool_FromLong(shmlink_ring_may_recv(&self->h));
+}
+static PyObject *Ring_may_send_impl(RingObject *self, PyObject *arg) {
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(shmlink_ring_may_send(&self->h, n));
+}
+static PyObject *Ring_may_recv(RingObject *self, PyObject *unused) {
+    RING_CALL(self, Ring_may_recv_impl(self, unused));
+}
+static PyObject *Ring_may_send(RingObject *self, PyObject *arg) {
+    RING_CALL(self, Ring_may_send_impl(self, arg));
+}
 static PyObject *Ring_stats(RingObject *self, PyObject *unused) {
     RING_CALL(self, Ring_stats_impl(self, unused));
 }
@@ -1084,6 +1099,11 @@ static PyMethodDef Ring_methods[] = {
     {"view_end", (PyCFunction)Ring_view_end, METH_VARARGS,
      "view_end($self, consume=True, /)\n--\n\nFinish a zero-copy receive: consume the "
      "record (or leave it, consume=False) and release the consumer lock."},
+    {"may_recv", (PyCFunction)Ring_may_recv, METH_NOARGS,
+     "may_recv($self, /)\n--\n\nLock-free hint: a receive may find a message now."},
+    {"may_send", (PyCFunction)Ring_may_send, METH_O,
+     "may_send($self, nbytes, /)\n--\n\nLock-free hint: a send of nbytes may find room now "
+     "(or fail at once)."},
     {"stats", (PyCFunction)Ring_stats, METH_NOARGS,
      "stats($self, /)\n--\n\nA dict of capacity, max_message, used bytes, sent and received."},
     {"view", (PyCFunction)Ring_view, METH_VARARGS, Ring_view_doc},

@@ -891,7 +891,7 @@ static PyObject *Subscriber_interrupt(SubscriberObject *self, PyObject *args) {
         return NULL;
     self->cancel = on || self->closing;
     if (on && self->has_view)
-        shmlink_ec_wake_all(&self->h.topic->data_ec);
+        shmlink_ec_wake_all_bells(&self->h.topic->data_ec, &self->h.topic->data_bells);
     Py_RETURN_NONE;
 }
 

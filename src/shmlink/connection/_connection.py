@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any, Callable, Iterator
 
-from .. import _core
+from .. import _core, _ready
 from ..errors import (
     CorruptSegment,
     IncompatibleSegment,
@@ -48,6 +48,7 @@ from ._layout import (
     _C_VERSION,
     _C_VERSION_OFF,
     _CLOSE,
+    _BELLS_OFFSET,
     _D,
     _EC_OFFSET,
     _ERR,
@@ -56,6 +57,8 @@ from ._layout import (
     _REQ,
     _RESP,
     _RING_HEADER,
+    _SPACE_BELLS_OFFSET,
+    _SPACE_EC_OFFSET,
     _ST_NAMES,
     _WAKE,
     SLICE,
@@ -68,7 +71,7 @@ from ._layout import (
     _ring_size,
     _slice_end,
 )
-from ._reader import _NOWAIT, _TIMEOUT, MAX_BUFFERED, ResponseFuture, _ReaderRole
+from ._reader import _NOWAIT, _TIMEOUT, _WHAT as _WHAT_OF, MAX_BUFFERED, ResponseFuture, _ReaderRole
 
 __all__ = ["Connection"]
 
@@ -272,6 +275,8 @@ class Connection(_ReaderRole, _Named):
         self._out, self._in = (c2s, s2c) if client else (s2c, c2s)
         out_off = _D + _C_RINGS + (0 if client else self._ring_size)
         self._out_ec = out_off + _EC_OFFSET
+        self._out_off = out_off
+        self._in_off = _D + _C_RINGS + (self._ring_size if client else 0)
         self._my_closed = _C_CLIENT_CLOSED if client else _C_SERVER_CLOSED
         self._peer_closed = _C_SERVER_CLOSED if client else _C_CLIENT_CLOSED
         mem = self._mem
@@ -452,6 +457,41 @@ class Connection(_ReaderRole, _Named):
             if self._closing:
                 self._finish_close(False)
 
+    def try_send(self, data: Any) -> bool:
+        """Send one message if there is room now; True if it was sent.
+
+        False also while another thread is sending.  Raises what
+        :meth:`send` raises (PeerDisconnected, MessageTooLarge, SegmentClosed).
+        """
+        if self._try_send_frame(_MSG, 0, data):
+            return True
+        if self._readies and "send" in self._readies:
+            self._readies["send"].rearm()
+        return False
+
+    def _try_send_frame(self, kind: int, rid: int, data: Any, dead: bool = False) -> bool:
+        """One frame if there is room now (no waiting); raises if the peer is gone.
+
+        ``dead``: the caller saw the peer's pidfd readable: check its process now.
+        """
+        if self._err is not None:
+            raise self._error()
+        wl = self._wlock
+        if not wl.acquire(False):
+            return False
+        try:
+            if self._out.try_send_frame(kind, rid, data):
+                return True
+            why = self._peer_down(cheap=not dead)
+            if why is not None:
+                self._set_gone(why)
+                raise self._error()
+            return False
+        finally:
+            wl.release()
+            if self._closing:
+                self._finish_close(False)
+
     def send(self, data: Any, *, timeout: float | None = None) -> None:
         """Send one message (any bytes-like object) to the other end.
 
@@ -602,7 +642,12 @@ class Connection(_ReaderRole, _Named):
                 f = self._in.try_recv_frame()
                 if f is None:
                     why = self._peer_down(cheap=True)
+                    if why is None and self._readies and "recv" in self._readies \
+                            and self._readies["recv"].extra_ready():
+                        why = self._peer_down()  # fileno() said its pidfd is readable
                     if why is None:
+                        if self._readies and "recv" in self._readies:
+                            self._readies["recv"].rearm()  # a stale ring reads idle again
                         return None
                     f = self._in.try_recv_frame()
                     if f is None:
@@ -613,6 +658,103 @@ class Connection(_ReaderRole, _Named):
                 self._route(f)
         finally:
             self._leave()
+
+    # -- readiness by file descriptor --
+
+    def fileno(self) -> int:
+        """A descriptor that reads ready when :meth:`recv` / :meth:`recv_request` may not wait.
+
+        Ready when a message, a request or the end of the stream may be
+        there, and when the peer's process dies (its pidfd is part of the
+        descriptor), so that the next receive raises
+        :class:`~shmlink.PeerDisconnected` instead of waiting.  For
+        :mod:`select`, ``epoll``, event loops, :func:`shmlink.wait` and
+        :func:`multiprocessing.connection.wait`; :mod:`shmlink.asyncio`
+        uses it.  Readiness may be spurious: after it, receive with
+        :meth:`try_recv` (a None makes a stale readiness idle again).  The
+        descriptor is this end's: :meth:`close` closes it.
+
+        Returns
+        -------
+        int
+        """
+        return int(self._ready_recv().fileno())
+
+    def send_fileno(self) -> int:
+        """A descriptor that reads ready when a send may find room (or the peer is gone).
+
+        Returns
+        -------
+        int
+        """
+        return int(self._ready_send().fileno())
+
+    def _peer_gone_hint(self) -> bool:
+        return self._err is not None or bool(self._mem.load32(self._peer_closed))
+
+    def _wait_ready(self) -> Any:  # what shmlink.wait waits for
+        return self._ready_recv()
+
+    def _ready_recv(self) -> Any:
+        if self._role is None or self._inherited:
+            raise self._error() if self._err else InvalidState(
+                f"connection {self._name!r}: an inspection handle has no messages to wait for")
+        ring = self._in
+        return self._readiness(
+            "recv", self._in_off + _EC_OFFSET, self._in_off + _BELLS_OFFSET,
+            lambda: bool(self._inbox or self._requests) or ring.may_recv()
+            or self._peer_gone_hint(),
+            lambda: _ready.pidfd_of(*self._peer))
+
+    def _ready_send(self) -> Any:
+        if self._role is None or self._inherited:
+            raise self._error() if self._err else InvalidState(
+                f"connection {self._name!r}: an inspection handle cannot send")
+        ring = self._out
+        return self._readiness(
+            "send", self._out_off + _SPACE_EC_OFFSET, self._out_off + _SPACE_BELLS_OFFSET,
+            lambda: ring.may_send(0) or self._peer_gone_hint(),
+            lambda: _ready.pidfd_of(*self._peer))
+
+    def _try_take(self, check: Callable[[], Any], dead: bool = False) -> Any:
+        """Without waiting: route what the ring holds until ``check()`` yields; else None.
+
+        Raises what a receive raises (PeerDisconnected after everything the
+        peer sent, SegmentClosed).  None also when another thread holds the
+        reader role (it routes for us).  ``dead``: the caller saw the peer's
+        pidfd readable: check its process now (else once a slice).  Used by
+        :mod:`shmlink.asyncio`.
+        """
+        item = check()
+        if item is not None:
+            return item
+        rl = self._rlock
+        got: list[bool] = []
+        try:
+            got.extend(map(rl.acquire, _NOWAIT))  # see _reader._NOWAIT
+            if not got[0]:
+                return None
+            while True:
+                item = check()
+                if item is not None:
+                    return item
+                if self._err is not None:
+                    raise self._error()
+                if self._buffered > self._max_buffered:
+                    self._check_room(_WHAT_OF.get(getattr(check, "__name__", ""), "a response"))
+                f = self._in.try_recv_frame()
+                if f is None:
+                    why = self._peer_down(cheap=not dead)
+                    if why is None:
+                        return None
+                    f = self._in.try_recv_frame()  # what it sent before going is delivered
+                    if f is None:
+                        self._set_gone(why)
+                        raise self._error()
+                self._route(f)
+        finally:
+            if got and got[0]:
+                self._leave()
 
     def recv_object(self, *, timeout: float | None = None) -> Any:
         """Receive an object sent with :meth:`send_object`.
@@ -987,7 +1129,7 @@ class Connection(_ReaderRole, _Named):
             # and the ring's event count, for peers waiting on it some other
             # way: advanced and woken as connection.h's close does (never a
             # hand-made add, which would flip its armed bit)
-            mem.ec_notify(self._out_ec, True)
+            mem.ec_notify(self._out_ec, True, self._out_ec - _EC_OFFSET + _BELLS_OFFSET)
             if self._rlock.locked() and self._rowner != _get_ident():
                 self._in.try_send_frame(_WAKE, 0, b"")  # our own blocked reader
         except (ValueError, ShmlinkError):

@@ -73,6 +73,10 @@ _ST_NAMES = {_ST_PENDING: "pending", _ST_ACCEPTED: "accepted", _ST_REFUSED: "ref
              _ST_ABANDONED: "abandoned"}
 
 _EC_OFFSET = _core.LAYOUT["ring"]["data_ec"][0]  # data_ec within struct shmlink_ring
+# within struct shmlink_ring: the doorbell tables (include/shmlink/doorbell.h) of fileno()
+_BELLS_OFFSET = _core.LAYOUT["ring"]["data_bells"][0]
+_SPACE_EC_OFFSET = _core.LAYOUT["ring"]["space_ec"][0]
+_SPACE_BELLS_OFFSET = _core.LAYOUT["ring"]["space_bells"][0]
 
 # --- listener segment layout (struct shmlink_listener_block in include/shmlink/connection.h) ---
 

@@ -35,6 +35,8 @@ from ..sync import deadline_of
 from ._connection import Connection, _max_buffered_of
 from ._reader import MAX_BUFFERED
 from ._layout import (
+    _BELLS_OFFSET,
+    _EC_OFFSET,
     _ACCEPT_NAME,
     _ACCEPT_RECORD,
     _C_CLIENT_PID,
@@ -319,6 +321,58 @@ class Listener(_Named):
             if self._closing:
                 self._finish_close(False)
 
+    def try_accept(self) -> Connection | None:
+        """The next client's :class:`Connection` if one is waiting now, else None.
+
+        Raises
+        ------
+        SegmentClosed
+            If the listener was closed.
+        """
+        al = self._alock
+        if not al.acquire(False):
+            return None  # another thread accepts
+        try:
+            while True:
+                if self._closing or self._ring is None:
+                    raise SegmentClosed(f"listener {self._name!r} is closed")
+                raw = self._ring.try_recv()
+                if raw is None:
+                    if self._readies:
+                        self._readies["accept"].rearm()  # a stale ring reads idle again
+                    return None
+                conn = self._admit(raw)
+                if conn is not None:
+                    return conn
+        finally:
+            al.release()
+            if self._closing:
+                self._finish_close(False)
+
+    def fileno(self) -> int:
+        """A descriptor that reads ready when a client may be waiting to be accepted.
+
+        For :mod:`select`, ``epoll``, event loops and :func:`shmlink.wait`;
+        after it, call :meth:`try_accept`.  The descriptor is this handle's:
+        :meth:`close` closes it.
+
+        Returns
+        -------
+        int
+        """
+        return int(self._ready_accept().fileno())
+
+    def _wait_ready(self) -> Any:  # what shmlink.wait waits for
+        return self._ready_accept()
+
+    def _ready_accept(self) -> Any:
+        ring = self._ring
+        if ring is None or self._closing:
+            raise SegmentClosed(f"listener {self._name!r} is closed")
+        mem = self._memory
+        return self._readiness("accept", _D + _L_RING + _EC_OFFSET, _D + _L_RING + _BELLS_OFFSET,
+                               lambda: ring.may_recv() or bool(mem.load32(_L_CLOSED)))
+
     def _admit(self, raw: bytes) -> Connection | None:
         """Accept the connection a client posted; None if it is gone or not one."""
         try:
@@ -420,6 +474,9 @@ class Listener(_Named):
         if first:
             if self._owner:
                 self._memory.store32(_L_CLOSED, 1)
+                # fd-waiters (fileno(), shmlink.asyncio) of other handles see the flag
+                self._memory.ec_notify(_D + _L_RING + _EC_OFFSET, True,
+                                       _D + _L_RING + _BELLS_OFFSET)
                 try:
                     self.unlink()
                 except (OSError, ShmlinkError):

@@ -12,6 +12,9 @@
  *                         $SHMLINK_DIR, open/flock/mmap.  A port replaces
  *                         this one file
  *   shmlink/eventcount.h  "sleep until something changes", no lost wake-ups
+ *   shmlink/doorbell.h    readiness by file descriptor: doorbell tables
+ *                         beside the event counts, rung by notifiers that
+ *                         find a waiter armed (select/epoll/event loops)
  *   shmlink/wait.h        deadlines; the one waiting loop (attempt, spin,
  *                         arm, re-check, sleep) of every blocking helper
  *   shmlink/liveness.h    a process = PID + start time; is it alive?
@@ -63,6 +66,7 @@
 #include "shmlink/atomic.h"
 #include "shmlink/platform.h"
 #include "shmlink/eventcount.h"
+#include "shmlink/doorbell.h"
 #include "shmlink/wait.h"
 #include "shmlink/liveness.h"
 #include "shmlink/lock.h"

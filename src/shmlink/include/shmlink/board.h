@@ -28,7 +28,8 @@
  * later is checked against the recorded capacity.
  *
  * Layout history: version 1 counted sleepers in `change`/`waiters`;
- * version 2 (this) arms an event count in their place.  Each side refuses
+ * version 2 arms an event count in their place; version 3 (this) adds line
+ * 3, the doorbell table (doorbell.h) rung with `changed`.  Each side refuses
  * the other (-EPROTO here, IncompatibleSegment in Python).
  *
  * Return codes: lengths and 0 as documented; -EAGAIN (try forms)
@@ -40,6 +41,7 @@
 #define SHMLINK_BOARD_H
 
 #include "atomic.h"
+#include "doorbell.h"
 #include "eventcount.h"
 #include "lock.h"
 #include "segment.h"
@@ -51,7 +53,7 @@
 SHMLINK_BEGIN_DECLS
 
 #define SHMLINK_BOARD_MAGIC 0x44524F42u /* "BORD" */
-#define SHMLINK_BOARD_VERSION 2u        /* also the segment header's kind_version */
+#define SHMLINK_BOARD_VERSION 3u /* also the segment header's kind_version */
 #define SHMLINK_BOARD_SLOT_HEADER 64u
 #define SHMLINK_BOARD_MAX_CAPACITY ((uint64_t)1 << 44)
 /* Lock-free read attempts before shmlink_board_read reads under the lock. */
@@ -78,9 +80,12 @@ struct shmlink_board {
     struct shmlink_eventcount changed; /* armed by waiters, notified by writers */
     uint64_t wakes;                    /* writes that made a futex wake system call */
     uint8_t pad2[SHMLINK_CACHE_LINE - 24];
+    /* line 3: fd-waiters for changes (doorbell.h), rung with `changed` */
+    struct shmlink_bells bells;
+    uint8_t pad3[SHMLINK_CACHE_LINE - 56];
 };
-SHMLINK_STATIC_ASSERT(sizeof(struct shmlink_board) == 3 * SHMLINK_CACHE_LINE,
-                      "board control block is three cache lines, slots follow");
+SHMLINK_STATIC_ASSERT(sizeof(struct shmlink_board) == 4 * SHMLINK_CACHE_LINE,
+                      "board control block is four cache lines, slots follow");
 SHMLINK_STATIC_ASSERT(offsetof(struct shmlink_board, lock) == 64 &&
                           offsetof(struct shmlink_board, takeovers) == 80 &&
                           offsetof(struct shmlink_board, last_writer_pid) == 88 &&
@@ -329,7 +334,7 @@ static inline int shmlink_board_write_unlock(const struct shmlink_board_handle *
     SHMLINK_STORE_SEQ_CST(&b->version, v);
     SHMLINK_STORE_RELAXED(&b->last_writer_pid, pid);
     shmlink_lock_release(&b->lock);
-    if (shmlink_ec_notify(&b->changed))
+    if (shmlink_ec_notify_bells(&b->changed, &b->bells))
         SHMLINK_FETCH_ADD(&b->wakes, 1);
     if (version_out)
         *version_out = v;

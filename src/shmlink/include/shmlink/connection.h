@@ -578,8 +578,9 @@ static inline void shmlink_conn_close(struct shmlink_conn *c) {
         uint8_t fr[SHMLINK_FRAME_HEADER];
         shmlink_frame_encode(fr, SHMLINK_FRAME_CLOSE, 0);
         if (shmlink_ring_try_send(&c->out, fr, sizeof fr, c->pid, c->start) != 0)
-            shmlink_ec_wake_all(&c->out.ring->data_ec); /* full: the peer re-checks the flag */
-        shmlink_ec_wake_all(&c->in.ring->space_ec);
+            /* full: the peer re-checks the flag */
+            shmlink_ec_wake_all_bells(&c->out.ring->data_ec, &c->out.ring->data_bells);
+        shmlink_ec_wake_all_bells(&c->in.ring->space_ec, &c->in.ring->space_bells);
         if (SHMLINK_LOAD_SEQ_CST(c->peer_closed) ||
             !shmlink_process_alive(c->peer_pid, c->peer_start))
             shmlink_segment_unlink(&c->seg, c->name);

@@ -21,7 +21,9 @@
  * wakes set() made, so tests (and `shmlink info`) can see that cost.
  *
  * Layout history: version 1 (recorded as kind_version 0) counted sleepers
- * in the word after the sequence; version 2 arms the event count instead.
+ * in the word after the sequence; version 2 arms the event count instead;
+ * version 3 adds a second line with the doorbell table (doorbell.h) that
+ * set() rings with the event count.
  * The two cannot share an event: opening a version-1 event is -EPROTO
  * here and IncompatibleSegment in Python.
  *
@@ -34,14 +36,15 @@
 #define SHMLINK_EVENT_H
 
 #include "atomic.h"
+#include "doorbell.h"
 #include "eventcount.h"
 #include "segment.h"
 #include "wait.h"
 
 SHMLINK_BEGIN_DECLS
 
-#define SHMLINK_EVENT_VERSION 2u /* the segment header's kind_version */
-#define SHMLINK_EVENT_SIZE 64u
+#define SHMLINK_EVENT_VERSION 3u /* the segment header's kind_version */
+#define SHMLINK_EVENT_SIZE 128u
 
 /* The data area of an event segment. */
 struct shmlink_event {
@@ -52,13 +55,16 @@ struct shmlink_event {
     uint64_t sets;                 /* 16 set() calls, by anyone */
     uint64_t wakes;                /* 24 set() calls that made a futex wake system call */
     uint8_t pad[SHMLINK_CACHE_LINE - 32];
+    struct shmlink_bells bells;    /* 64 fd-waiters (doorbell.h), rung with ec */
+    uint8_t pad1[SHMLINK_CACHE_LINE - 56];
 };
 SHMLINK_STATIC_ASSERT(sizeof(struct shmlink_event) == SHMLINK_EVENT_SIZE,
-                      "an event control block is one cache line");
+                      "an event control block is two cache lines");
 SHMLINK_STATIC_ASSERT(offsetof(struct shmlink_event, auto_reset) == 4 &&
                           offsetof(struct shmlink_event, ec) == 8 &&
                           offsetof(struct shmlink_event, sets) == 16 &&
-                          offsetof(struct shmlink_event, wakes) == 24,
+                          offsetof(struct shmlink_event, wakes) == 24 &&
+                          offsetof(struct shmlink_event, bells) == 64,
                       "the offsets _core exports to shmlink/sync.py");
 
 /* What a handle records at attach and never re-reads. */
@@ -137,7 +143,7 @@ static inline int shmlink_event_set(const struct shmlink_event_handle *h) {
      * shmlink_ec_notify's fence. */
     SHMLINK_STORE_SEQ_CST(&e->state, 1u);
     SHMLINK_FETCH_ADD(&e->sets, 1); /* statistics */
-    int woke = shmlink_ec_notify(&e->ec);
+    int woke = shmlink_ec_notify_bells(&e->ec, &e->bells);
     if (woke)
         SHMLINK_FETCH_ADD(&e->wakes, 1);
     return woke;

@@ -26,6 +26,10 @@
  *   shmlink_os_try_lock_exclusive             create a segment file, name
  *                                             it, remove it when last
  *   shmlink_os_realtime_ns, shmlink_os_random32   creation time, fresh names
+ *   shmlink_os_bell_bind, shmlink_os_bell_send,
+ *   shmlink_os_bell_drain                     doorbells (shmlink/doorbell.h):
+ *                                             a descriptor another process
+ *                                             makes readable by an id
  *
  * All return 0 (or a value) on success and a negative errno value on
  * failure, like the rest of shmlink.  Linux implementation.
@@ -46,7 +50,9 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -288,6 +294,105 @@ static inline uint32_t shmlink_os_random32(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     v = (uint32_t)ts.tv_nsec ^ ((uint32_t)getpid() << 16) ^ (uint32_t)(uintptr_t)&v;
     return v * 2654435761u;
+}
+
+/* ---- doorbells: descriptors other processes make readable -------------- */
+
+/* A doorbell is an AF_UNIX datagram socket bound in the abstract namespace
+ * under "\0shmlink-bell-<16 hex digits of id>".  Nothing reaches the file
+ * system, so nothing is left behind when its process dies: the name goes
+ * with the socket, and a send to it fails with ECONNREFUSED. */
+static inline socklen_t shmlink_os_bell_addr_(struct sockaddr_un *a, uint64_t id) {
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    /* sun_path[0] stays 0: the abstract namespace */
+    int n = snprintf(a->sun_path + 1, sizeof a->sun_path - 1, "shmlink-bell-%016llx",
+                     (unsigned long long)id);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+/* A non-blocking, close-on-exec datagram socket bound to id's name: the
+ * descriptor, or -EADDRINUSE (choose another id) or another -errno. */
+static inline int shmlink_os_bell_bind(uint64_t id) {
+    struct sockaddr_un a;
+    socklen_t len = shmlink_os_bell_addr_(&a, id);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (bind(fd, (struct sockaddr *)&a, len) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+/* The unbound socket this process sends rings from, made on first use and
+ * kept (a forked child shares it: sending needs no state).  -errno when no
+ * socket can be made.  Each translation unit keeps its own, unless the
+ * program defines SHMLINK_BELL_SENDER_EXTERN before including shmlink
+ * headers and defines `int shmlink_bell_sender_fd_ = -1;` once (the Python
+ * binding does: one descriptor per process). */
+#ifdef SHMLINK_BELL_SENDER_EXTERN
+extern int shmlink_bell_sender_fd_;
+#endif
+static inline int shmlink_os_bell_sender_(int renew) {
+#ifdef SHMLINK_BELL_SENDER_EXTERN
+    int *slot = &shmlink_bell_sender_fd_;
+#else
+    static int sender = -1;
+    int *slot = &sender;
+#endif
+    int fd = SHMLINK_LOAD_ACQUIRE(slot);
+    if (fd >= 0 && !renew)
+        return fd;
+    int mine = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (mine < 0)
+        return -errno;
+    if (SHMLINK_CAS(slot, &fd, mine))
+        return mine; /* an old one (renew: closed under us) is not ours to close */
+    close(mine);     /* another thread made one first: use it */
+    return fd;
+}
+
+/* Ring the doorbell named by id: one non-blocking datagram of one byte.
+ * 0 rung; -EAGAIN its queue is full (it is rung already); -ECONNREFUSED or
+ * -ENOENT nobody has that name (its waiter closed it or died); another
+ * -errno otherwise.  Never blocks, whatever id is. */
+static inline int shmlink_os_bell_send(uint64_t id) {
+    struct sockaddr_un a;
+    socklen_t len = shmlink_os_bell_addr_(&a, id);
+    char b = 1;
+    for (int tries = 0; tries < 2; tries++) {
+        int fd = shmlink_os_bell_sender_(tries > 0);
+        if (fd < 0)
+            return fd;
+        if (sendto(fd, &b, 1, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&a, len) == 1)
+            return 0;
+        int e = errno;
+        if (e == EINTR)
+            continue;
+        if (e != EBADF && e != ENOTSOCK)
+            return -e;
+        /* the process closed our sender (e.g. closed every descriptor): renew */
+    }
+    return -EBADF;
+}
+
+/* Read every datagram queued on a doorbell; returns how many (0: none). */
+static inline int shmlink_os_bell_drain(int fd) {
+    char buf[16];
+    int n = 0;
+    for (;;) {
+        ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (r >= 0) {
+            n++;
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        return n;
+    }
 }
 
 SHMLINK_END_DECLS

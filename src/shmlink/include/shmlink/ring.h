@@ -33,6 +33,7 @@
 #define SHMLINK_RING_H
 
 #include "atomic.h"
+#include "doorbell.h"
 #include "eventcount.h"
 #include "lock.h"
 #include "wait.h"
@@ -40,7 +41,7 @@
 SHMLINK_BEGIN_DECLS
 
 #define SHMLINK_RING_MAGIC 0x474e4952u /* "RING" */
-#define SHMLINK_RING_VERSION 2u /* 2: armed event counts */
+#define SHMLINK_RING_VERSION 3u /* 2: armed event counts; 3: doorbell tables */
 #define SHMLINK_RECORD_HEADER 8u
 #define SHMLINK_RECORD_WRAP 0xFFFFFFFFu /* length field of a wrap marker */
 #define SHMLINK_RECORD_CHECK 0x5A17C0DEu /* check = length ^ this */
@@ -68,10 +69,10 @@ struct shmlink_ring {
     uint8_t pad2[SHMLINK_CACHE_LINE - 32];
     /* line 3: producers notify consumers here */
     struct shmlink_eventcount data_ec;
-    uint8_t pad3[SHMLINK_CACHE_LINE - 8];
+    struct shmlink_bells data_bells;  /* fd-waiters for data (doorbell.h) */
     /* line 4: consumers notify producers here */
     struct shmlink_eventcount space_ec;
-    uint8_t pad4[SHMLINK_CACHE_LINE - 8];
+    struct shmlink_bells space_bells; /* fd-waiters for room */
 };
 SHMLINK_STATIC_ASSERT(sizeof(struct shmlink_ring) == 5 * SHMLINK_CACHE_LINE,
                       "ring control block is five cache lines");
@@ -366,7 +367,7 @@ static inline int shmlink_ring_send_many_unlock(const struct shmlink_ring_handle
         shmlink_ring_commit(h, tail, *done - before);
     shmlink_lock_release(&r->prod_lock);
     if (tail != round_start)
-        shmlink_ec_notify(&r->data_ec);
+        shmlink_ec_notify_bells(&r->data_ec, &r->data_bells);
     return rc;
 }
 
@@ -425,7 +426,7 @@ static inline int64_t shmlink_ring_recv_many_unlock(const struct shmlink_ring_ha
     }
     shmlink_lock_release(&r->cons_lock);
     if (head != head0)
-        shmlink_ec_notify(&r->space_ec);
+        shmlink_ec_notify_bells(&r->space_ec, &r->space_bells);
     if (result < 0 && (taken == 0 || (result != -EBADMSG && result != -EMSGSIZE)))
         return result;
     return (int64_t)taken;
@@ -514,7 +515,7 @@ static inline int64_t shmlink_ring_view_begin_locked(const struct shmlink_ring_h
     }
     shmlink_lock_release(&r->cons_lock);
     if (moved)
-        shmlink_ec_notify(&r->space_ec);
+        shmlink_ec_notify_bells(&r->space_ec, &r->space_bells);
     return pk;
 }
 
@@ -534,7 +535,29 @@ static inline void shmlink_ring_view_end(const struct shmlink_ring_handle *h,
         SHMLINK_STORE_RELEASE(&r->head, view_head);
     }
     shmlink_lock_release(&r->cons_lock);
-    shmlink_ec_notify(&r->space_ec);
+    shmlink_ec_notify_bells(&r->space_ec, &r->space_bells);
+}
+
+/* Lock-free hints for fd-waiters (doorbell.h), read after arming: 1 when a
+ * receive may find a message now / a send of len bytes may find room now
+ * (or fail at once: too large, or a corrupt ring), 0 when it would block.
+ * A 1 may be wrong (the caller's try_ call decides); a 0 after arming is
+ * safe, because whoever changes it notifies. */
+static inline int shmlink_ring_may_recv(const struct shmlink_ring_handle *h) {
+    /* SYNC: acquire; pairs with the producers' release of tail. */
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&h->ring->tail);
+    return tail != SHMLINK_LOAD_ACQUIRE(&h->ring->head);
+}
+
+static inline int shmlink_ring_may_send(const struct shmlink_ring_handle *h, uint64_t len) {
+    if (len > h->max_message)
+        return 1;
+    /* SYNC: acquire; pairs with the consumers' release of head. */
+    uint64_t head = SHMLINK_LOAD_ACQUIRE(&h->ring->head);
+    uint64_t tail = SHMLINK_LOAD_ACQUIRE(&h->ring->tail);
+    uint64_t pos;
+    int wrap;
+    return shmlink_ring_place(h, tail, head, len, &pos, &wrap) != -EAGAIN;
 }
 
 /* Send one message without waiting.  pid/start identify the caller

@@ -48,6 +48,7 @@
 #define SHMLINK_TOPIC_H
 
 #include "atomic.h"
+#include "doorbell.h"
 #include "eventcount.h"
 #include "liveness.h"
 #include "lock.h"
@@ -57,7 +58,7 @@
 SHMLINK_BEGIN_DECLS
 
 #define SHMLINK_TOPIC_MAGIC 0x43504f54u /* "TOPC" */
-#define SHMLINK_TOPIC_VERSION 1u
+#define SHMLINK_TOPIC_VERSION 2u /* 2: doorbell tables beside the event counts */
 #define SHMLINK_TOPIC_LOSSLESS 1u
 #define SHMLINK_TOPIC_LATEST 2u
 #define SHMLINK_TOPIC_RECORD_HEADER 16u
@@ -117,10 +118,10 @@ struct shmlink_topic {
     uint8_t pad2[SHMLINK_CACHE_LINE - 24];
     /* line 3: publishers wake subscribers here (see shmlink_ec_*) */
     struct shmlink_eventcount data_ec;
-    uint8_t pad3[SHMLINK_CACHE_LINE - 8];
+    struct shmlink_bells data_bells;  /* fd-waiters for messages (doorbell.h) */
     /* line 4: subscribers wake lossless publishers here */
     struct shmlink_eventcount space_ec;
-    uint8_t pad4[SHMLINK_CACHE_LINE - 8];
+    struct shmlink_bells space_bells; /* fd-waiters for room (lossless) */
 };
 SHMLINK_STATIC_ASSERT(sizeof(struct shmlink_topic) == 5 * SHMLINK_CACHE_LINE,
                       "topic control block is five cache lines");
@@ -535,7 +536,7 @@ static inline void shmlink_topic_release_slot(const struct shmlink_topic_handle 
         uint32_t p = pid;
         SHMLINK_CAS(&s->pid, &p, 0);
     }
-    shmlink_ec_notify(&h->topic->space_ec);
+    shmlink_ec_notify_bells(&h->topic->space_ec, &h->topic->space_bells);
 }
 
 /* Subscriber: record its progress in its slot (and wake lossless
@@ -551,7 +552,7 @@ static inline void shmlink_topic_progress(const struct shmlink_topic_handle *h, 
      * shmlink_topic_scan_floor: our copies are done before they overwrite. */
     SHMLINK_STORE_RELEASE(&s->cursor, cursor);
     if (h->mode == SHMLINK_TOPIC_LOSSLESS)
-        shmlink_ec_notify(&h->topic->space_ec);
+        shmlink_ec_notify_bells(&h->topic->space_ec, &h->topic->space_bells);
 }
 
 /* Subscriber: 1 if a publisher may have overwritten the entry at pos since
@@ -885,7 +886,7 @@ static inline int shmlink_topic_publish_many_unlock(const struct shmlink_topic_h
     }
     shmlink_lock_release(&t->pub_lock);
     if (any)
-        shmlink_ec_notify(&t->data_ec);
+        shmlink_ec_notify_bells(&t->data_ec, &t->data_bells);
     return rc;
 }
 
