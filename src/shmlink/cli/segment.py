@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ShmlinkError
 from ..segment import Segment, SegmentInfo, gc, info, list_segments, remove
+from . import bridge
 from ._common import (age, decode_input, encode_text, encoding_arg, input_bytes, mode_arg,
                       offset_arg, open_any, open_segment, out, size_arg, table, text_arg)
 
@@ -31,6 +32,8 @@ def cmd_ls(a: argparse.Namespace) -> None:
         extra = ""
         if i.dead_participants:
             extra = f"dead: {','.join(map(str, i.dead_participants))}"
+        if bridge.is_status_board(i.name, i.kind):
+            extra = (extra + "  " if extra else "") + bridge.ls_summary(i.name)
         rows.append([i.name, i.kind, str(i.size), str(i.creator_pid), users, age(i.age),
                      (i.lifetime + ("  " + extra if extra else ""))])
     table(rows, ["NAME", "KIND", "SIZE", "CREATOR", "PIDS", "AGE", "LIFETIME"])
@@ -45,7 +48,10 @@ def _state_of(si: SegmentInfo) -> dict[str, Any]:
         return {"error": str(e)}
     try:
         stats = getattr(obj, "stats", None)
-        return stats() if stats else {}
+        state = stats() if stats else {}
+        if bridge.is_status_board(si.name, si.kind):
+            state["routes"] = bridge.route_lines(bridge.bridge_state(obj))
+        return state
     finally:
         obj.close()
 

@@ -1,0 +1,607 @@
+"""The routes: a thread per route that moves messages between a local object and Zenoh.
+
+Lossless routes (queues, lossless topics) run a go-back-N protocol on top of
+Zenoh's reliable, blocking transport (see ``docs/bridge.md``):
+
+* the exporter numbers every message it takes from the local object
+  (``session``, ``seq``), keeps it in its window until the importer
+  acknowledges it, and takes nothing more while the window is full (so the
+  local ``send`` waits on a full queue: back-pressure);
+* the importer accepts only the next sequence number it expects, puts the
+  message into its local object, and only then acknowledges it;
+* the exporter sends its whole window again when an importer appears
+  (after a link cut, or an importer restart), when the importer reports a
+  gap, and when no acknowledgement came for a while.
+
+Latest routes (boards, latest topics) send the newest value and never wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+from ..board import Board
+from ..errors import SegmentExists, SegmentNotFound, ShmlinkError, Timeout
+from ..queue import Queue
+from ..topic import Topic
+from . import _frames as F
+from ._config import RouteSpec
+
+log = logging.getLogger("shmlink.bridge")
+
+__all__ = ["make_route", "Route"]
+
+#: most messages in one frame, and most bytes (a frame may pass it by one message)
+BATCH = 512
+FRAME_BYTES = 1 << 20
+#: first wait for an acknowledgement before the window is sent again (doubles up to RETRANSMIT_MAX)
+RETRANSMIT_S = 1.0
+RETRANSMIT_MAX = 8.0
+#: an importer that sees a gap asks for a retransmission at most this often
+NACK_EVERY_S = 0.2
+#: how long a blocking local call waits before looking at the stop flag again
+SLICE_S = 0.1
+
+_SUFFIX_ACK = "/_shmlink_ack"
+_SUFFIX_EXP = "/_shmlink_exp"
+_SUFFIX_IMP = "/_shmlink_imp"
+
+
+def _zenoh() -> Any:
+    import zenoh
+    return zenoh
+
+
+def new_session_id() -> int:
+    return int.from_bytes(os.urandom(8), "little") or 1
+
+
+class Route:
+    """What every route shares: its spec, counters, peer tracking and thread."""
+
+    spec: RouteSpec
+
+    def __init__(self, bridge: Any, spec: RouteSpec) -> None:
+        self.spec = spec
+        self.bridge = bridge
+        self.sid = new_session_id()
+        self.forwarded = 0          # messages this route moved (export: sent; import: delivered)
+        self.missed = 0             # latest routes: messages that never arrived, or were skipped
+        self.retransmitted = 0
+        self.duplicates = 0
+        self.bad_frames = 0
+        self.error: str | None = None
+        self.peers: set[str] = set()
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._decls: list[Any] = []
+        self._obj: Any = None
+
+    # -- set-up --
+
+    def _declare(self, thing: Any) -> Any:
+        self._decls.append(thing)
+        return thing
+
+    def _watch_peers(self, suffix: str) -> None:
+        z = _zenoh()
+        sess = self.bridge.session
+        mine = _SUFFIX_EXP if suffix == _SUFFIX_IMP else _SUFFIX_IMP
+        self._declare(sess.liveliness().declare_token(f"{self.spec.key}{mine}/{self.sid:016x}"))
+        self._declare(sess.liveliness().declare_subscriber(
+            f"{self.spec.key}{suffix}/*", self._on_peer_sample, history=True))
+        self._z = z
+
+    def _on_peer_sample(self, sample: Any) -> None:
+        peer = str(sample.key_expr).rsplit("/", 1)[-1]
+        if sample.kind == self._z.SampleKind.PUT:
+            with self._cond:
+                new = peer not in self.peers
+                self.peers.add(peer)
+            if new:
+                log.info("%s: peer %s connected", self.spec.label, peer)
+                self.on_peer(peer, True)
+        else:
+            with self._cond:
+                self.peers.discard(peer)
+            log.warning("%s: peer %s gone (link cut or bridge stopped)", self.spec.label, peer)
+            self.on_peer(peer, False)
+
+    def on_peer(self, peer: str, present: bool) -> None:
+        """A peer route's liveliness token appeared or went (a Zenoh thread calls this)."""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name=f"bridge {self.spec.label}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self.run()
+        except BaseException as e:  # reported by the bridge, which exits non-zero
+            self.error = f"{type(e).__name__}: {e}"
+            log.error("%s: stopped: %s", self.spec.label, self.error)
+            self.bridge._route_failed(self)
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 6.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        for d in reversed(self._decls):
+            try:
+                d.undeclare()
+            except Exception:
+                pass
+        self._decls.clear()
+        self._close_local()
+
+    def _close_local(self) -> None:
+        if self._obj is not None:
+            self._obj.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        s = self.spec
+        return {"route": s.label, "direction": s.direction, "kind": s.kind, "object": s.object,
+                "key": s.key, "mode": s.mode, "session": f"{self.sid:016x}",
+                "connected": bool(self.peers), "peers": len(self.peers),
+                "forwarded": self.forwarded, "missed": self.missed,
+                "retransmitted": self.retransmitted, "duplicates": self.duplicates,
+                "bad_frames": self.bad_frames, "lag": self.lag(), "error": self.error}
+
+    def lag(self) -> int:
+        return 0
+
+    def _publisher(self, key: str) -> Any:
+        z = _zenoh()
+        return self._declare(self.bridge.session.declare_publisher(
+            key, congestion_control=z.CongestionControl.BLOCK,
+            reliability=z.Reliability.RELIABLE, express=False))
+
+
+# ---------------------------------------------------------------------------------- local objects
+
+
+def _open_source(spec: RouteSpec) -> tuple[Any, Any]:
+    """(object, subscriber or None) for an export route; SegmentNotFound names the route."""
+    cls = {"queue": Queue, "topic": Topic, "board": Board}[spec.kind]
+    try:
+        obj = cls.open(spec.object)
+    except SegmentNotFound:
+        raise SegmentNotFound(
+            f"route {spec.label}: there is no {spec.kind} named {spec.object!r} to export; "
+            f"create it first (the exporting bridge does not create the object it reads)"
+        ) from None
+    sub = obj.subscribe("newest") if spec.kind == "topic" else None
+    return obj, sub
+
+
+def _open_sink(spec: RouteSpec) -> Any:
+    """The local object an import route writes into, created with ``spec.capacity`` if missing."""
+    cls = {"queue": Queue, "topic": Topic, "board": Board}[spec.kind]
+    for _ in range(3):
+        try:
+            return cls.open(spec.object)
+        except SegmentNotFound:
+            pass
+        try:
+            if spec.kind == "topic":
+                return Topic.create(spec.object, spec.capacity, delivery=spec.mode)
+            return cls.create(spec.object, spec.capacity)
+        except SegmentExists:
+            continue
+    raise ShmlinkError(f"route {spec.label}: {spec.object!r} keeps appearing and vanishing; "
+                       "is another program removing it?")
+
+
+# ------------------------------------------------------------------------------------- exporters
+
+
+class LosslessExporter(Route):
+    """Queue or lossless topic -> Zenoh, with a window of unacknowledged messages."""
+
+    def __init__(self, bridge: Any, spec: RouteSpec) -> None:
+        super().__init__(bridge, spec)
+        self._obj, self._sub = _open_source(spec)
+        if spec.kind == "topic" and self._obj.delivery != "lossless":
+            raise ShmlinkError(f"route {spec.label}: topic {spec.object!r} is a latest topic; "
+                               "export it with mode = \"latest\"")
+        src = self._sub if self._sub is not None else self._obj
+        self._take: Callable[..., list[bytes]] = src.recv_many
+        self.window_limit = bridge.config.window
+        self.window_bytes_limit = bridge.config.window_bytes
+        self._window: deque[bytes] = deque()
+        self._win_first = 0     # sequence number of _window[0]
+        self._next = 0          # sequence number of the next message taken
+        self._win_bytes = 0
+        self._resend = False
+        self._last_progress = time.monotonic()
+        self._backoff = RETRANSMIT_S
+        self.acked = 0
+        self._pub = self._publisher(spec.key)
+        self._declare(bridge.session.declare_subscriber(spec.key + _SUFFIX_ACK, self._on_ack))
+        self._watch_peers(_SUFFIX_IMP)
+
+    def on_peer(self, peer: str, present: bool) -> None:
+        if present:  # an importer (re)appeared: whatever it has not acknowledged goes again
+            with self._cond:
+                self._resend = True
+                self._cond.notify_all()
+
+    def _on_ack(self, sample: Any) -> None:
+        try:
+            buf = sample.payload.to_bytes()
+            h = F.decode_header(buf)
+        except F.FrameError:
+            self.bad_frames += 1
+            return
+        if h.type != F.ACK or h.session != self.sid:
+            return
+        with self._cond:
+            n = h.base
+            if n > self._next:
+                self.bad_frames += 1  # acknowledges what was never sent: not ours to trust
+                return
+            if n > self._win_first:
+                w = self._window
+                for _ in range(n - self._win_first):
+                    self._win_bytes -= len(w.popleft())
+                self.acked += n - self._win_first
+                self._win_first = n
+                self._last_progress = time.monotonic()
+                self._backoff = RETRANSMIT_S
+                self._cond.notify_all()
+            if h.flags & F.FLAG_NACK:
+                self._resend = True
+                self._cond.notify_all()
+
+    def _put(self, first: int, base: int, msgs: list[bytes]) -> None:
+        i = 0
+        while i < len(msgs):
+            j, size = i, 0
+            while j < len(msgs) and j - i < BATCH and (size < FRAME_BYTES or j == i):
+                size += len(msgs[j])
+                j += 1
+            self._pub.put(F.encode_batch(F.DATA, self.sid, base, first + i, msgs[i:j]))
+            i = j
+
+    def run(self) -> None:
+        last_resend = 0.0
+        while not self._stop.is_set():
+            resend: tuple[int, list[bytes]] | None = None
+            with self._cond:
+                now = time.monotonic()
+                if self._window and (self._resend or now - max(self._last_progress, last_resend)
+                                     > self._backoff):
+                    if not self._resend:
+                        self._backoff = min(self._backoff * 2, RETRANSMIT_MAX)
+                    resend = (self._win_first, list(self._window))
+                self._resend = False
+                room = self.window_limit - len(self._window)
+                if self._win_bytes >= self.window_bytes_limit:
+                    room = 0
+                if resend is None and room <= 0:
+                    self._cond.wait(0.05)
+                    continue
+            if resend is not None:
+                last_resend = time.monotonic()
+                self._put(resend[0], resend[0], resend[1])
+                self.retransmitted += len(resend[1])
+                continue
+            try:
+                msgs = self._take(min(room, BATCH), timeout=0.05)
+            except Timeout:
+                continue
+            with self._cond:
+                if not self._window:
+                    self._last_progress = time.monotonic()
+                first = self._next
+                self._window.extend(msgs)
+                self._next += len(msgs)
+                self._win_bytes += sum(map(len, msgs))
+                base = self._win_first
+            self._put(first, base, msgs)
+            self.forwarded += len(msgs)
+
+    def lag(self) -> int:
+        backlog = self._sub.lag if self._sub is not None else len(self._obj)
+        return (self._next - self._win_first) + backlog
+
+    def status(self) -> dict[str, Any]:
+        d = super().status()
+        d.update(acked=self.acked, in_flight=self._next - self._win_first)
+        return d
+
+    def _close_local(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+        super()._close_local()
+
+
+class LatestExporter(Route):
+    """Board or latest topic -> Zenoh: the newest values, never waiting for the far side."""
+
+    def __init__(self, bridge: Any, spec: RouteSpec) -> None:
+        super().__init__(bridge, spec)
+        self._obj, self._sub = _open_source(spec)
+        if spec.kind == "topic" and self._obj.delivery != "latest":
+            raise ShmlinkError(f"route {spec.label}: topic {spec.object!r} is lossless; export "
+                               "it with mode = \"lossless\" (the default)")
+        self._seq = 0
+        self._resend = False
+        self._pub = self._publisher(spec.key)
+        self._watch_peers(_SUFFIX_IMP)
+
+    def on_peer(self, peer: str, present: bool) -> None:
+        if present and self.spec.kind == "board":
+            with self._cond:
+                self._resend = True
+
+    def run(self) -> None:
+        if self.spec.kind == "board":
+            self._run_board()
+        else:
+            self._run_topic()
+
+    def _run_board(self) -> None:
+        board: Board = self._obj
+        seen = -1
+        while not self._stop.is_set():
+            with self._cond:
+                force, self._resend = self._resend, False
+            if not force:
+                try:
+                    board.wait_for_change(seen, timeout=SLICE_S)
+                except Timeout:
+                    continue
+            version, value = board.read_versioned()
+            if version == 0:  # never written: nothing to carry
+                seen = 0
+                continue
+            self._pub.put(F.encode_batch(F.LATEST, self.sid, 0, version, [value]))
+            if version == seen:
+                self.retransmitted += 1  # the same value again, for an importer that appeared
+                continue
+            if seen >= 0 and version > seen + 1:
+                self.missed += version - seen - 1  # overwritten before the bridge read them
+            seen = version
+            self.forwarded += 1
+
+    def _run_topic(self) -> None:
+        sub = self._sub
+        while not self._stop.is_set():
+            try:
+                msgs = sub.recv_many(BATCH, timeout=SLICE_S)
+            except Timeout:
+                continue
+            self._pub.put(F.encode_batch(F.LATEST, self.sid, 0, self._seq, msgs))
+            self._seq += len(msgs)
+            self.forwarded += len(msgs)
+            self.missed = sub.missed
+
+    def lag(self) -> int:
+        return self._sub.lag if self._sub is not None else 0
+
+    def _close_local(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+        super()._close_local()
+
+
+# ------------------------------------------------------------------------------------- importers
+
+
+class _Session:
+    """What an importer knows of one exporter session."""
+
+    __slots__ = ("expected", "recv_next", "pending", "last_nack", "last_ack")
+
+    def __init__(self, start: int) -> None:
+        self.expected = start     # next sequence number to put into the local object
+        self.recv_next = start    # next sequence number to accept from the link
+        self.pending: deque[bytes] = deque()
+        self.last_nack = 0.0
+        self.last_ack = 0.0
+
+
+class LosslessImporter(Route):
+    """Zenoh -> queue or lossless topic: in order, de-duplicated, acknowledged once local."""
+
+    def __init__(self, bridge: Any, spec: RouteSpec) -> None:
+        super().__init__(bridge, spec)
+        self._obj = _open_sink(spec)
+        if spec.kind == "topic" and self._obj.delivery != "lossless":
+            raise ShmlinkError(f"route {spec.label}: the local topic {spec.object!r} is a latest "
+                               "topic; import it with mode = \"latest\"")
+        self._give = self._obj.publish_many if spec.kind == "topic" else self._obj.send_many
+        self._sessions: dict[int, _Session] = {}
+        self._ack_pub = self._publisher(spec.key + _SUFFIX_ACK)
+        self._declare(bridge.session.declare_subscriber(spec.key, self._on_data))
+        self._watch_peers(_SUFFIX_EXP)
+
+    def on_peer(self, peer: str, present: bool) -> None:
+        if not present:
+            try:
+                sid = int(peer, 16)
+            except ValueError:
+                return
+            with self._cond:  # an exporter that stopped: forget it once nothing of it waits
+                st = self._sessions.get(sid)
+                if st is not None and not st.pending:
+                    del self._sessions[sid]
+
+    def _ack(self, session: int, expected: int, *, nack: bool = False) -> None:
+        self._ack_pub.put(F.encode_ack(session, expected, self.sid, nack=nack))
+
+    def _on_data(self, sample: Any) -> None:
+        try:
+            buf = sample.payload.to_bytes()
+            h = F.decode_header(buf)
+            if h.type != F.DATA:
+                raise F.FrameError(f"a lossless route got a frame of type {h.type}")
+        except F.FrameError as e:
+            self.bad_frames += 1
+            if self.bad_frames == 1:
+                log.warning("%s: ignoring a frame that is not ours (%s); is another program "
+                            "publishing on %r?", self.spec.label, e, self.spec.key)
+            return
+        reply: tuple[int, int, bool] | None = None
+        with self._cond:
+            st = self._sessions.get(h.session)
+            if st is None:  # a new exporter (or this importer is new): start at its window
+                st = self._sessions[h.session] = _Session(h.base)
+            now = time.monotonic()
+            if h.first > st.recv_next:  # messages before this frame were lost on a cut link
+                if now - st.last_nack > NACK_EVERY_S:
+                    st.last_nack = now
+                    reply = (h.session, st.expected, True)
+            else:
+                skip = st.recv_next - h.first
+                if skip >= h.count:
+                    self.duplicates += h.count
+                    if now - st.last_ack > NACK_EVERY_S:  # our acknowledgement may be lost
+                        st.last_ack = now
+                        reply = (h.session, st.expected, False)
+                else:
+                    try:
+                        msgs = F.decode_messages(buf, h.count)
+                    except F.FrameError:
+                        self.bad_frames += 1
+                        return
+                    self.duplicates += skip
+                    st.pending.extend(msgs[skip:] if skip else msgs)
+                    st.recv_next = h.first + h.count
+                    self._cond.notify_all()
+        if reply is not None:
+            self._ack(*reply[:2], nack=reply[2])
+
+    def run(self) -> None:
+        give = self._give
+        while not self._stop.is_set():
+            with self._cond:
+                st: _Session | None = None
+                sid = 0
+                for sid, s in self._sessions.items():
+                    if s.pending:
+                        st = s
+                        break
+                if st is None:
+                    self._cond.wait(0.05)
+                    continue
+                n = min(len(st.pending), BATCH)
+                batch = [st.pending.popleft() for _ in range(n)]
+            done = 0
+            while done < n:
+                try:
+                    give(batch[done:] if done else batch, timeout=SLICE_S)
+                    got = n - done
+                except Timeout as e:  # the local object is full: acknowledge what went in
+                    got = getattr(e, "sent", 0)
+                if got:
+                    done += got
+                    with self._cond:
+                        st.expected += got
+                        expected = st.expected
+                        st.last_ack = time.monotonic()
+                    self.forwarded += got
+                    self._ack(sid, expected)  # only now: the messages are in the local object
+                elif self._stop.is_set():
+                    return  # not acknowledged: the exporter sends them again
+
+    def lag(self) -> int:
+        return sum(len(s.pending) for s in list(self._sessions.values()))
+
+
+class LatestImporter(Route):
+    """Zenoh -> board or latest topic: the newest value wins; gaps are counted in ``missed``."""
+
+    def __init__(self, bridge: Any, spec: RouteSpec) -> None:
+        super().__init__(bridge, spec)
+        self._obj = _open_sink(spec)
+        if spec.kind == "topic" and self._obj.delivery != "latest":
+            raise ShmlinkError(f"route {spec.label}: the local topic {spec.object!r} is lossless; "
+                               "import it with mode = \"lossless\"")
+        self._last: dict[int, int] = {}   # exporter session -> next sequence / last version
+        self._inbox: deque[tuple[int, int, list[bytes]]] = deque(maxlen=1024)
+        self._declare(bridge.session.declare_subscriber(spec.key, self._on_data))
+        self._watch_peers(_SUFFIX_EXP)
+
+    def _on_data(self, sample: Any) -> None:
+        try:
+            buf = sample.payload.to_bytes()
+            h = F.decode_header(buf)
+            if h.type != F.LATEST:
+                raise F.FrameError(f"a latest route got a frame of type {h.type}")
+            msgs = F.decode_messages(buf, h.count)
+        except F.FrameError as e:
+            self.bad_frames += 1
+            if self.bad_frames == 1:
+                log.warning("%s: ignoring a frame that is not ours (%s)", self.spec.label, e)
+            return
+        with self._cond:
+            if len(self._inbox) == self._inbox.maxlen:
+                self.missed += len(self._inbox[0][2])  # the local side fell that far behind
+            self._inbox.append((h.session, h.first, msgs))
+            self._cond.notify_all()
+
+    def run(self) -> None:
+        board = self.spec.kind == "board"
+        while not self._stop.is_set():
+            with self._cond:
+                if not self._inbox:
+                    self._cond.wait(0.05)
+                    continue
+                session, first, msgs = self._inbox.popleft()
+            last = self._last.get(session)
+            if board:
+                if last is not None and first <= last:
+                    continue  # an older value sent again (after a reconnection)
+                if last is not None:
+                    self.missed += first - last - 1
+                self._last[session] = first
+                try:
+                    self._obj.write(msgs[-1], timeout=SLICE_S * 10)
+                except ShmlinkError as e:
+                    self.error = f"{type(e).__name__}: {e}"
+                    log.error("%s: %s", self.spec.label, self.error)
+                    continue
+                self.forwarded += 1
+            else:
+                end = first + len(msgs)
+                if last is not None:
+                    if first > last:
+                        self.missed += first - last  # lost on a cut link
+                    elif first < last:
+                        msgs = msgs[last - first:]  # already published
+                    end = max(end, last)
+                self._last[session] = end
+                if msgs:
+                    self._obj.publish_many(msgs)
+                    self.forwarded += len(msgs)
+
+    def lag(self) -> int:
+        return len(self._inbox)
+
+
+def make_route(bridge: Any, spec: RouteSpec) -> Route:
+    """The route object that runs ``spec`` (opening or creating its local object)."""
+    lossless = spec.mode == "lossless"
+    if spec.direction == "export":
+        return (LosslessExporter if lossless else LatestExporter)(bridge, spec)
+    return (LosslessImporter if lossless else LatestImporter)(bridge, spec)
