@@ -90,13 +90,12 @@ class Route:
         return thing
 
     def _watch_peers(self, suffix: str) -> None:
-        z = _zenoh()
+        self._z = _zenoh()  # before the subscriber: its history calls _on_peer_sample at once
         sess = self.bridge.session
         mine = _SUFFIX_EXP if suffix == _SUFFIX_IMP else _SUFFIX_IMP
         self._declare(sess.liveliness().declare_token(f"{self.spec.key}{mine}/{self.sid:016x}"))
         self._declare(sess.liveliness().declare_subscriber(
             f"{self.spec.key}{suffix}/*", self._on_peer_sample, history=True))
-        self._z = z
 
     def _on_peer_sample(self, sample: Any) -> None:
         peer = str(sample.key_expr).rsplit("/", 1)[-1]
