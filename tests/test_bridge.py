@@ -207,7 +207,7 @@ def test_topic_route_fans_out_to_three_far_subscribers(br, tmp_path):
     subs = []
     for i in range(3):
         ready = tmp_path / f"ready{i}"
-        subs.append((worker(br.net, "b", "consume", "topic", dst, n, 10, tmp_path / f"s{i}", 0,
+        subs.append((worker(br.net, "b", "consume", "topic", dst, n, 30, tmp_path / f"s{i}", 0,
                             ready), tmp_path / f"s{i}"))
         wait_for(ready.exists, 15, what=f"subscriber {i} ready")
     pub = worker(br.net, "a", "publish", src, n, 32, 200)
@@ -260,6 +260,8 @@ def test_slow_far_consumer_holds_back_the_producer_with_bounded_memory(br, tmp_p
     prod = worker(br.net, "a", "produce", src, n, size, 1, 0, progress)
     per_queue = cap // (size + 8)
     bound = 2 * per_queue + WINDOW + 16  # both queues full plus one window in flight
+    wait_for(lambda: progress.exists() and (tmp_path / "got.progress").exists(), 30,
+             what="producer and consumer under way")
     rss0 = None
     samples = []
     deadline = time.monotonic() + 3.0
