@@ -16,6 +16,7 @@ end need neither.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -81,7 +82,8 @@ class Bridges:
         full = f"{bname}-{self.tag}"
         self.names.add("bridge." + full)
         p = self.net.popen(side, [PY, "-m", "shmlink", "bridge", "--name", full,
-                                  "--window", str(WINDOW), "--lease", "2", *args],
+                                  "--window", str(WINDOW), "--lease", "2",
+                                  "--connect-timeout", "60", *args],
                            stdout=log, stderr=subprocess.STDOUT, env=python_env())
         self.procs[bname] = p
         return p
@@ -96,7 +98,7 @@ class Bridges:
         routes = self.status(bname).get("routes", [])
         return bool(routes) and all(r["connected"] for r in routes)
 
-    def wait_connected(self, *bnames: str, timeout: float = 15.0) -> None:
+    def wait_connected(self, *bnames: str, timeout: float = 60.0) -> None:
         for b in bnames:
             wait_for(lambda: self.connected(b) or self.procs[b].poll() is not None, timeout,
                      what=f"bridge {b} connected")
@@ -153,6 +155,20 @@ def finish(p: subprocess.Popen, timeout: float, what: str) -> None:
     assert rc == 0, f"{what} exited {rc}"
 
 
+def _route(br: Bridges, bname: str) -> dict:
+    """The first route's status on a bridge's board (counts 0 until it is written)."""
+    routes = br.status(bname).get("routes") or [{}]
+    return collections.defaultdict(int, routes[0])
+
+
+def _progress(path, key: str) -> int:
+    """A worker's progress count (0 until its first report)."""
+    try:
+        return int(json.loads(path.read_text()).get(key, 0))
+    except (OSError, ValueError):
+        return 0
+
+
 def numbers(path) -> list[int]:
     a = array("Q")
     with open(path, "rb") as f:
@@ -184,13 +200,13 @@ def test_queue_route_moves_100k_messages_exactly_once_in_order(br, tmp_path):
     out = tmp_path / "got"
     cons = worker(br.net, "b", "consume", "queue", dst, n, 10, out, 0, "")
     prod = worker(br.net, "a", "produce", src, n, 16, 500, 0, "")
-    finish(prod, 60, "producer")
-    finish(cons, 60, "consumer")
+    finish(prod, 120, "producer")
+    finish(cons, 120, "consumer")
     got = numbers(out)
     assert got == list(range(n))
     # the status board (updated twice a second) settles on every message acknowledged
-    wait_for(lambda: br.status("exp")["routes"][0]["acked"] == n, 5, what="all acknowledged")
-    st = br.status("exp")["routes"][0]
+    wait_for(lambda: _route(br, "exp")["acked"] == n, 30, what="all acknowledged")
+    st = _route(br, "exp")
     assert st["forwarded"] == n and st["connected"] and st["in_flight"] == 0
 
 
@@ -209,11 +225,11 @@ def test_topic_route_fans_out_to_three_far_subscribers(br, tmp_path):
         ready = tmp_path / f"ready{i}"
         subs.append((worker(br.net, "b", "consume", "topic", dst, n, 30, tmp_path / f"s{i}", 0,
                             ready), tmp_path / f"s{i}"))
-        wait_for(ready.exists, 15, what=f"subscriber {i} ready")
+        wait_for(ready.exists, 60, what=f"subscriber {i} ready")
     pub = worker(br.net, "a", "publish", src, n, 32, 200)
-    finish(pub, 60, "publisher")
+    finish(pub, 120, "publisher")
     for p, out in subs:
-        finish(p, 60, "subscriber")
+        finish(p, 120, "subscriber")
         assert numbers(out) == list(range(n))
 
 
@@ -225,21 +241,20 @@ def test_link_down_five_seconds_mid_stream_loses_and_repeats_nothing(br, tmp_pat
     cons = worker(br.net, "b", "consume", "queue", dst, n, 20, out, 0, "")
     # ~4 s of production, 100 messages every 10 ms
     prod = worker(br.net, "a", "produce", src, n, 16, 100, 0.01, progress)
-    wait_for(lambda: progress.exists() and json.loads(progress.read_text() or "{}").get("sent", 0)
-             > n // 5, 20, what="stream under way")
+    wait_for(lambda: _progress(progress, "sent") > n // 5, 60, what="stream under way")
     br.net.link_down()
     try:
         # the 2 s lease runs out: both sides see the session end
-        wait_for(lambda: not br.connected("exp"), 10, what="exporter sees the cut")
+        wait_for(lambda: not br.connected("exp"), 30, what="exporter sees the cut")
         time.sleep(5)
         assert prod.poll() is None, "the producer must be held back while the link is down"
     finally:
         br.net.link_up()
-    br.wait_connected("exp", "imp", timeout=20)
-    finish(prod, 60, "producer")
-    finish(cons, 60, "consumer")
+    br.wait_connected("exp", "imp")
+    finish(prod, 120, "producer")
+    finish(cons, 120, "consumer")
     assert numbers(out) == list(range(n))
-    assert br.status("exp")["routes"][0]["retransmitted"] > 0  # the cut did cost messages
+    assert _route(br, "exp")["retransmitted"] > 0  # the cut did cost messages
 
 
 def _rss_kib(pid: int) -> int:
@@ -260,18 +275,16 @@ def test_slow_far_consumer_holds_back_the_producer_with_bounded_memory(br, tmp_p
     prod = worker(br.net, "a", "produce", src, n, size, 1, 0, progress)
     per_queue = cap // (size + 8)
     bound = 2 * per_queue + WINDOW + 16  # both queues full plus one window in flight
-    wait_for(lambda: progress.exists() and (tmp_path / "got.progress").exists(), 30,
+    wait_for(lambda: _progress(progress, "sent") and _progress(tmp_path / "got.progress",
+                                                                "received"), 60,
              what="producer and consumer under way")
     rss0 = None
     samples = []
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        try:
-            sent = json.loads(progress.read_text() or "{}").get("sent", 0)
-            received = json.loads((tmp_path / "got.progress").read_text()).get("received", 0)
-        except (OSError, ValueError):
-            continue
+        sent = _progress(progress, "sent")
+        received = _progress(tmp_path / "got.progress", "received")
         samples.append(sent - received)
         rss = _rss_kib(br.procs["exp"].pid) + _rss_kib(br.procs["imp"].pid)
         rss0 = rss if rss0 is None else rss0
@@ -279,8 +292,8 @@ def test_slow_far_consumer_holds_back_the_producer_with_bounded_memory(br, tmp_p
     assert samples, "no progress from producer and consumer"
     assert max(samples) <= bound, f"{max(samples)} messages ahead of the consumer (bound {bound})"
     assert prod.poll() is None, "the producer finished: nothing held it back"
-    finish(prod, 60, "producer")
-    finish(cons, 60, "consumer")
+    finish(prod, 120, "producer")
+    finish(cons, 120, "consumer")
     assert numbers(out) == list(range(n))
 
 
@@ -301,12 +314,12 @@ def test_board_route_converges_and_a_late_importer_gets_the_latest_value(br, tmp
             board.write(f"value {i}".encode())
         far = shmlink.Board.open(dst)
         try:
-            wait_for(lambda: far.read() == b"value 2000", 10, what="far board converges")
-            st_exp = br.status("exp")["routes"][0]
-            st_imp = br.status("imp")["routes"][0]
+            wait_for(lambda: far.read() == b"value 2000", 30, what="far board converges")
+            st_exp = _route(br, "exp")
+            st_imp = _route(br, "imp")
             # every write was either carried or counted as missed, never both
-            wait_for(lambda: br.status("exp")["routes"][0]["forwarded"]
-                     + br.status("exp")["routes"][0]["missed"] == 2000, 5, what="counts settle")
+            wait_for(lambda: _route(br, "exp")["forwarded"]
+                     + _route(br, "exp")["missed"] == 2000, 30, what="counts settle")
             assert st_imp["forwarded"] <= st_exp["forwarded"] + 1
         finally:
             far.close()
@@ -314,8 +327,8 @@ def test_board_route_converges_and_a_late_importer_gets_the_latest_value(br, tmp
         br.kill("imp")
         shmlink.remove(dst)
         br.start("imp", "b", "--listen", ep, "--import", f"board:{dst}={key},capacity=256")
-        br.wait_connected("imp", "exp", timeout=20)
-        wait_for(lambda: _board_value(dst) == b"value 2000", 10, what="late importer converges")
+        br.wait_connected("imp", "exp")
+        wait_for(lambda: _board_value(dst) == b"value 2000", 30, what="late importer converges")
     finally:
         board.close()
 
@@ -337,8 +350,7 @@ def _kill_restart(br, tmp_path, victim: str) -> tuple[list[int], int]:
     out, progress = tmp_path / "got", tmp_path / "progress"
     cons = worker(br.net, "b", "consume", "queue", dst, n, 30, out, 0, "")
     prod = worker(br.net, "a", "produce", src, n, 16, 100, 0.005, progress)
-    wait_for(lambda: progress.exists() and json.loads(progress.read_text() or "{}").get("sent", 0)
-             > n // 4, 20, what="stream under way")
+    wait_for(lambda: _progress(progress, "sent") > n // 4, 60, what="stream under way")
     args = {"exp": ("a", "--connect", f"tcp/{br.net.addr_b}:{PORT}", "--export",
                     f"queue:{src}={key}"),
             "imp": ("b", "--listen", f"tcp/{br.net.addr_b}:{PORT}", "--import",
@@ -346,9 +358,9 @@ def _kill_restart(br, tmp_path, victim: str) -> tuple[list[int], int]:
     br.kill(victim)
     time.sleep(0.5)
     br.start(victim, *args)
-    br.wait_connected("exp", "imp", timeout=20)
-    finish(prod, 60, "producer")
-    finish(cons, 60, "consumer")
+    br.wait_connected("exp", "imp")
+    finish(prod, 120, "producer")
+    finish(cons, 120, "consumer")
     return numbers(out), n
 
 

@@ -6,11 +6,22 @@ a file of u64s (``array('Q')``) for the test to check."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from array import array
 
 import shmlink
+
+#: longest a consumer waits for its first message
+FIRST_S = 90.0
+
+
+def report(path: str, **counts: object) -> None:
+    """Write ``counts`` to ``path`` as JSON, atomically (a reader never sees half of it)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(counts, f)
+    os.replace(path + ".tmp", path)
 
 
 def msg(i: int, size: int) -> bytes:
@@ -30,13 +41,11 @@ def produce_queue(name: str, n: int, size: int, batch: int, pause: float, progre
         now = time.monotonic()
         if progress and now - last > 0.05:
             last = now
-            with open(progress, "w") as f:
-                json.dump({"sent": sent, "t": now - t0}, f)
+            report(progress, sent=sent, t=now - t0)
         if pause:
             time.sleep(pause)
     if progress:
-        with open(progress, "w") as f:
-            json.dump({"sent": sent, "t": time.monotonic() - t0, "done": True}, f)
+        report(progress, sent=sent, t=time.monotonic() - t0, done=True)
     q.close()
 
 
@@ -53,7 +62,8 @@ def publish_topic(name: str, n: int, size: int, batch: int) -> None:
 def consume(kind: str, name: str, n: int, idle: float, out: str, pace: float,
             ready: str) -> None:
     """Receive until message number ``n - 1`` (the last one sent) or ``idle`` seconds
-    without a message; record the numbers."""
+    without a message (``FIRST_S`` for the first: the producer may still be starting on a
+    loaded machine); record the numbers."""
     if kind == "queue":
         obj = shmlink.Queue.open(name)
         src = obj
@@ -65,15 +75,14 @@ def consume(kind: str, name: str, n: int, idle: float, out: str, pace: float,
     got = array("Q")
     while not got or got[-1] != n - 1:
         try:
-            batch = src.recv_many(1 if pace else 4096, timeout=idle)
+            batch = src.recv_many(1 if pace else 4096, timeout=idle if got else FIRST_S)
         except shmlink.Timeout:
             break
         got.extend(int.from_bytes(m[:8], "little") for m in batch)
         if pace:
             time.sleep(pace)
             if len(got) % 50 == 0:
-                with open(out + ".progress", "w") as f:
-                    json.dump({"received": len(got)}, f)
+                report(out + ".progress", received=len(got))
     with open(out, "wb") as f:
         got.tofile(f)
     if src is not obj:

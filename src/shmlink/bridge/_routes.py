@@ -407,16 +407,27 @@ class LatestExporter(Route):
 
 
 class _Session:
-    """What an importer knows of one exporter session."""
+    """What an importer knows of one exporter session.
 
-    __slots__ = ("expected", "recv_next", "pending", "last_nack", "last_ack")
+    ``pending`` holds batches ``(seq, messages)`` received in order and not yet
+    in the local object: together they are sequence numbers
+    ``[expected, recv_next)``.
+    """
+
+    __slots__ = ("expected", "recv_next", "pending", "last_nack", "last_ack", "gone")
 
     def __init__(self, start: int) -> None:
         self.expected = start     # next sequence number to put into the local object
         self.recv_next = start    # next sequence number to accept from the link
-        self.pending: deque[bytes] = deque()
+        self.pending: deque[tuple[int, list[bytes]]] = deque()
         self.last_nack = 0.0
         self.last_ack = 0.0
+        self.gone = 0.0           # when the exporter's liveliness token went (0: present)
+
+
+#: an importer forgets an exporter session this long after its token went (a link cut
+#: shorter than this repeats nothing: the session's state, what was delivered, is kept)
+SESSION_KEEP_S = 600.0
 
 
 class LosslessImporter(Route):
@@ -427,7 +438,7 @@ class LosslessImporter(Route):
         self._obj = _open_sink(spec)
         if spec.kind == "topic" and self._obj.delivery != "lossless":
             raise ShmlinkError(f"route {spec.label}: the local topic {spec.object!r} is a latest "
-                               "topic; import it with mode = \"latest\"")
+                               "topic; import it with mode = \"lossless\"")
         self._give = self._obj.publish_many if spec.kind == "topic" else self._obj.send_many
         self._sessions: dict[int, _Session] = {}
         self._ack_pub = self._publisher(spec.key + _SUFFIX_ACK)
@@ -435,15 +446,22 @@ class LosslessImporter(Route):
         self._watch_peers(_SUFFIX_EXP)
 
     def on_peer(self, peer: str, present: bool) -> None:
-        if not present:
-            try:
-                sid = int(peer, 16)
-            except ValueError:
-                return
-            with self._cond:  # an exporter that stopped: forget it once nothing of it waits
-                st = self._sessions.get(sid)
-                if st is not None and not st.pending:
-                    del self._sessions[sid]
+        try:
+            sid = int(peer, 16)
+        except ValueError:
+            return
+        with self._cond:
+            # Keep the session across a link cut: its acknowledgements sent just before the
+            # cut may be lost, and only this state stops the exporter's resent window from
+            # going into the local object twice.
+            st = self._sessions.get(sid)
+            if st is not None:
+                st.gone = 0.0 if present else time.monotonic()
+
+    def _forget_old_sessions(self, now: float) -> None:
+        for sid in [sid for sid, s in self._sessions.items()
+                    if s.gone and now - s.gone > SESSION_KEEP_S and not s.pending]:
+            del self._sessions[sid]
 
     def _ack(self, session: int, expected: int, *, nack: bool = False) -> None:
         self._ack_pub.put(F.encode_ack(session, expected, self.sid, nack=nack))
@@ -462,10 +480,23 @@ class LosslessImporter(Route):
             return
         reply: tuple[int, int, bool] | None = None
         with self._cond:
+            now = time.monotonic()
             st = self._sessions.get(h.session)
             if st is None:  # a new exporter (or this importer is new): start at its window
+                self._forget_old_sessions(now)
                 st = self._sessions[h.session] = _Session(h.base)
-            now = time.monotonic()
+            if h.base > st.recv_next:
+                # The exporter holds acknowledgements for messages this importer never
+                # received: a previous run of this importer put them into the local object
+                # (one importer per key) and its acknowledgements arrived late.  Skip them.
+                self.duplicates += h.base - st.recv_next
+                st.recv_next = h.base
+                while st.pending and st.pending[0][0] + len(st.pending[0][1]) <= h.base:
+                    st.pending.popleft()
+                if st.pending:
+                    seq, msgs = st.pending[0]
+                    st.pending[0] = (h.base, msgs[h.base - seq:])
+                st.expected = max(st.expected, h.base)
             if h.first > st.recv_next:  # messages before this frame were lost on a cut link
                 if now - st.last_nack > NACK_EVERY_S:
                     st.last_nack = now
@@ -484,7 +515,7 @@ class LosslessImporter(Route):
                         self.bad_frames += 1
                         return
                     self.duplicates += skip
-                    st.pending.extend(msgs[skip:] if skip else msgs)
+                    st.pending.append((st.recv_next, msgs[skip:] if skip else msgs))
                     st.recv_next = h.first + h.count
                     self._cond.notify_all()
         if reply is not None:
@@ -503,8 +534,8 @@ class LosslessImporter(Route):
                 if st is None:
                     self._cond.wait(0.05)
                     continue
-                n = min(len(st.pending), BATCH)
-                batch = [st.pending.popleft() for _ in range(n)]
+                seq, batch = st.pending.popleft()
+            n = len(batch)
             done = 0
             while done < n:
                 try:
@@ -515,8 +546,8 @@ class LosslessImporter(Route):
                 if got:
                     done += got
                     with self._cond:
-                        st.expected += got
-                        expected = st.expected
+                        # max: a skip-ahead (see _on_data) may have moved it past this batch
+                        st.expected = expected = max(st.expected, seq + done)
                         st.last_ack = time.monotonic()
                     self.forwarded += got
                     self._ack(sid, expected)  # only now: the messages are in the local object
@@ -524,7 +555,8 @@ class LosslessImporter(Route):
                     return  # not acknowledged: the exporter sends them again
 
     def lag(self) -> int:
-        return sum(len(s.pending) for s in list(self._sessions.values()))
+        with self._cond:
+            return sum(s.recv_next - s.expected for s in self._sessions.values())
 
 
 class LatestImporter(Route):
