@@ -90,6 +90,81 @@ def consume(kind: str, name: str, n: int, idle: float, out: str, pace: float,
     obj.close()
 
 
+def _until(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def importer_frames(case: str, queue: str, port: int) -> None:
+    """An importing bridge on loopback fed hand-made frames by a raw Zenoh session that plays
+    the exporter; print the numbers the local queue got, as JSON.
+
+    ``cut``: frames 0..9, the exporter's liveliness token goes and comes back (a link cut whose
+    acknowledgements were lost), the window 0..9 is sent again, then 10..14.
+    ``skip``: a frame 3..4 after a gap, then one at ``base`` 5 (messages below 5 were
+    acknowledged by an earlier run of this importer), 5..9.
+    """
+    import zenoh
+    from shmlink.bridge import Bridge, BridgeConfig, load_config, parse_route, zenoh_config
+    from shmlink.bridge import _frames as F
+
+    key = f"t/frames/{os.getpid()}"
+    ep = f"tcp/127.0.0.1:{port}"
+    cfg = load_config(routes=[parse_route("import", f"queue:{queue}={key}")], listen=[ep],
+                      name=f"tbf-{os.getpid()}")
+    sid = 0x5EED
+    with Bridge(cfg) as bridge, shmlink.Queue.open(queue) as q:
+        route = bridge.routes[0]
+        raw = zenoh.open(zenoh_config(BridgeConfig(connect=[ep], connect_timeout=30)))
+        try:
+            pub = raw.declare_publisher(key, congestion_control=zenoh.CongestionControl.BLOCK,
+                                        reliability=zenoh.Reliability.RELIABLE)
+            _until(lambda: pub.matching_status.matching, 30, "the importer's subscriber")
+
+            def token():
+                t = raw.liveliness().declare_token(f"{key}/_shmlink_exp/{sid:016x}")
+                _until(lambda: route.peers, 30, "the importer to see the exporter")
+                return t
+
+            def put(base: int, first: int, count: int) -> None:
+                pub.put(F.encode_batch(F.DATA, sid, base, first,
+                                       [msg(i, 16) for i in range(first, first + count)]))
+
+            tok = token()
+            if case == "cut":
+                put(0, 0, 10)
+                _until(lambda: len(q) == 10, 30, "the first 10 messages")
+                tok.undeclare()
+                _until(lambda: not route.peers, 30, "the importer to see the cut")
+                tok = token()
+                put(0, 0, 10)  # the window again: the importer's acknowledgements were lost
+                put(0, 10, 5)
+                want = 15
+            else:
+                put(0, 3, 2)
+                put(5, 5, 5)
+                want = 5
+            got = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                m = q.try_recv()
+                if m is None:
+                    if len(got) >= want:  # and nothing more comes for a while
+                        time.sleep(0.5)
+                        if len(q) == 0:
+                            break
+                    time.sleep(0.01)
+                    continue
+                got.append(int.from_bytes(m[:8], "little"))
+            tok.undeclare()
+        finally:
+            raw.close()
+    print(json.dumps(got))
+
+
 def main(argv: list[str]) -> None:
     cmd, *a = argv
     if cmd == "produce":
@@ -98,6 +173,8 @@ def main(argv: list[str]) -> None:
         publish_topic(a[0], int(a[1]), int(a[2]), int(a[3]))
     elif cmd == "consume":
         consume(a[0], a[1], int(a[2]), float(a[3]), a[4], float(a[5]), a[6])
+    elif cmd == "importer-frames":
+        importer_frames(a[0], a[1], int(a[2]))
     else:
         raise SystemExit(f"unknown command {cmd!r}")
 

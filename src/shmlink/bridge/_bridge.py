@@ -67,12 +67,30 @@ def zenoh_config(cfg: BridgeConfig) -> Any:
 
 
 def read_status(name: str) -> dict[str, Any]:
-    """The status a running bridge publishes on its board ``name`` (``bridge.<bridge name>``)."""
+    """The status a bridge publishes on its board ``name`` (``bridge.<bridge name>``).
+
+    ``running`` says whether the bridge process that wrote it is alive: a killed bridge's
+    board keeps its last state until ``shmlink gc`` or a restarted bridge replaces it.
+    """
     with Board.open(name) as b:
         raw = b.read()
     if not raw:
         return {}
-    return json.loads(raw.decode("utf-8"))
+    state: dict[str, Any] = json.loads(raw.decode("utf-8"))
+    state["running"] = _pid_alive(state.get("pid"))
+    return state
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Bridge:

@@ -414,12 +414,13 @@ class _Session:
     ``[expected, recv_next)``.
     """
 
-    __slots__ = ("expected", "recv_next", "pending", "last_nack", "last_ack", "gone")
+    __slots__ = ("expected", "recv_next", "pending", "busy", "last_nack", "last_ack", "gone")
 
     def __init__(self, start: int) -> None:
         self.expected = start     # next sequence number to put into the local object
         self.recv_next = start    # next sequence number to accept from the link
         self.pending: deque[tuple[int, list[bytes]]] = deque()
+        self.busy = False         # the route thread is putting a batch of it into the local object
         self.last_nack = 0.0
         self.last_ack = 0.0
         self.gone = 0.0           # when the exporter's liveliness token went (0: present)
@@ -515,14 +516,36 @@ class LosslessImporter(Route):
                         self.bad_frames += 1
                         return
                     self.duplicates += skip
-                    st.pending.append((st.recv_next, msgs[skip:] if skip else msgs))
+                    seq = st.recv_next
+                    if skip:
+                        msgs = msgs[skip:]
                     st.recv_next = h.first + h.count
-                    self._cond.notify_all()
+                    if not any(s.pending or s.busy for s in self._sessions.values()):
+                        # Nothing of this session waits: put the frame into the local object
+                        # from here, without blocking (no hand-over to the route thread, which
+                        # is most of a round trip's time); what does not fit waits for it.
+                        got = self._try_give(msgs)
+                        if got:
+                            self.forwarded += got
+                            st.expected = seq = seq + got
+                            st.last_ack = now
+                            reply = (h.session, seq, False)
+                            msgs = msgs[got:]
+                    if msgs:
+                        st.pending.append((seq, msgs))
+                        self._cond.notify_all()
         if reply is not None:
             self._ack(*reply[:2], nack=reply[2])
 
+    def _try_give(self, msgs: list[bytes]) -> int:
+        """Put what fits of ``msgs`` into the local object now; how many went in."""
+        try:
+            self._give(msgs, timeout=0)
+            return len(msgs)
+        except Timeout as e:
+            return getattr(e, "sent", 0)
+
     def run(self) -> None:
-        give = self._give
         while not self._stop.is_set():
             with self._cond:
                 st: _Session | None = None
@@ -535,24 +558,34 @@ class LosslessImporter(Route):
                     self._cond.wait(0.05)
                     continue
                 seq, batch = st.pending.popleft()
-            n = len(batch)
-            done = 0
-            while done < n:
-                try:
-                    give(batch[done:] if done else batch, timeout=SLICE_S)
-                    got = n - done
-                except Timeout as e:  # the local object is full: acknowledge what went in
-                    got = getattr(e, "sent", 0)
-                if got:
-                    done += got
-                    with self._cond:
-                        # max: a skip-ahead (see _on_data) may have moved it past this batch
-                        st.expected = expected = max(st.expected, seq + done)
-                        st.last_ack = time.monotonic()
+                st.busy = True
+            try:
+                self._deliver(sid, st, seq, batch)
+            finally:
+                with self._cond:
+                    st.busy = False
+
+    def _deliver(self, sid: int, st: _Session, seq: int, batch: list[bytes]) -> None:
+        """Put ``batch`` (numbered from ``seq``) into the local object, acknowledging as it goes."""
+        give = self._give
+        n = len(batch)
+        done = 0
+        while done < n:
+            try:
+                give(batch[done:] if done else batch, timeout=SLICE_S)
+                got = n - done
+            except Timeout as e:  # the local object is full: acknowledge what went in
+                got = getattr(e, "sent", 0)
+            if got:
+                done += got
+                with self._cond:
+                    # max: a skip-ahead (see _on_data) may have moved it past this batch
+                    st.expected = expected = max(st.expected, seq + done)
+                    st.last_ack = time.monotonic()
                     self.forwarded += got
-                    self._ack(sid, expected)  # only now: the messages are in the local object
-                elif self._stop.is_set():
-                    return  # not acknowledged: the exporter sends them again
+                self._ack(sid, expected)  # only now: the messages are in the local object
+            elif self._stop.is_set():
+                return  # not acknowledged: the exporter sends them again
 
     def lag(self) -> int:
         with self._cond:
