@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 __all__ = ["DATA", "LATEST", "ACK", "FLAG_NACK", "FORMAT", "HEADER", "FrameError", "Header",
            "encode_batch", "encode_ack", "decode_header", "decode_messages"]
@@ -74,14 +74,22 @@ def decode_header(buf: bytes) -> Header:
     return Header(kind, flags, count, session, base, first)
 
 
-def decode_messages(buf: bytes, count: int) -> list[bytes]:
-    """The ``count`` messages of a DATA or LATEST frame ``buf``."""
+#: messages at least this long (on average in a frame) are handed out as views of the frame
+VIEW_SIZE = 2048
+
+
+def decode_messages(buf: bytes, count: int) -> list[Any]:
+    """The ``count`` messages of a DATA or LATEST frame ``buf``: ``bytes``, or read-only
+    ``memoryview`` slices of ``buf`` when they are large (no copy; the local objects take
+    any bytes-like message)."""
     start = HEADER.size + 4 * count
     if start > len(buf):
         raise FrameError(f"frame says {count} messages but has {len(buf)} bytes")
     lengths = array(_U32)
     lengths.frombytes(buf[HEADER.size:start])
-    out = []
+    out: list[Any] = []
+    if len(buf) - start >= VIEW_SIZE * count:
+        buf = memoryview(buf).toreadonly()  # type: ignore[assignment]
     pos = start
     for n in lengths:
         end = pos + n
