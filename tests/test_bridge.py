@@ -211,6 +211,21 @@ def test_queue_route_moves_100k_messages_exactly_once_in_order(br, tmp_path):
     wait_for(lambda: _route(br, "exp")["acked"] == n, 30, what="all acknowledged")
     st = _route(br, "exp")
     assert st["forwarded"] == n and st["connected"] and st["in_flight"] == 0
+    # shmlink ls / info show the routes and their state
+    board = f"bridge.exp-{br.tag}"
+    ls = subprocess.run([PY, "-m", "shmlink", "ls"], capture_output=True, text=True, timeout=60,
+                        env=python_env())
+    assert any(board in line and "bridge: 1 route, 1 connected" in line
+               for line in ls.stdout.splitlines()), ls.stdout + ls.stderr
+    info = subprocess.run([PY, "-m", "shmlink", "info", board], capture_output=True, text=True,
+                          timeout=60, env=python_env())
+    assert f"queue:{src} -> " in info.stdout and f"connected forwarded={n} lag=0" in info.stdout, \
+        info.stdout + info.stderr
+    br.kill("exp")
+    ls = subprocess.run([PY, "-m", "shmlink", "ls"], capture_output=True, text=True, timeout=60,
+                        env=python_env())
+    assert any(board in line and "bridge: not running" in line
+               for line in ls.stdout.splitlines()), ls.stdout + ls.stderr
 
 
 @needs_net

@@ -7,7 +7,6 @@ status board ``bridge.<name>`` holds its routes and their state.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -17,19 +16,13 @@ from typing import Any
 from ..errors import ShmlinkError
 from ._common import count_arg, out, size_arg, timeout_arg
 
-STATUS_PREFIX = "bridge."  # the same as shmlink.bridge.STATUS_PREFIX (that package needs zenoh)
-
-
-def is_status_board(name: str, kind: str) -> bool:
-    """Whether ``name`` is a bridge's status board."""
-    return kind == "board" and name.startswith(STATUS_PREFIX)
-
-
-def bridge_state(board: Any) -> dict[str, Any]:
-    """The JSON status a bridge keeps on its board, for ``shmlink info``; {} if unreadable."""
+def _state(name: str, kind: str) -> dict[str, Any] | None:
+    """The state on a bridge's status board ``name``; None if it is not one ({} unreadable)."""
+    from ..bridge import STATUS_PREFIX, read_status
+    if kind != "board" or not name.startswith(STATUS_PREFIX):
+        return None
     try:
-        raw = board.read()
-        return json.loads(raw.decode("utf-8")) if raw else {}
+        return read_status(name)
     except (ShmlinkError, ValueError):
         return {}
 
@@ -46,21 +39,26 @@ def route_lines(state: dict[str, Any]) -> list[str]:
     return lines
 
 
-def summary(state: dict[str, Any]) -> str:
-    """A few words for the ``ls`` table: ``bridge: 2 routes, 2 connected``."""
+def ls_note(si: Any) -> str:
+    """For ``shmlink ls``: ``bridge: 2 routes, 2 connected`` on a bridge's status board
+    (``bridge: not running`` for a killed one's), "" on any other segment."""
+    state = _state(si.name, si.kind)
+    if state is None:
+        return ""
+    if not state.get("running", False):
+        return "bridge: not running"
     routes = state.get("routes", [])
     up = sum(1 for r in routes if r.get("connected"))
     return f"bridge: {len(routes)} route{'s' if len(routes) != 1 else ''}, {up} connected"
 
 
-def ls_summary(name: str) -> str:
-    """:func:`summary` of the bridge whose status board is ``name``; "" if it cannot be read."""
-    from ..board import Board
-    try:
-        with Board.open(name, timeout=0.5) as b:
-            return summary(bridge_state(b))
-    except ShmlinkError:
-        return ""
+def info_state(si: Any) -> dict[str, Any]:
+    """For ``shmlink info``: ``running`` and one line per route on a bridge's status board,
+    {} on any other segment."""
+    state = _state(si.name, si.kind)
+    if state is None:
+        return {}
+    return {"running": state.get("running", False), "routes": route_lines(state)}
 
 
 def _setup_logging(verbosity: int) -> None:

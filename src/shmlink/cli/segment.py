@@ -32,8 +32,7 @@ def cmd_ls(a: argparse.Namespace) -> None:
         extra = ""
         if i.dead_participants:
             extra = f"dead: {','.join(map(str, i.dead_participants))}"
-        if bridge.is_status_board(i.name, i.kind):
-            extra = (extra + "  " if extra else "") + bridge.ls_summary(i.name)
+        extra = "  ".join(x for x in (extra, bridge.ls_note(i)) if x)
         rows.append([i.name, i.kind, str(i.size), str(i.creator_pid), users, age(i.age),
                      (i.lifetime + ("  " + extra if extra else ""))])
     table(rows, ["NAME", "KIND", "SIZE", "CREATOR", "PIDS", "AGE", "LIFETIME"])
@@ -48,10 +47,7 @@ def _state_of(si: SegmentInfo) -> dict[str, Any]:
         return {"error": str(e)}
     try:
         stats = getattr(obj, "stats", None)
-        state = stats() if stats else {}
-        if bridge.is_status_board(si.name, si.kind):
-            state["routes"] = bridge.route_lines(bridge.bridge_state(obj))
-        return state
+        return {**(stats() if stats else {}), **bridge.info_state(si)}
     finally:
         obj.close()
 
