@@ -347,6 +347,12 @@ def test_board_route_converges_and_a_late_importer_gets_the_latest_value(br, tmp
         br.start("imp", "b", "--listen", ep, "--import", f"board:{dst}={key},capacity=256")
         br.wait_connected("imp", "exp")
         wait_for(lambda: _board_value(dst) == b"value 2000", 30, what="late importer converges")
+        # and after the exporter is killed, a value written meanwhile arrives once it is back
+        br.kill("exp")
+        board.write(b"value 2001")
+        br.start("exp", "a", "--connect", ep, "--export", f"board:{src}={key}")
+        br.wait_connected("imp", "exp")
+        wait_for(lambda: _board_value(dst) == b"value 2001", 30, what="converges after restart")
     finally:
         board.close()
 
