@@ -457,6 +457,30 @@ def test_topic_exporter_sigkill_carries_nothing_published_while_it_was_down(br, 
         f"importer {dict(_route(br, 'imp'))}")
 
 
+@needs_net
+def test_connection_route_answers_far_requests_and_carries_errors(br, tmp_path):
+    server_lst, client_lst = br.obj("lsrv"), br.obj("lcli")
+    key = f"t/{br.tag}/rpc"
+    ep = f"tcp/{br.net.addr_b}:{PORT}"
+    ready, stop = tmp_path / "ready", tmp_path / "stop"
+    srv = worker(br.net, "b", "echo-server", server_lst, ready, stop)
+    try:
+        wait_for(ready.exists, 60, what="server listening")
+        br.start("exp", "b", "--listen", ep, "--export", f"connection:{server_lst}={key}")
+        br.start("imp", "a", "--connect", ep, "--import", f"connection:{client_lst}={key}")
+        br.wait_connected("exp", "imp")
+        cli = br.net.run("a", [PY, "-m", "workers.bridge", "request-client", client_lst, "200"],
+                         capture_output=True, text=True, timeout=120, env=python_env())
+        assert cli.returncode == 0, cli.stderr[-2000:]
+        got = json.loads(cli.stdout.strip().splitlines()[-1])
+        assert got["ok"] == 200 and not got["bad"], got
+        assert "boom from the far server" in (got["error"] or ""), got
+        wait_for(lambda: _route(br, "exp")["forwarded"] >= 200, 30, what="exporter counts")
+    finally:
+        stop.touch()
+        finish(srv, 60, "server")
+
+
 # ------------------------------------------------- the importer's protocol, fed hand-made frames
 
 
@@ -501,10 +525,11 @@ def _bridge_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
 
 
 @needs_zenoh
-def test_unknown_exported_object_exits_1_naming_it():
-    r = _bridge_cli("--export", "queue:tb-no-such-queue=t/x", "--listen", "tcp/127.0.0.1:0")
+@pytest.mark.parametrize("kind", ["queue", "connection"])
+def test_unknown_exported_object_exits_1_naming_it(kind):
+    r = _bridge_cli("--export", f"{kind}:tb-no-such-{kind}=t/x", "--listen", "tcp/127.0.0.1:0")
     assert r.returncode == 1
-    assert "tb-no-such-queue" in r.stderr and "Traceback" not in r.stderr
+    assert f"tb-no-such-{kind}" in r.stderr and "Traceback" not in r.stderr
 
 
 @needs_zenoh

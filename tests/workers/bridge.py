@@ -165,6 +165,52 @@ def importer_frames(case: str, queue: str, port: int) -> None:
     print(json.dumps(got))
 
 
+def echo_server(name: str, ready: str, stop: str) -> None:
+    """Listen on ``name``; answer each request with ``b"echo:" + request`` (a request
+    ``b"boom"`` raises ValueError, which the client sees as RemoteError) until ``stop``
+    exists (at most 120 s)."""
+    import threading
+    lst = shmlink.listen(name)
+    open(ready, "w").close()
+    conns = []
+
+    def handler(data: bytes) -> bytes:
+        if data == b"boom":
+            raise ValueError("boom from the far server")
+        return b"echo:" + data
+
+    deadline = time.monotonic() + 120
+    while not os.path.exists(stop) and time.monotonic() < deadline:
+        try:
+            c = lst.accept(timeout=0.1)
+        except shmlink.Timeout:
+            continue
+        conns.append(c)
+        threading.Thread(target=c.serve, args=(handler,), daemon=True).start()
+    for c in conns:
+        c.stop()
+        c.close()
+    lst.close()
+
+
+def request_client(name: str, n: int) -> None:
+    """Connect to ``name``, send ``n`` requests and a failing one; print what came back."""
+    out: dict = {"ok": 0, "bad": []}
+    with shmlink.connect(name, timeout=60) as c:
+        for i in range(n):
+            r = c.request(b"%d" % i, timeout=60)
+            if r == b"echo:%d" % i:
+                out["ok"] += 1
+            else:
+                out["bad"].append(repr(r[:40]))
+        try:
+            c.request(b"boom", timeout=60)
+            out["error"] = None
+        except shmlink.RemoteError as e:
+            out["error"] = str(e)
+    print(json.dumps(out))
+
+
 def main(argv: list[str]) -> None:
     cmd, *a = argv
     if cmd == "produce":
@@ -173,6 +219,10 @@ def main(argv: list[str]) -> None:
         publish_topic(a[0], int(a[1]), int(a[2]), int(a[3]))
     elif cmd == "consume":
         consume(a[0], a[1], int(a[2]), float(a[3]), a[4], float(a[5]), a[6])
+    elif cmd == "echo-server":
+        echo_server(a[0], a[1], a[2])
+    elif cmd == "request-client":
+        request_client(a[0], int(a[1]))
     elif cmd == "importer-frames":
         importer_frames(a[0], a[1], int(a[2]))
     else:

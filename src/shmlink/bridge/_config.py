@@ -38,10 +38,11 @@ from ..errors import BridgeConfigError
 
 __all__ = ["RouteSpec", "BridgeConfig", "load_config", "parse_route", "KINDS", "MODES"]
 
-KINDS = ("queue", "topic", "board")
+KINDS = ("queue", "topic", "board", "connection")
 #: the modes each kind allows; the first is the default
-MODES = {"queue": ("lossless",), "topic": ("lossless", "latest"), "board": ("latest",)}
-_DEFAULT_CAPACITY = {"queue": 1 << 20, "topic": 1 << 20, "board": 1 << 16}
+MODES = {"queue": ("lossless",), "topic": ("lossless", "latest"), "board": ("latest",),
+         "connection": ("request",)}
+_DEFAULT_CAPACITY = {"queue": 1 << 20, "topic": 1 << 20, "board": 1 << 16, "connection": 1 << 20}
 _ROUTE_KEYS = {"export", "import", "key", "mode", "capacity"}
 _BRIDGE_KEYS = {"name", "listen", "connect", "connect_timeout", "scouting", "window",
                 "window_bytes", "lease", "zenoh"}
@@ -61,10 +62,10 @@ class RouteSpec:
     """One route: carry local ``kind`` ``object`` to (export) or from (import) Zenoh ``key``."""
 
     direction: str          # "export" | "import"
-    kind: str               # "queue" | "topic" | "board"
+    kind: str               # "queue" | "topic" | "board" | "connection"
     object: str             # the local object's name
     key: str                # the Zenoh key expression
-    mode: str               # "lossless" | "latest"
+    mode: str               # "lossless" | "latest" | "request" (connections)
     capacity: int           # import: capacity of the local object if it is created
 
     @property

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import logging
 import os
+import queue as _queue
 import threading
 import time
 from collections import deque
 from typing import Any, Callable
 
 from ..board import Board
-from ..errors import SegmentExists, SegmentNotFound, ShmlinkError, Timeout
+from ..connection import Connection, Listener, connect, listen
+from ..errors import RemoteError, SegmentExists, SegmentNotFound, ShmlinkError, Timeout
 from ..queue import Queue
 from ..topic import Topic
 from . import _frames as F
@@ -663,8 +665,152 @@ class LatestImporter(Route):
         return len(self._inbox)
 
 
+# ----------------------------------------------------------------------------------- connections
+
+#: longest a request may take across the link and through the far server
+REQUEST_TIMEOUT_S = 30.0
+#: requests one exported listener serves at once (one local connection each)
+SERVERS = 4
+
+
+class ConnectionExporter(Route):
+    """Zenoh queryable -> a local listener: each query is one request on a local connection.
+
+    ``SERVERS`` threads each hold a connection to the local listener; a query
+    waits in a bounded inbox for one of them, and is answered with the
+    server's response, or with an error (a server's exception, a timeout, a
+    full inbox) that the far client's ``request`` raises as ``RemoteError``.
+    """
+
+    def __init__(self, bridge: Any, spec: RouteSpec) -> None:
+        super().__init__(bridge, spec)
+        self._inbox: _queue.Queue[Any] = _queue.Queue(maxsize=64 * SERVERS)
+        try:  # the exported listener must exist, like any exported object
+            Listener.open(spec.object, timeout=2.0).close()
+        except ShmlinkError as e:
+            raise SegmentNotFound(
+                f"route {spec.label}: there is no listener {spec.object!r} to export "
+                f"({type(e).__name__}); start its server first") from None
+        self._declare(bridge.session.declare_queryable(spec.key, self._on_query))
+        self._watch_peers(_SUFFIX_IMP)
+
+    def _on_query(self, query: Any) -> None:
+        try:
+            self._inbox.put_nowait(query)
+        except _queue.Full:
+            self.missed += 1
+            query.reply_err(f"bridge {self.bridge.config.name}: route {self.spec.label} has "
+                            f"{self._inbox.maxsize} requests waiting; try again later")
+            query.drop()
+
+    def run(self) -> None:
+        workers = [threading.Thread(target=self._serve, daemon=True,
+                                    name=f"bridge {self.spec.label} server {i}")
+                   for i in range(SERVERS)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    def _serve(self) -> None:
+        conn: Connection | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    query = self._inbox.get(timeout=SLICE_S)
+                except _queue.Empty:
+                    continue
+                try:
+                    if conn is None:
+                        conn = connect(self.spec.object, timeout=5.0)
+                    payload = query.payload.to_bytes() if query.payload is not None else b""
+                    query.reply(query.key_expr, conn.request(payload, timeout=REQUEST_TIMEOUT_S))
+                    with self._cond:
+                        self.forwarded += 1
+                except RemoteError as e:  # the server raised: its message goes back
+                    query.reply_err(str(e))
+                except ShmlinkError as e:  # no server, it went away, or it took too long
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    query.reply_err(f"route {self.spec.label}: {type(e).__name__}: {e}")
+                finally:
+                    query.drop()
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def lag(self) -> int:
+        return self._inbox.qsize()
+
+
+class ConnectionImporter(Route):
+    """A local listener -> Zenoh ``get``: local clients' requests are answered from far away.
+
+    The bridge listens on the route's object name; each client it accepts
+    gets a thread that serves its requests by querying the key.  An error
+    from the far side (no route, the far server's exception, a timeout)
+    makes the client's ``request`` raise ``RemoteError``.
+    """
+
+    def __init__(self, bridge: Any, spec: RouteSpec) -> None:
+        super().__init__(bridge, spec)
+        self._lst: Listener = listen(spec.object, capacity=spec.capacity)
+        self._obj = self._lst
+        self._conns: set[Connection] = set()
+        self._watch_peers(_SUFFIX_EXP)
+
+    def _answer(self, data: bytes) -> bytes:
+        replies = self.bridge.session.get(self.spec.key, payload=bytes(data),
+                                          timeout=REQUEST_TIMEOUT_S)
+        for reply in replies:
+            if reply.ok is not None:
+                with self._cond:
+                    self.forwarded += 1
+                return reply.ok.payload.to_bytes()  # type: ignore[no-any-return]
+            raise ShmlinkError(reply.err.payload.to_string())
+        with self._cond:
+            self.missed += 1
+        raise Timeout(f"route {self.spec.label}: no answer from {self.spec.key!r} within "
+                      f"{REQUEST_TIMEOUT_S} s (is the exporting bridge connected?)")
+
+    def _client(self, conn: Connection) -> None:
+        try:
+            conn.serve(self._answer)
+        except ShmlinkError:
+            pass  # the client went away
+        finally:
+            with self._cond:
+                self._conns.discard(conn)
+            conn.close()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn = self._lst.accept(timeout=SLICE_S)
+            except Timeout:
+                continue
+            with self._cond:
+                self._conns.add(conn)
+            threading.Thread(target=self._client, args=(conn,), daemon=True,
+                             name=f"bridge {self.spec.label} client").start()
+
+    def stop(self, timeout: float = 6.0) -> None:
+        super().stop(timeout)
+        with self._cond:
+            conns = list(self._conns)
+        for c in conns:
+            c.stop()
+
+    def lag(self) -> int:
+        return len(self._conns)
+
+
 def make_route(bridge: Any, spec: RouteSpec) -> Route:
     """The route object that runs ``spec`` (opening or creating its local object)."""
+    if spec.kind == "connection":
+        return (ConnectionExporter if spec.direction == "export" else ConnectionImporter)(
+            bridge, spec)
     lossless = spec.mode == "lossless"
     if spec.direction == "export":
         return (LosslessExporter if lossless else LatestExporter)(bridge, spec)

@@ -126,7 +126,7 @@ def add_parsers(sub: Any) -> None:
         "bridge", help="carry queues, topics and boards to other hosts over Zenoh",
         description="Run routes between local objects and Zenoh key expressions until "
                     "SIGTERM or Ctrl-C. Routes: KIND:OBJECT=KEY[,mode=lossless|latest]"
-                    "[,capacity=SIZE], KIND one of queue, topic, board. Needs "
+                    "[,capacity=SIZE], KIND one of queue, topic, board, connection. Needs "
                     "pip install 'shmlink[zenoh]'. State: shmlink info bridge.NAME")
     s.add_argument("--config", metavar="FILE", help="TOML file with [bridge] and [[route]] tables")
     s.add_argument("--name", help="this bridge's name (status board bridge.NAME)")
