@@ -119,11 +119,11 @@ class BridgeConfig:
                     raise BridgeConfigError(f"{where}: [bridge.zenoh] may not set {k!r}: {why}")
         seen: dict[tuple[str, str], RouteSpec] = {}
         for r in self.routes:
-            k = (r.direction, r.key)
-            if k in seen:
-                raise BridgeConfigError(f"{where}: routes {seen[k].label!r} and {r.label!r} "
+            dk = (r.direction, r.key)
+            if dk in seen:
+                raise BridgeConfigError(f"{where}: routes {seen[dk].label!r} and {r.label!r} "
                                         f"both {r.direction} key {r.key!r}; give each its own key")
-            seen[k] = r
+            seen[dk] = r
         return self
 
 

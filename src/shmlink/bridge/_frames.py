@@ -43,7 +43,7 @@ class FrameError(ValueError):
 class Header(NamedTuple):
     type: int
     flags: int
-    count: int
+    count: int  # type: ignore[assignment]  # the wire format's name; shadows tuple.count
     session: int
     base: int
     first: int

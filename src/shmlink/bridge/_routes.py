@@ -181,7 +181,7 @@ class Route:
 
 def _open_source(spec: RouteSpec) -> tuple[Any, Any]:
     """(object, subscriber or None) for an export route; SegmentNotFound names the route."""
-    cls = {"queue": Queue, "topic": Topic, "board": Board}[spec.kind]
+    cls: Any = {"queue": Queue, "topic": Topic, "board": Board}[spec.kind]
     try:
         obj = cls.open(spec.object)
     except SegmentNotFound:
@@ -195,7 +195,7 @@ def _open_source(spec: RouteSpec) -> tuple[Any, Any]:
 
 def _open_sink(spec: RouteSpec) -> Any:
     """The local object an import route writes into, created with ``spec.capacity`` if missing."""
-    cls = {"queue": Queue, "topic": Topic, "board": Board}[spec.kind]
+    cls: Any = {"queue": Queue, "topic": Topic, "board": Board}[spec.kind]
     for _ in range(3):
         try:
             return cls.open(spec.object)
@@ -203,7 +203,8 @@ def _open_sink(spec: RouteSpec) -> Any:
             pass
         try:
             if spec.kind == "topic":
-                return Topic.create(spec.object, spec.capacity, delivery=spec.mode)
+                return Topic.create(spec.object, spec.capacity,
+                                    delivery="latest" if spec.mode == "latest" else "lossless")
             return cls.create(spec.object, spec.capacity)
         except SegmentExists:
             continue
