@@ -66,6 +66,8 @@ HIERARCHY = {
     "BadDirectory": (OSError,),
     "BufferFull": (BufferError,),
     "OutOfDescriptors": (OSError,),
+    "BridgeConfigError": (ValueError,),
+    "EndpointUnreachable": (ConnectionError,),
 }
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "InvalidState",
     "BadDirectory",
     "OutOfDescriptors",
+    "BridgeConfigError",
+    "EndpointUnreachable",
 ]
 
 
@@ -242,3 +244,15 @@ class RemoteError(ShmlinkError, RuntimeError):
     not bytes-like, or a response too large for the connection).  The
     connection stays usable.
     """
+
+
+class BridgeConfigError(ShmlinkError, ValueError):
+    """A bridge configuration (TOML file or command-line route) that cannot be used.
+
+    The message names the file or option, the route and what to change.
+    """
+
+
+class EndpointUnreachable(ShmlinkError, ConnectionError):
+    """A bridge could not open its Zenoh session: nothing answered on a ``connect``
+    endpoint in time, or a ``listen`` endpoint could not be bound."""

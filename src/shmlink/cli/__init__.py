@@ -30,7 +30,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import ShmlinkError
-from . import bench, board, connection, demo, queue, segment, topic
+from . import bench, board, bridge, connection, demo, queue, segment, topic
 from ._advice import advise
 from ._common import Parser, UsageError, UserError
 from ._reference import EXIT_STATUS, JSON_KEYS, epilog
@@ -41,7 +41,7 @@ __all__ = ["main", "build_parser", "UsageError", "UserError", "EXIT_INTERNAL"]
 EXIT_INTERNAL = 70
 
 #: The modules whose ``add_parsers(subparsers)`` make the command table, in help order.
-FAMILIES = (segment, queue, demo, bench, board, topic, connection)
+FAMILIES = (segment, queue, demo, bench, board, topic, connection, bridge)
 
 
 def build_parser() -> argparse.ArgumentParser:

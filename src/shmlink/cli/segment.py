@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import ShmlinkError
 from ..segment import Segment, SegmentInfo, gc, info, list_segments, remove
+from . import bridge
 from ._common import (age, decode_input, emit_json, encode_text, encoding_arg, human_size,
                       input_bytes, message_json, mode_arg, offset_arg, open_any, open_segment,
                       out, owner_name, size_arg, table, text_arg)
@@ -41,6 +42,9 @@ def cmd_ls(a: argparse.Namespace) -> None:
         name = i.name
         if i.dead_participants:
             name += f"  (dead: {','.join(map(str, i.dead_participants))})"
+        note = bridge.ls_note(i)
+        if note:
+            name += f"  ({note})"
         rows.append([owner_name(i.uid), f"{i.mode:04o}", str(i.size), i.kind, i.lifetime,
                      age(i.age), users, name])
     table(rows, ["OWNER", "MODE", "SIZE", "KIND", "LIFETIME", "AGE", "PIDS", "NAME"])
@@ -61,7 +65,7 @@ def _state_of(si: SegmentInfo) -> tuple[dict[str, Any] | None, str | None]:
     except ShmlinkError as e:
         return None, str(e)
     try:
-        stats = dict(obj.stats())
+        stats = {**dict(obj.stats()), **bridge.info_state(si)}
     finally:
         obj.close()
     if si.kind == "connection":
@@ -103,6 +107,12 @@ def _rows_of(kind: str, key: str, value: Any) -> tuple[str, list[list[str]], lis
         rows = [[str(s["slot"]), str(s["pid"]), _yes(s["alive"]), str(s["lag"]),
                  str(s["missed"]), str(s["received"])] for s in value]
         return str(len(value)), rows, ["SLOT", "PID", "ALIVE", "LAG", "MISSED", "RECEIVED"]
+    if key == "routes" and isinstance(value, list):  # a bridge's status board (cli/bridge.py)
+        rows = [[str(r["route"]), str(r["mode"]), _yes(r["connected"]), str(r["forwarded"]),
+                 str(r["lag"]), str(r["missed"]), str(r["retransmitted"]), str(r["duplicates"]),
+                 str(r["error"] or "-")] for r in value]
+        return str(len(value)), rows, ["ROUTE", "MODE", "CONNECTED", "FORWARDED", "LAG",
+                                       "MISSED", "RESENT", "DUPLICATES", "ERROR"]
     if kind == "listener" and key == "clients":
         rows = []
         for c in value:
