@@ -219,8 +219,13 @@ def test_queue_route_moves_100k_messages_exactly_once_in_order(br, tmp_path):
                for line in ls.stdout.splitlines()), ls.stdout + ls.stderr
     info = subprocess.run([PY, "-m", "shmlink", "info", board], capture_output=True, text=True,
                           timeout=60, env=python_env())
-    assert f"queue:{src} -> " in info.stdout and f"connected forwarded={n} lag=0" in info.stdout, \
-        info.stdout + info.stderr
+    row = [line.split() for line in info.stdout.splitlines() if f"queue:{src} -> " in line]
+    assert row and row[0][3:7] == ["lossless", "yes", str(n), "0"], info.stdout + info.stderr
+    info = subprocess.run([PY, "-m", "shmlink", "info", "--json", board], capture_output=True,
+                          text=True, timeout=60, env=python_env())
+    (route,) = json.loads(info.stdout)["state"]["routes"]
+    assert route["route"].startswith(f"queue:{src} -> ") and route["connected"] is True
+    assert route["forwarded"] == n and route["lag"] == 0, route
     br.kill("exp")
     ls = subprocess.run([PY, "-m", "shmlink", "ls"], capture_output=True, text=True, timeout=60,
                         env=python_env())
