@@ -153,7 +153,13 @@ def test_no_unprefixed_names_in_header_or_binding():
     import pathlib
     import re
     include = pathlib.Path(INCLUDE)
-    files = [*sorted(include.rglob("*.h")), *sorted((include.parent / "_csrc").glob("*.[ch]"))]
+    # the binding's sources: beside the package (in-place build) or in this source tree;
+    # wheels do not carry them
+    csrc = next((d for d in (include.parent / "_csrc",
+                             pathlib.Path(ROOT) / "src" / "shmlink" / "_csrc") if d.is_dir()), None)
+    if csrc is None:
+        pytest.skip("the binding's sources are not here (an installed wheel without a source tree)")
+    files = [*sorted(include.rglob("*.h")), *sorted(csrc.glob("*.[ch]"))]
     assert any(f.parent.name == "_csrc" for f in files)
     for f in files:
         hits = re.findall(r"\bSHM_[A-Z_]+", f.read_text())

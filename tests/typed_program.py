@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any
 import shmlink
 
 if TYPE_CHECKING:
-    from typing import assert_type
+    if sys.version_info >= (3, 11):
+        from typing import assert_type
+    else:  # the checkers know typing_extensions without it being installed
+        from typing_extensions import assert_type
 else:
     def assert_type(value: Any, _type: Any) -> Any:
         return value

@@ -16,7 +16,7 @@ from . import errors
 from .errors import *  # noqa: F401,F403
 from .segment import Lifetime, Segment, SegmentInfo, gc, info, list_segments, remove, trust
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it, shmlink --version prints it
 
 __all__ = ["Segment", "SegmentInfo", "list_segments", "info", "gc", "remove", "trust", "__version__",
            "Lifetime"]

@@ -19,6 +19,65 @@
 #define SHMLINK_BELL_SENDER_EXTERN 1 /* one sender socket per process: doorbell.c */
 #include "shmlink.h"
 
+/* ---- the limited API (abi3) ----------------------------------------------
+ * setup.py builds this binding against the limited API of Python 3.11
+ * (Py_LIMITED_API=0x030B0000: one _core.abi3.so for 3.11 and later; 3.10
+ * lacks Py_buffer in the limited API and gets a version-specific build).
+ * The few full-API macros the binding uses are spelt here with their
+ * limited-API functions; the full-API build keeps the macros. */
+#ifdef Py_LIMITED_API
+#undef PyBytes_AS_STRING
+#define PyBytes_AS_STRING(o) PyBytes_AsString(o)
+#undef PyTuple_GET_SIZE
+#define PyTuple_GET_SIZE(t) PyTuple_Size(t)
+#undef PyTuple_GET_ITEM
+#define PyTuple_GET_ITEM(t, i) PyTuple_GetItem((t), (i))
+#undef PyTuple_SET_ITEM /* only ever on a fresh tuple: cannot fail */
+#define PyTuple_SET_ITEM(t, i, v) ((void)PyTuple_SetItem((t), (i), (v)))
+#undef PySequence_Fast_GET_SIZE
+#define PySequence_Fast_GET_SIZE(o) PySequence_Size(o)
+#undef PySequence_Fast_GET_ITEM /* borrowed, as the macro's */
+#define PySequence_Fast_GET_ITEM(o, i) \
+    (PyList_Check(o) ? PyList_GetItem((o), (i)) : PyTuple_GetItem((o), (i)))
+#undef Py_XSETREF
+#define Py_XSETREF(dst, src)                   \
+    do {                                       \
+        PyObject *sl_old_ = (PyObject *)(dst); \
+        (dst) = (src);                         \
+        Py_XDECREF(sl_old_);                   \
+    } while (0)
+#endif
+
+/* bytes *b shortened to n bytes (n <= its size): 0, or -1 with *b NULL and
+ * an exception set (as _PyBytes_Resize, which is not in the limited API). */
+static inline int sl_bytes_shrink(PyObject **b, Py_ssize_t n) {
+#ifdef Py_LIMITED_API
+    PyObject *s = PyBytes_FromStringAndSize(PyBytes_AsString(*b), n);
+    Py_DECREF(*b);
+    *b = s;
+    return s ? 0 : -1;
+#else
+    return _PyBytes_Resize(b, n);
+#endif
+}
+
+/* A heap type's tp_alloc / tp_free (PyTypeObject is opaque in the limited API). */
+static inline PyObject *sl_type_alloc(PyTypeObject *tp) {
+#ifdef Py_LIMITED_API
+    return ((allocfunc)PyType_GetSlot(tp, Py_tp_alloc))(tp, 0);
+#else
+    return tp->tp_alloc(tp, 0);
+#endif
+}
+
+static inline void sl_type_free(PyTypeObject *tp, PyObject *obj) {
+#ifdef Py_LIMITED_API
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(obj);
+#else
+    tp->tp_free(obj);
+#endif
+}
+
 /* ---- module.c: the module state (PEP 489 multi-phase init) ------------- */
 
 /* What a module object owns: its heap types (PyType_FromModuleAndSpec).

@@ -38,8 +38,8 @@ static void View_dealloc(ViewObject *self) {
     Py_CLEAR(self->owner);
     if (self->src.obj)
         PyBuffer_Release(&self->src);
-    PyTypeObject *tp = Py_TYPE(self);
-    tp->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    sl_type_free(tp, (PyObject *)self);
     Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
@@ -167,8 +167,8 @@ static void Memory_dealloc(MemoryObject *self) {
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_CLEAR(self->label);
-    PyTypeObject *tp = Py_TYPE(self);
-    tp->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    sl_type_free(tp, (PyObject *)self);
     Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
@@ -644,7 +644,7 @@ static PyObject *Memory_board_read_impl(MemoryObject *self, PyObject *args) {
         return Py_BuildValue("KL", (unsigned long long)version, (long long)n);
     if (!bytes)
         bytes = PyBytes_FromStringAndSize(small, (Py_ssize_t)n);
-    else if ((uint64_t)n < cap && _PyBytes_Resize(&bytes, (Py_ssize_t)n) < 0)
+    else if ((uint64_t)n < cap && sl_bytes_shrink(&bytes, (Py_ssize_t)n) < 0)
         return NULL;
     if (!bytes)
         return NULL;

@@ -251,9 +251,8 @@ int batch_gather(struct buffer_batch *b, PyObject *seq, const char *what,
         PyErr_NoMemory();
         return -1;
     }
-    PyObject **items = PySequence_Fast_ITEMS(b->fast);
     for (; b->got < b->n; b->got++) {
-        if (PyObject_GetBuffer(items[b->got], &b->bufs[b->got], PyBUF_C_CONTIGUOUS) < 0)
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(b->fast, b->got), &b->bufs[b->got], PyBUF_C_CONTIGUOUS) < 0)
             return -1;
         if (len_ok(obj, b->bufs[b->got].len) < 0) {
             b->got++;
@@ -340,8 +339,12 @@ static int core_exec(PyObject *m) {
     if (!errors)
         return -1;
     Py_DECREF(errors);
-    static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-    pthread_once(&atfork_once, register_atfork);
+    /* once per process; an atomic flag, not pthread_once: that one is
+     * pthread_once@GLIBC_2.34 on new glibc and would lift the wheel's
+     * manylinux tag from 2_17 to 2_34 (tools/build_wheels.py) */
+    static int atfork_registered;
+    if (!__atomic_exchange_n(&atfork_registered, 1, __ATOMIC_ACQ_REL))
+        register_atfork();
     if (sl_guard_install() < 0) /* survive a truncated file: guard.c */
         return PyErr_SetFromErrno(PyExc_OSError), -1;
     if (memory_add_types(m, st) < 0 || ring_register(m, st) < 0 || topic_register(m, st) < 0 ||

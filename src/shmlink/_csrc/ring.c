@@ -92,8 +92,8 @@ static void Ring_dealloc(RingObject *self) {
     sl_guard_unregister(self->guard);
     if (self->has_view)
         PyBuffer_Release(&self->view);
-    PyTypeObject *tp = Py_TYPE(self);
-    tp->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    sl_type_free(tp, (PyObject *)self);
     Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 

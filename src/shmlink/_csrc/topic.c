@@ -109,8 +109,8 @@ static void Topic_dealloc(TopicObject *self) {
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_XDECREF(self->name);
-    PyTypeObject *tp = Py_TYPE(self);
-    tp->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    sl_type_free(tp, (PyObject *)self);
     Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
@@ -353,7 +353,7 @@ static PyObject *Topic_subscribe_impl(TopicObject *self, PyObject *args) {
     if (parse_timeout(tmo, &ts, &deadline) < 0)
         return NULL;
     PyTypeObject *sub_type = sl_state_of((PyObject *)self)->Subscriber;
-    SubscriberObject *s = (SubscriberObject *)sub_type->tp_alloc(sub_type, 0);
+    SubscriberObject *s = (SubscriberObject *)sl_type_alloc(sub_type);
     if (!s)
         return NULL;
     s->r.slot = -1;
@@ -564,8 +564,8 @@ static void Subscriber_dealloc(SubscriberObject *self) {
         PyBuffer_Release(&self->view);
     }
     Py_XDECREF(self->name);
-    PyTypeObject *tp = Py_TYPE(self);
-    tp->tp_free((PyObject *)self);
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
+    sl_type_free(tp, (PyObject *)self);
     Py_DECREF(tp); /* a heap type: each instance holds a reference */
 }
 
