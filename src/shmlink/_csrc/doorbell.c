@@ -15,8 +15,10 @@ typedef struct {
 } DoorbellObject;
 
 static int Doorbell_init(DoorbellObject *self, PyObject *args, PyObject *kw) {
-    if (!_PyArg_NoKeywords("Doorbell", kw) || !_PyArg_NoPositional("Doorbell", args))
+    if ((kw && PyDict_Size(kw)) || PyTuple_Size(args)) {
+        PyErr_SetString(PyExc_TypeError, "Doorbell() takes no arguments");
         return -1;
+    }
     if (self->bell.fd >= 0) {
         PyErr_SetString(PyExc_RuntimeError, "Doorbell already initialised");
         return -1;
@@ -31,7 +33,7 @@ static int Doorbell_init(DoorbellObject *self, PyObject *args, PyObject *kw) {
 }
 
 static PyObject *Doorbell_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-    DoorbellObject *self = (DoorbellObject *)type->tp_alloc(type, 0);
+    DoorbellObject *self = (DoorbellObject *)sl_type_alloc(type);
     if (self) {
         self->bell.fd = -1;
         self->bell.id = 0;
@@ -40,9 +42,9 @@ static PyObject *Doorbell_new(PyTypeObject *type, PyObject *args, PyObject *kw) 
 }
 
 static void Doorbell_dealloc(DoorbellObject *self) {
-    PyTypeObject *tp = Py_TYPE(self);
+    PyTypeObject *tp = Py_TYPE((PyObject *)self);
     shmlink_bell_close(&self->bell);
-    tp->tp_free(self);
+    sl_type_free(tp, (PyObject *)self);
     Py_DECREF(tp);
 }
 
