@@ -96,20 +96,26 @@ def _reason(err: str) -> str:
     return lines[-1][:300] if lines else "?"
 
 
-def run(name: str) -> dict[str, object]:
+def _build(name: str) -> type:
+    """The class for ``name``; also run at import in spawned children (they unpickle its methods)."""
     import multiprocessing
 
-    _substitute()
+    os.environ["CPYTHON_MP_CLASS"] = name
     if name.startswith("ProcessPoolExecutorTest"):
-        method = name[name.index("[") + 1:-1]
-        try:
-            cls = _futures_class(method)
-        except (ImportError, AttributeError) as e:
-            return {"class": name, "passed": 0, "failed": {}, "skipped": {},
-                    "absent": f"this interpreter ships no test_concurrent_futures ({e})"}
-    else:
+        return _futures_class(name[name.index("[") + 1:-1])
+    _substitute()
+    if multiprocessing.current_process().name == "MainProcess" and __name__ == "__main__":
         multiprocessing.set_start_method(os.environ.get("MP_START_METHOD", "fork"), force=True)
-        cls = _mp_class(name)
+    return _mp_class(name)
+
+
+def run(name: str) -> dict[str, object]:
+
+    try:
+        cls = _build(name)
+    except (ImportError, AttributeError) as e:
+        return {"class": name, "passed": 0, "failed": {}, "skipped": {},
+                "absent": f"this interpreter ships no test_concurrent_futures ({e})"}
     suite = unittest.defaultTestLoader.loadTestsFromTestCase(cls)
     result = unittest.TestResult()
     t0 = time.monotonic()
@@ -177,7 +183,7 @@ def table(versions: list[str], classes: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "run":
-        print(json.dumps(run(argv[1])), flush=True)
+        print("\n" + json.dumps(run(argv[1])), flush=True)
         return 0
     if argv and argv[0] == "table":
         versions = ["3.10", "3.11", "3.12", "3.13"]
@@ -187,6 +193,9 @@ def main(argv: list[str]) -> int:
     print(__doc__)
     return 2
 
+
+if __name__ == "__mp_main__" and os.environ.get("CPYTHON_MP_CLASS"):
+    _build(os.environ["CPYTHON_MP_CLASS"])  # a spawned child: the same class as its parent
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -77,6 +77,8 @@ _LEN = struct.Struct("<Q")
 
 #: how often a blocked reader looks whether the other end is still alive (s)
 SLICE = 0.05
+#: how long a blocked call spins before it sleeps (ns), as Queue(wait="hybrid")
+SPIN = 50_000
 
 
 def new_name(kind: str) -> str:
@@ -157,7 +159,7 @@ class Channel:
     # -- locks --
 
     def lock(self, off: int, deadline: float | None) -> bool:
-        return self.mem.lock_acquire(off, deadline, 0) is not None
+        return self.mem.lock_acquire(off, deadline, SPIN) is not None
 
     def unlock(self, off: int) -> None:
         self.mem.lock_release(off)
@@ -259,7 +261,7 @@ class Channel:
             if len(data) + 8 <= r.max_message:
                 if r.try_send_frame(FRAME_MSG, 0, data):
                     return True
-                return bool(r.send_frame(FRAME_MSG, 0, data, deadline, 0))
+                return bool(r.send_frame(FRAME_MSG, 0, data, deadline, SPIN))
             return self._send_parts(r, data, deadline)
         finally:
             self.unlock(wl)
@@ -306,7 +308,7 @@ class Channel:
                         end = deadline
                 else:
                     end = deadline
-                f = r.recv_frame(end, 0)
+                f = r.recv_frame(end, SPIN)
                 if f is None:
                     if alive is not None and not alive():
                         f = r.try_recv_frame()
