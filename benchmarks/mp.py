@@ -1,6 +1,7 @@
-"""shmlink.multiprocessing against the standard multiprocessing, in one run.
+"""Scenario "mp": shmlink.multiprocessing against the standard multiprocessing, in one run.
 
-    python -m benchmarks.mp [--n N]
+    python -m benchmarks --only mp        (in the suite: medians of --repeat rounds)
+    python -m benchmarks.mp [--n N]       (one quick table)
 
 Prints one line per scenario and competitor and the ratio: Queue one-way
 throughput (64 B and 4 KiB objects, a producer process and this consumer),
@@ -79,6 +80,93 @@ def pool_rate(ctx, n: int, chunksize: int) -> float:  # type: ignore[no-untyped-
         t0 = time.perf_counter()
         list(ex.map(_f, range(n), chunksize=chunksize))
         return n / (time.perf_counter() - t0)
+
+
+def pipe_rate(ctx, n: int, size: int) -> float:  # type: ignore[no-untyped-def]
+    """Round trips per second (the suite's metric is a rate, higher is better)."""
+    return 1e6 / pipe_rtt(ctx, n, size)
+
+
+# -- the suite's scenario ---------------------------------------------------------------
+
+from typing import Any  # noqa: E402
+
+from . import _harness as H  # noqa: E402
+from ._scenario import Case, Column, Scenario, median_of  # noqa: E402
+
+#: mode -> (what is measured, its unit, sizes, the function)
+MODES = {
+    "Queue put/get": ("one-way throughput, a producer process to this one", "msg/s",
+                      [64, 4096], queue_rate),
+    "Pipe round trip": ("send_bytes / recv_bytes echo through a child", "round trips/s",
+                        [64, 4096], pipe_rate),
+    "ProcessPoolExecutor.map chunksize=1": ("2 workers, a trivial function", "tasks/s", [0],
+                                            lambda ctx, n, _s: pool_rate(ctx, n, 1)),
+    "ProcessPoolExecutor.map chunksize=64": ("2 workers, a trivial function", "tasks/s", [0],
+                                             lambda ctx, n, _s: pool_rate(ctx, n, 64)),
+}
+STD = "multiprocessing (spawn)"
+OURS = "shmlink.multiprocessing (spawn)"
+
+
+class MpScenario(Scenario):
+    name = "mp"
+    title = "multiprocessing drop-in: queues, pipes and ProcessPoolExecutor"
+    order = 60
+    metric = "rate"
+    higher_is_better = True
+    ratio_note = ("shmlink.multiprocessing rate / multiprocessing rate, same start method "
+                  "(spawn), same run: above 1 means shmlink is faster")
+
+    def cases(self, opts: Any) -> list[Case]:
+        out = []
+        for comp, key in ((OURS, "shmlink"), (STD, "multiprocessing")):
+            for mode, (_what, _unit, sizes, _fn) in MODES.items():
+                out.append(Case(self.name, comp, key, mode, list(sizes)))
+        return out
+
+    def plan(self, opts: Any, size: int, mode: str = "single") -> dict:
+        n = {True: 2_000, False: 20_000}[bool(opts.quick)]
+        if mode.startswith("Pipe"):
+            n //= 4
+        elif mode.endswith("chunksize=1"):
+            n //= 4
+        elif mode.endswith("chunksize=64"):
+            n *= 4
+        return {"count": n}
+
+    def measure(self, case: Case, ws: H.Workspace, opts: Any, on_run) -> dict[int, list[dict]]:
+        import multiprocessing as std_mp
+        ctx = smp.get_context("spawn") if case.key == "shmlink" else std_mp.get_context("spawn")
+        fn = MODES[case.mode][3]
+        out: dict[int, list[dict]] = {}
+        for size in case.sizes:
+            n = self.plan(opts, size, case.mode)["count"]
+            res = {"rate": fn(ctx, n, size), "n": n, "unit": MODES[case.mode][1]}
+            on_run(size, 0, res)
+            out[size] = [res]
+        return out
+
+    def summarize(self, runs: list[dict]) -> dict:
+        return dict(median_of(runs, ["rate"]), n=sum(r["n"] for r in runs),
+                    unit=runs[0]["unit"])
+
+    def show(self, r: dict) -> str:
+        return f"{H.fmt_rate(r['rate'])} {r['unit']}  ({r['n']})"
+
+    def group(self, rec: dict) -> str:
+        size = f", {H.fmt_size(rec['size'])} objects" if rec["size"] else ""
+        return f"{rec['mode']}{size}"
+
+    def baseline(self, rec: dict) -> tuple[str, str] | None:
+        return (OURS, rec["mode"])
+
+    def columns(self) -> list[Column]:
+        return [Column("rate", lambda r: f"{H.fmt_rate(r['metrics']['rate'])} "
+                                         f"{r['metrics'].get('unit', '')}", width=22)]
+
+
+SCENARIO = MpScenario()
 
 
 def main(argv: list[str]) -> int:

@@ -22,7 +22,6 @@ import threading
 import time
 from multiprocessing import AuthenticationError, BufferTooShort  # noqa: F401 (re-exported)
 from multiprocessing import connection as _std
-from multiprocessing.reduction import ForkingPickler
 from typing import Any, Iterable
 
 from ..errors import SegmentExists, SegmentNotFound
@@ -35,8 +34,7 @@ __all__ = ["Connection", "Pipe", "Listener", "Client", "wait", "families", "defa
 families = ["AF_SHMLINK"]
 default_family = "AF_SHMLINK"
 
-_loads = ForkingPickler.loads
-_dumps = ForkingPickler.dumps
+from ._channel import dumps as _dumps, loads as _loads
 _CAPACITY = 1 << 20  # bytes per direction
 _NOT_BLOCKING = 0.0
 
@@ -370,8 +368,6 @@ class _Doorbell:
                     ch.peek_wait(ring, time.monotonic() + 0.1)
         except Exception:
             pass
-        finally:
-            ch.release()
 
     def close(self) -> None:
         with self._lock:
@@ -382,6 +378,16 @@ class _Doorbell:
                 except OSError:
                     pass
         self._kick.set()
+        # the channel is released here, in the owner's thread, never by the daemon thread:
+        # one that exits at interpreter teardown while closing a segment would leave the
+        # segment registry's lock held and hang every later close
+        try:
+            self._ch.wake_readers(self._ring)
+        except Exception:
+            pass
+        if self._t is not threading.current_thread():
+            self._t.join(1.0)
+        self._ch.release()
 
 
 # -- wait ---------------------------------------------------------------------------------

@@ -24,23 +24,26 @@ import threading
 import time
 import weakref
 from multiprocessing import util
-from multiprocessing.reduction import ForkingPickler
 from queue import Empty, Full
 from typing import Any
 
-from ._channel import _OFF_ITEMS, _OFF_UNFINISHED, Channel, _forkables, open_channel, sweep
+from ._channel import (
+    _OFF_ITEMS, _OFF_UNFINISHED, FRAME_MSG, Channel, _forkables, open_channel, sweep)
 from .connection import Pipe
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue"]
 
-_dumps = ForkingPickler.dumps
-_loads = ForkingPickler.loads
+from ._channel import dumps as _dumps, loads as _loads
 #: bytes of ring per queue
 CAPACITY = 1 << 20
+_WLOCK = Channel.writer_lock(0)
+_RLOCK = Channel.reader_lock(0)
 
 
 class Queue:
     """A process-shared FIFO queue with the API of ``multiprocessing.Queue``."""
+
+    _joinable = False  # JoinableQueue: put also counts an unfinished task
 
     _ch: Channel | None = None
     _closed = True
@@ -58,6 +61,7 @@ class Queue:
         self._ch = ch
         self._ring = ch.rings[0]
         self._mem = ch.mem
+        self._fits = self._ring.max_message - 8  # the largest message one frame holds
         self._closed = False
         self._joincancelled = False
         self._reset()
@@ -120,13 +124,16 @@ class Queue:
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj``; a bounded queue waits for room (``queue.Full`` when it runs out)."""
-        ch = self._check()
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        ch = self._ch
         mem = self._mem
         if self._maxsize:
             self._take_room(mem, block, timeout)
         else:
             mem.add32(_OFF_ITEMS, 1)
-        self._count_task()
+        if self._joinable:
+            mem.add32(_OFF_UNFINISHED, 1)
         try:
             data = _dumps(obj)
         except Exception as e:
@@ -134,9 +141,18 @@ class Queue:
             self._uncount_task()
             self._on_queue_feeder_error(e, obj)
             return
+        if self._thread is None and len(data) <= self._fits:
+            # no feeder yet, so nothing of this process is buffered: straight into the ring
+            mem = self._mem
+            if mem.lock_try(_WLOCK) is not None:  # (a large message's parts go as one)
+                try:
+                    if self._ring.try_send_frame(FRAME_MSG, 0, data):
+                        return
+                finally:
+                    mem.lock_release(_WLOCK)
         with self._notempty:
             if not self._buffer and not self._infeeder:
-                if len(data) + 8 <= self._ring.max_message and ch.try_send(0, data):
+                if len(data) <= self._fits and ch.try_send(0, data):
                     return
             self._buffer.append(data)
             if self._thread is None:
@@ -160,9 +176,6 @@ class Queue:
             if deadline is not None and deadline < end:
                 end = deadline
             mem.wait32(_OFF_ITEMS, n, end)
-
-    def _count_task(self) -> None:
-        pass
 
     def _uncount_task(self) -> None:
         pass
@@ -190,10 +203,24 @@ class Queue:
             deadline = None
         else:
             deadline = time.monotonic() + max(0.0, timeout)
-        msg = ch.recv(0, deadline)
+        mem = self._mem
+        msg = None
+        if mem.lock_try(_RLOCK) is not None:
+            try:
+                f = self._ring.try_recv_frame()
+                if f is not None:
+                    # one whole message (the common case), or the first part of a large
+                    # one: its other parts follow under the same lock
+                    msg = f[2] if f[0] == FRAME_MSG else ch._recv_parts(self._ring, f)
+            finally:
+                mem.lock_release(_RLOCK)
         if msg is None:
-            raise Empty
-        self._uncount()
+            msg = ch.recv(0, deadline)
+            if msg is None:
+                raise Empty
+        old = mem.add32(_OFF_ITEMS, -1)
+        if self._maxsize and old >= self._maxsize:
+            mem.wake32(_OFF_ITEMS)
         return _loads(msg)
 
     def get_nowait(self) -> Any:
@@ -324,8 +351,7 @@ _SENTINEL = object()
 class JoinableQueue(Queue):
     """A :class:`Queue` with ``task_done()`` and ``join()``."""
 
-    def _count_task(self) -> None:
-        self._mem.add32(_OFF_UNFINISHED, 1)
+    _joinable = True
 
     def task_done(self) -> None:
         """Mark one taken item done; ``ValueError`` if called more times than items."""
