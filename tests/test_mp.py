@@ -305,3 +305,37 @@ def test_clean_run_leaves_nothing_in_dev_shm():
     pid = r.stdout.strip()
     left = [e for e in os.listdir(shm_dir()) if e.startswith(PREFIX + "mp.") and f".{pid}." in e]
     assert not left, left
+
+
+# -- pickling -----------------------------------------------------------------------------
+
+class _Registered:
+    def __init__(self, v):
+        self.v = v
+
+
+def _reduce_registered(obj):
+    return (_Registered, (obj.v * 10,))  # visibly different from the default reduction
+
+
+def test_queue_pickles_with_forking_pickler_reducers():
+    """Objects go through multiprocessing's reducers (ForkingPickler.register), as in the
+    standard queue, also on the fast pickling path."""
+    from multiprocessing.reduction import ForkingPickler
+    ForkingPickler.register(_Registered, _reduce_registered)
+    try:
+        q = smp.Queue()
+        a, b = smp.Pipe()
+        q.put(_Registered(4))
+        a.send([_Registered(5), b"x", "y", 1.5])
+        assert q.get(timeout=5).v == 40
+        got = b.recv()
+        assert got[0].v == 50 and got[1:] == [b"x", "y", 1.5]
+        for plain in (b"abc", "s", 7, 2.5, None, True, bytearray(b"z"), 1j):
+            q.put(plain)
+            assert q.get(timeout=5) == plain
+        q.close()
+        a.close()
+        b.close()
+    finally:
+        ForkingPickler._extra_reducers.pop(_Registered, None)
