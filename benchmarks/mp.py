@@ -74,8 +74,8 @@ def pipe_rtt(ctx, n: int, size: int) -> float:  # type: ignore[no-untyped-def]
     return dt / n * 1e6
 
 
-def pool_rate(ctx, n: int, chunksize: int) -> float:  # type: ignore[no-untyped-def]
-    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+def pool_rate(ctx, n: int, chunksize: int, cls=ProcessPoolExecutor) -> float:  # type: ignore[no-untyped-def]
+    with cls(2, mp_context=ctx) as ex:
         list(ex.map(_f, range(100)))  # workers up
         t0 = time.perf_counter()
         list(ex.map(_f, range(n), chunksize=chunksize))
@@ -107,6 +107,7 @@ MODES = {
 }
 STD = "multiprocessing (spawn)"
 OURS = "shmlink.multiprocessing (spawn)"
+SUB = "shmlink.multiprocessing.ProcessPoolExecutor (spawn)"  # both queues moved
 
 
 class MpScenario(Scenario):
@@ -123,7 +124,13 @@ class MpScenario(Scenario):
         for comp, key in ((OURS, "shmlink"), (STD, "multiprocessing")):
             for mode, (_what, _unit, sizes, _fn) in MODES.items():
                 out.append(Case(self.name, comp, key, mode, list(sizes)))
+        for mode in MODES:
+            if mode.startswith("ProcessPoolExecutor"):
+                out.append(Case(self.name, SUB, "shmlink", mode, [0], params={"subclass": True}))
         return out
+
+    def extra_ratios(self) -> list[tuple[str, str]]:
+        return [("subclass/peer", SUB)]
 
     def plan(self, opts: Any, size: int, mode: str = "single") -> dict:
         n = {True: 2_000, False: 20_000}[bool(opts.quick)]
@@ -139,6 +146,9 @@ class MpScenario(Scenario):
         import multiprocessing as std_mp
         ctx = smp.get_context("spawn") if case.key == "shmlink" else std_mp.get_context("spawn")
         fn = MODES[case.mode][3]
+        if case.params.get("subclass"):
+            cs = int(case.mode.rsplit("=", 1)[1])
+            fn = lambda c, n, _s: pool_rate(c, n, cs, smp.ProcessPoolExecutor)  # noqa: E731
         out: dict[int, list[dict]] = {}
         for size in case.sizes:
             n = self.plan(opts, size, case.mode)["count"]
@@ -159,7 +169,7 @@ class MpScenario(Scenario):
         return f"{rec['mode']}{size}"
 
     def baseline(self, rec: dict) -> tuple[str, str] | None:
-        return (OURS, rec["mode"])
+        return None if rec["competitor"] == SUB else (OURS, rec["mode"])
 
     def columns(self) -> list[Column]:
         return [Column("rate", lambda r: f"{H.fmt_rate(r['metrics']['rate'])} "
@@ -183,7 +193,9 @@ def main(argv: list[str]) -> int:
     for cs in (1, 64):
         m = n // 4 if cs == 1 else n * 4
         a, b = pool_rate(std, m, cs), pool_rate(ours, m, cs)
+        c = pool_rate(ours, m, cs, smp.ProcessPoolExecutor)
         rows.append((f"ProcessPoolExecutor.map chunksize={cs} (tasks/s)", a, b, b / a))
+        rows.append((f"  ... shmlink's ProcessPoolExecutor subclass", a, c, c / a))
     print(f"{'scenario':48} {'multiprocessing':>16} {'shmlink':>12} {'speed-up':>9}")
     for name, a, b, r in rows:
         print(f"{name:48} {a:16,.1f} {b:12,.1f} {r:8.1f}x")

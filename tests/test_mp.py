@@ -339,3 +339,20 @@ def test_queue_pickles_with_forking_pickler_reducers():
         b.close()
     finally:
         ForkingPickler._extra_reducers.pop(_Registered, None)
+
+
+# -- the executor subclass ----------------------------------------------------------------
+
+def test_executor_subclass_moves_both_queues():
+    from shmlink.multiprocessing import ProcessPoolExecutor as ShmPPE
+    with ShmPPE(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+        assert isinstance(ex._call_queue, smp.Queue)
+        assert isinstance(ex._result_queue, smp.SimpleQueue)
+        assert list(ex.map(W.square, range(300), chunksize=1)) == [x * x for x in range(300)]
+        assert list(ex.map(W.square, range(500), chunksize=64)) == [x * x for x in range(500)]
+        # an argument that cannot be pickled fails its own future, not the pool
+        bad = ex.submit(W.square, lambda: 1)
+        with pytest.raises(Exception) as ei:
+            bad.result(30)
+        assert "pickle" in repr(ei.value).lower() or "pickle" in repr(ei.value.__cause__).lower()
+        assert ex.submit(W.square, 9).result(30) == 81

@@ -10,6 +10,9 @@ the standard ones and whose queues and pipes are these::
     import shmlink.multiprocessing
     ProcessPoolExecutor(mp_context=shmlink.multiprocessing.get_context("spawn"))
 
+``shmlink.multiprocessing.ProcessPoolExecutor`` also moves the executor's
+call queue (the one-line switch above moves only its result queue).
+
 Anonymous queues and pipes get unique names (``mp.<kind>.<pid>.<hex>``), are
 handed to children by pickling (spawn, forkserver, through queues) or
 inherited (fork), and are removed when the last process using them closes
@@ -21,11 +24,13 @@ from __future__ import annotations
 
 from queue import Empty, Full
 
-from . import connection, queues, shared_memory
+from . import connection, futures, queues, shared_memory
 from .connection import Pipe
 from .context import get_context
+from .futures import ProcessPoolExecutor
 from .queues import JoinableQueue, Queue, SimpleQueue
 from .shared_memory import ShareableList, SharedMemory
 
 __all__ = ["Queue", "JoinableQueue", "SimpleQueue", "Pipe", "get_context", "SharedMemory",
-           "ShareableList", "Empty", "Full", "connection", "queues", "shared_memory"]
+           "ShareableList", "ProcessPoolExecutor", "Empty", "Full", "connection", "futures", "queues",
+           "shared_memory"]

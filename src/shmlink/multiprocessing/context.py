@@ -19,6 +19,8 @@ __all__ = ["get_context", "ShmlinkContextMixin"]
 class ShmlinkContextMixin:
     """The four factories that differ from the standard context."""
 
+    _shmlink = True
+
     def Queue(self, maxsize: int = 0) -> Any:
         """A shmlink :class:`~shmlink.multiprocessing.queues.Queue`."""
         from .queues import Queue
