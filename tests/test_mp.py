@@ -134,6 +134,12 @@ def test_pool_map_and_apply_async(method):
         assert sorted(pool.imap_unordered(W.square, range(20))) == [x * x for x in range(20)]
         pool.close()
         pool.join()
+        names = [q._reader.name for q in (pool._inqueue, pool._outqueue)]
+    # the standard Pool never closes its queues: they go when the pool is collected
+    del pool, r
+    import gc
+    gc.collect()
+    assert not any(os.path.exists(os.path.join(shm_dir(), PREFIX + n)) for n in names)
 
 
 def test_process_pool_executor_results():
