@@ -362,3 +362,28 @@ def test_executor_subclass_moves_both_queues():
             bad.result(30)
         assert "pickle" in repr(ei.value).lower() or "pickle" in repr(ei.value.__cause__).lower()
         assert ex.submit(W.square, 9).result(30) == 81
+
+
+# -- Listener / Client ------------------------------------------------------------------
+
+def test_client_that_exits_before_accept():
+    """As with a socket in the backlog, a client that connected, sent and exited
+    (normally, with atexit: spawn) is still accepted, its message read, then EOF."""
+    from shmlink.multiprocessing.connection import Listener
+    ctx = multiprocessing.get_context("spawn")
+    with Listener() as l:
+        p = ctx.Process(target=W.client_then_exit, args=(l.address,))
+        p.start()
+        p.join(1.5)  # connected, sent, and exiting: it waits at exit for the accept
+        import threading
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(l.accept()), daemon=True)
+        t.start()
+        t.join(10)
+        assert got, "the connection went away with its client"
+        conn = got[0]
+        assert conn.recv() == "hello"
+        join_all([p], 30)
+        with pytest.raises(EOFError):
+            conn.recv()
+        conn.close()

@@ -31,6 +31,12 @@ EXPECTED = {
     "test_shared_memory_recreate": "mocks multiprocessing.shared_memory._make_filename",
     "test_shared_memory_SharedMemoryManager_basics": "SharedMemoryManager makes the standard "
                                                      "module's blocks (another namespace)",
+    # 3.13: a child opens the block with the standard module (another namespace), and the
+    # first expects the resource tracker to unlink it (gh-82300, what shmlink avoids)
+    "test_shared_memory_tracking": "the standard module opens the block in a child, and the "
+                                   "resource tracker must unlink it",
+    "test_shared_memory_untracking": "the standard module opens the block in a child "
+                                     "(another namespace)",
 }
 
 CLASSES = ["_TestQueue", "_TestConnection", "_TestListener", "_TestListenerClient", "_TestPoll",

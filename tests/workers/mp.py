@@ -61,3 +61,10 @@ def spawn_shm_child_then_exit(code):
     # run in a fresh interpreter by the test: creates, attaches from a child, exits cleanly
     import subprocess
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def client_then_exit(address):
+    from shmlink.multiprocessing.connection import Client
+    c = Client(address)
+    c.send("hello")
+    c.close()

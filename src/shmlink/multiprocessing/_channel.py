@@ -485,3 +485,48 @@ def _after_fork_child() -> None:
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_child)
+
+
+# -- exit of a multiprocessing child --------------------------------------------------------
+#
+# A child started by multiprocessing with fork or forkserver leaves through
+# os._exit(): atexit never runs there, so shmlink's exit hook would not free
+# the child's participant slots, and an "auto" channel whose last user was such
+# a child would stay in /dev/shm until `shmlink gc`.  multiprocessing runs its
+# own finalizers before that os._exit(); the hook runs as the last of them.
+
+class _AfterFork:
+    pass
+
+
+_after_fork_token = _AfterFork()
+
+
+#: callables to run at exit before the segments are released (connection: unaccepted clients)
+before_exit: list[Any] = []
+
+
+def _child_exit() -> None:
+    from .. import segment
+
+    for f in before_exit:
+        try:
+            f()
+        except Exception:
+            pass
+    segment._release_at_exit()
+
+
+def _register_exit_hook(_token: object) -> None:
+    from multiprocessing import util
+
+    util.Finalize(None, _child_exit, exitpriority=-100)
+
+
+def _install() -> None:
+    from multiprocessing import util
+
+    util.register_after_fork(_after_fork_token, _register_exit_hook)
+
+
+_install()

@@ -15,6 +15,7 @@ while the connection has a message (see :func:`_readiness_fd`), so standard
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import re
@@ -25,6 +26,7 @@ from multiprocessing import connection as _std
 from typing import Any, Iterable
 
 from ..errors import SegmentExists, SegmentNotFound
+from . import _channel
 from ._channel import Channel, _forkables, open_channel, sweep
 
 __all__ = ["Connection", "Pipe", "Listener", "Client", "wait", "families", "default_family",
@@ -532,6 +534,8 @@ def Client(address: str, family: str | None = None, authkey: bytes | None = None
             ch.refs += 1
             ch.release()
         q.send(_dumps((ch.name, who[0], who[1])))
+        _unaccepted[:] = [(c, n) for c, n in _unaccepted if not c.seg.closed and c._mine_pending()]
+        _unaccepted.append((ch, _listener_name(address)))
     finally:
         q.close()
     if authkey is not None:
@@ -540,3 +544,35 @@ def Client(address: str, family: str | None = None, authkey: bytes | None = None
     return conn
 
 
+# -- a client that exits before its connection was accepted -------------------------------
+
+#: seconds a process waits at exit for a Listener to accept its Client connections
+ACCEPT_GRACE = 5.0
+_unaccepted: list[tuple[Channel, str]] = []
+
+
+def _wait_for_accept() -> None:
+    """At exit, give listeners up to ACCEPT_GRACE s to accept this process's connections.
+
+    A socket connection waits in the listener's backlog after its client
+    exits; a channel goes with its last process.  So a process that made a
+    :func:`Client` connection the listener has not accepted yet waits here
+    (while the listener still exists) before its segments are released.
+    """
+    from ..segment import PREFIX, shm_dir
+
+    deadline = time.monotonic() + ACCEPT_GRACE
+    for ch, listener in _unaccepted:
+        path = os.path.join(shm_dir(), PREFIX + listener)
+        while time.monotonic() < deadline:
+            try:
+                if ch.seg.closed or not ch._mine_pending() or not os.path.exists(path):
+                    break
+            except Exception:
+                break
+            time.sleep(0.01)
+    _unaccepted.clear()
+
+
+atexit.register(_wait_for_accept)  # after segment.py's hook, so it runs before it
+_channel.before_exit.append(_wait_for_accept)  # children that leave through os._exit

@@ -44,6 +44,7 @@ class Queue:
     """A process-shared FIFO queue with the API of ``multiprocessing.Queue``."""
 
     _joinable = False  # JoinableQueue: put also counts an unfinished task
+    _used = False  # put was called in this process (empty() after close raises then)
 
     _ch: Channel | None = None
     _closed = True
@@ -112,8 +113,17 @@ class Queue:
         return self._check().items()
 
     def empty(self) -> bool:
-        """True if no item can be taken now."""
-        return not self._check().has_data(0)
+        """True if no item can be taken now.
+
+        After :meth:`close`: True for a queue this process never put into,
+        ``OSError`` otherwise (the standard's behaviour: its reader is closed
+        with the feeder that the first ``put`` started).
+        """
+        if self._closed or self._ch is None:
+            if self._used:
+                raise OSError("handle is closed")
+            return True
+        return not self._ch.has_data(0)
 
     def full(self) -> bool:
         """True if a bounded queue holds ``maxsize`` items."""
@@ -128,6 +138,7 @@ class Queue:
             raise ValueError(f"Queue {self!r} is closed")
         ch = self._ch
         mem = self._mem
+        self._used = True
         if self._maxsize:
             self._take_room(mem, block, timeout)
         else:

@@ -98,6 +98,8 @@ class SharedMemory:
 
     def unlink(self) -> None:
         """Remove the block's name (processes that have it keep using it)."""
+        if self._name is not None and "\0" in self._name:
+            raise ValueError("embedded null character in the name")
         if self._seg is not None:
             self._seg.unlink()
         elif self._name is not None:
@@ -131,6 +133,9 @@ class ShareableList(_std.ShareableList):
     )
     __init__.__kwdefaults__ = _std.ShareableList.__init__.__kwdefaults__
 
+
+#: as the standard module's flag: names are POSIX shared-memory names
+_USE_POSIX = True
 
 #: the prefix of made-up names, as the standard module's
 _SHM_NAME_PREFIX = "psm_"
