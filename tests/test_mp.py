@@ -1,0 +1,389 @@
+"""shmlink.multiprocessing with real processes: pipes, queues, pools, shared memory.
+
+Every child is a real OS process (spawn, fork or forkserver); every wait has a
+timeout.  CPython's own test classes run in tests/test_mp_cpython.py; these
+are the behaviours the issue names that those classes do not reach (crashes,
+``shmlink gc``, the start methods, pools, the unbounded buffer and its exit rule).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.pool
+import os
+import queue
+import signal
+import sys
+import textwrap
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+import shmlink
+import shmlink.multiprocessing as smp
+from shmlink.multiprocessing import _channel, queues as mpq
+from shmlink.segment import PREFIX, shm_dir
+from support import join_all, python_env, run_python, wait_for
+from workers import mp as W
+
+METHODS = [m for m in ("spawn", "fork", "forkserver")
+           if m in multiprocessing.get_all_start_methods()]
+
+
+def _mine() -> set[str]:
+    """Channel segments this process made (their names carry our PID)."""
+    tag = f"{PREFIX}mp."
+    pid = f".{os.getpid()}."
+    return {e for e in os.listdir(shm_dir()) if e.startswith(tag) and pid in e}
+
+
+# -- pipes -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pipe_handle_passes_to_child(method):
+    ctx = smp.get_context(method)
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=W.echo_once, args=(b,))
+    p.start()
+    b.close()  # the child holds its own handle now
+    a.send({"x": 1})
+    assert a.poll(20)
+    tag, pid, got = a.recv()
+    assert (tag, pid, got) == ("pid", p.pid, {"x": 1})
+    join_all([p], 30)
+    # the child closed its end and exited: EOF, not a hang
+    assert a.poll(5)
+    with pytest.raises(EOFError):
+        a.recv()
+    a.close()
+
+
+def test_peer_killed_gives_eof():
+    ctx = smp.get_context("spawn")
+    a, b = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=W.hold_forever, args=(ctx.Queue(), b, b))
+    # hold_forever sends its pid on `ready` (b) and then sleeps holding b
+    p.start()
+    b.close()
+    assert a.poll(30)
+    assert a.recv() == p.pid
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    t0 = time.monotonic()
+    with pytest.raises(EOFError):
+        a.recv()
+    assert time.monotonic() - t0 < 5
+    a.close()
+
+
+def test_peer_exit_without_close_gives_eof_after_data():
+    ctx = smp.get_context("fork" if "fork" in METHODS else "spawn")
+    a, b = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=W.send_then_exit, args=(b, 5))
+    p.start()
+    b.close()
+    join_all([p], 30)
+    assert [a.recv() for _ in range(5)] == list(range(5))
+    with pytest.raises(EOFError):
+        a.recv()
+    a.close()
+
+
+# -- shmlink gc after a crash -----------------------------------------------------------
+
+def test_gc_removes_channels_of_killed_process():
+    code = textwrap.dedent("""
+        import os, sys, time
+        import shmlink.multiprocessing as smp
+        q = smp.Queue(); a, b = smp.Pipe()
+        q.put(1)
+        print(q._ch.name, a.name, flush=True)
+        time.sleep(60)
+    """)
+    import subprocess
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env=python_env())
+    try:
+        names = proc.stdout.readline().split()
+        assert len(names) == 2
+        paths = [os.path.join(shm_dir(), PREFIX + n) for n in names]
+        assert all(os.path.exists(p) for p in paths)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+    assert all(os.path.exists(p) for p in paths)  # a crash leaves them ...
+    removed = shmlink.gc()
+    assert set(names) <= set(removed)  # ... and gc removes them
+    assert not any(os.path.exists(p) for p in paths)
+
+
+# -- pools ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_pool_map_and_apply_async(method):
+    if method not in METHODS:
+        pytest.skip(f"no {method}")
+    ctx = smp.get_context(method)
+    with multiprocessing.pool.Pool(2, context=ctx) as pool:
+        assert isinstance(pool._inqueue, smp.SimpleQueue)
+        assert pool.map(W.square, range(50)) == [x * x for x in range(50)]
+        r = pool.apply_async(W.square, (12,))
+        assert r.get(30) == 144
+        assert sorted(pool.imap_unordered(W.square, range(20))) == [x * x for x in range(20)]
+        pool.close()
+        pool.join()
+        names = [q._reader.name for q in (pool._inqueue, pool._outqueue)]
+    # the standard Pool never closes its queues: they go when the pool is collected
+    del pool, r
+    import gc
+    gc.collect()
+    assert not any(os.path.exists(os.path.join(shm_dir(), PREFIX + n)) for n in names)
+
+
+def test_process_pool_executor_results():
+    ctx = smp.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        assert list(ex.map(W.square, range(200))) == [x * x for x in range(200)]
+        assert list(ex.map(W.square, range(300), chunksize=16)) == [x * x for x in range(300)]
+        assert ex.submit(W.square, 7).result(30) == 49
+        assert isinstance(ex._result_queue, smp.SimpleQueue)
+
+
+# -- Queue semantics ----------------------------------------------------------------------
+
+def test_unbounded_put_beyond_ring_does_not_block(monkeypatch):
+    monkeypatch.setattr(mpq, "CAPACITY", 1 << 16)
+    q = smp.Queue()
+    item = b"y" * 4000
+    t0 = time.monotonic()
+    for _ in range(100):  # ~400 KB into a 64 KiB ring, nobody reading
+        q.put(item)
+    assert time.monotonic() - t0 < 2.0
+    assert len(q._buffer) > 0 and q._thread is not None  # buffered in this process
+    assert q.qsize() == 100
+    got = [q.get(timeout=10) for _ in range(100)]
+    assert got == [item] * 100
+    assert q.empty() and q.qsize() == 0
+    q.close()
+    q.join_thread()
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_buffered_items_at_exit(monkeypatch, cancel):
+    """A child whose puts are still buffered waits for its feeder at exit (the standard
+    rule); after cancel_join_thread it does not (and the buffered items are lost)."""
+    ctx = smp.get_context("fork" if "fork" in METHODS else "spawn")
+    monkeypatch.setattr(mpq, "CAPACITY", 1 << 16)
+    q = ctx.Queue()
+    n, size = 60, 4000  # ~240 KB: more than the 64 KiB ring holds
+    target = W.put_many_cancel if cancel else W.put_many
+    p = ctx.Process(target=target, args=(q, n, size))
+    p.start()
+    if not cancel:
+        # nobody reads yet: the child must not be done before its buffer is flushed
+        time.sleep(1.0)
+        assert p.is_alive(), "exited with its buffer unflushed"
+        got = [q.get(timeout=20) for _ in range(n)]
+        assert [g[0] for g in got] == [i % 256 for i in range(n)]
+        join_all([p], 30)
+    else:
+        join_all([p], 30)  # exits at once although the ring is full
+        got = []
+        while True:
+            try:
+                got.append(q.get(timeout=0.5))
+            except queue.Empty:
+                break
+        assert 0 < len(got) < n
+    q.close()
+
+
+def test_maxsize_counts_items():
+    q = smp.Queue(3)
+    for i in range(3):
+        q.put(b"z" * 10_000)  # large items: the ring has room, the count does not
+    assert q.full() and q.qsize() == 3
+    with pytest.raises(queue.Full):
+        q.put(1, block=False)
+    t0 = time.monotonic()
+    with pytest.raises(queue.Full):
+        q.put(1, timeout=0.2)
+    assert 0.15 < time.monotonic() - t0 < 3
+    q.get()
+    assert not q.full() and q.qsize() == 2
+    q.put_nowait(1)
+    assert [len(q.get()) for _ in range(2)] == [10_000, 10_000] and q.get() == 1
+    assert q.empty()
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.05)
+    q.close()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_joinable_queue_across_processes(method):
+    ctx = smp.get_context(method)
+    q = ctx.JoinableQueue()
+    results = ctx.Queue()
+    procs = [ctx.Process(target=W.worker_tasks, args=(q, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for i in range(40):
+        q.put(i)
+    q.put(None)
+    q.put(None)
+    q.join()  # every task_done seen
+    got = sorted(results.get(timeout=10) for _ in range(40))
+    assert got == [2 * i for i in range(40)]
+    join_all(procs, 30)
+    with pytest.raises(ValueError):
+        q.task_done()
+    q.close()
+    results.close()
+
+
+# -- SharedMemory -------------------------------------------------------------------------
+
+def test_shared_memory_exact_size_child_attach_no_tracker_warning():
+    code = textwrap.dedent("""
+        import multiprocessing as mp
+        import shmlink.multiprocessing as smp
+        from workers import mp as W
+        if __name__ == "__main__":
+            m = smp.SharedMemory(create=True, size=1001)
+            assert m.size == 1001 and len(m.buf) == 1001, m.size
+            m.buf[:5] = b"hello"
+            ctx = mp.get_context("spawn")
+            out = ctx.Queue()
+            p = ctx.Process(target=W.attach_shm, args=(m.name, 5, out))
+            p.start()
+            size, data = out.get(timeout=30)
+            p.join(30)
+            assert p.exitcode == 0 and size == 1001 and data == b"hello", (size, data)
+            assert m.buf[0] == 42
+            m.close(); m.unlink()
+            print("ok")
+    """)
+    import subprocess
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(code)
+    try:
+        r = subprocess.run([sys.executable, f.name], capture_output=True, text=True,
+                           timeout=60, env=python_env())
+    finally:
+        os.unlink(f.name)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    assert "resource_tracker" not in r.stderr and "leaked" not in r.stderr, r.stderr
+
+
+# -- nothing left behind ------------------------------------------------------------------
+
+def test_clean_run_leaves_nothing_in_dev_shm():
+    code = textwrap.dedent("""
+        import os
+        import shmlink.multiprocessing as smp
+        from concurrent.futures import ProcessPoolExecutor
+        from workers import mp as W
+        if __name__ == "__main__":
+            ctx = smp.get_context("spawn")
+            q = ctx.Queue(); jq = ctx.JoinableQueue(); sq = ctx.SimpleQueue(); a, b = ctx.Pipe()
+            q.put(1); sq.put(2); a.send(3)
+            assert q.get(timeout=5) == 1 and sq.get() == 2 and b.recv() == 3
+            with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+                assert list(ex.map(W.square, range(20))) == [x * x for x in range(20)]
+            print(os.getpid(), flush=True)
+            # no explicit close of q, jq, sq, a, b: exit must remove them
+    """)
+    import subprocess
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(code)
+    try:
+        r = subprocess.run([sys.executable, f.name], capture_output=True, text=True,
+                           timeout=90, env=python_env())
+    finally:
+        os.unlink(f.name)
+    assert r.returncode == 0, r.stderr
+    pid = r.stdout.strip()
+    left = [e for e in os.listdir(shm_dir()) if e.startswith(PREFIX + "mp.") and f".{pid}." in e]
+    assert not left, left
+
+
+# -- pickling -----------------------------------------------------------------------------
+
+class _Registered:
+    def __init__(self, v):
+        self.v = v
+
+
+def _reduce_registered(obj):
+    return (_Registered, (obj.v * 10,))  # visibly different from the default reduction
+
+
+def test_queue_pickles_with_forking_pickler_reducers():
+    """Objects go through multiprocessing's reducers (ForkingPickler.register), as in the
+    standard queue, also on the fast pickling path."""
+    from multiprocessing.reduction import ForkingPickler
+    ForkingPickler.register(_Registered, _reduce_registered)
+    try:
+        q = smp.Queue()
+        a, b = smp.Pipe()
+        q.put(_Registered(4))
+        a.send([_Registered(5), b"x", "y", 1.5])
+        assert q.get(timeout=5).v == 40
+        got = b.recv()
+        assert got[0].v == 50 and got[1:] == [b"x", "y", 1.5]
+        for plain in (b"abc", "s", 7, 2.5, None, True, bytearray(b"z"), 1j):
+            q.put(plain)
+            assert q.get(timeout=5) == plain
+        q.close()
+        a.close()
+        b.close()
+    finally:
+        ForkingPickler._extra_reducers.pop(_Registered, None)
+
+
+# -- the executor subclass ----------------------------------------------------------------
+
+def test_executor_subclass_moves_both_queues():
+    from shmlink.multiprocessing import ProcessPoolExecutor as ShmPPE
+    with ShmPPE(2, mp_context=multiprocessing.get_context("spawn")) as ex:
+        assert isinstance(ex._call_queue, smp.Queue)
+        assert isinstance(ex._result_queue, smp.SimpleQueue)
+        assert list(ex.map(W.square, range(300), chunksize=1)) == [x * x for x in range(300)]
+        assert list(ex.map(W.square, range(500), chunksize=64)) == [x * x for x in range(500)]
+        # an argument that cannot be pickled fails its own future, not the pool
+        bad = ex.submit(W.square, lambda: 1)
+        with pytest.raises(Exception) as ei:
+            bad.result(30)
+        assert "pickle" in repr(ei.value).lower() or "pickle" in repr(ei.value.__cause__).lower()
+        assert ex.submit(W.square, 9).result(30) == 81
+
+
+# -- Listener / Client ------------------------------------------------------------------
+
+def test_client_that_exits_before_accept():
+    """As with a socket in the backlog, a client that connected, sent and exited
+    (normally, with atexit: spawn) is still accepted, its message read, then EOF."""
+    from shmlink.multiprocessing.connection import Listener
+    ctx = multiprocessing.get_context("spawn")
+    with Listener() as l:
+        p = ctx.Process(target=W.client_then_exit, args=(l.address,))
+        p.start()
+        p.join(1.5)  # connected, sent, and exiting: it waits at exit for the accept
+        import threading
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(l.accept()), daemon=True)
+        t.start()
+        t.join(10)
+        assert got, "the connection went away with its client"
+        conn = got[0]
+        assert conn.recv() == "hello"
+        join_all([p], 30)
+        with pytest.raises(EOFError):
+            conn.recv()
+        conn.close()

@@ -1,0 +1,70 @@
+"""Child bodies for tests/test_mp.py (shmlink.multiprocessing); module level so spawn finds them."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def echo_once(conn):
+    conn.send(("pid", os.getpid(), conn.recv()))
+    conn.close()
+
+
+def send_then_exit(conn, n):
+    for i in range(n):
+        conn.send(i)
+    os._exit(0)  # no close: the end goes with the process
+
+
+def hold_forever(q, conn, ready):
+    q.put("up")
+    ready.send(os.getpid())
+    time.sleep(60)
+
+
+def square(x):
+    return x * x
+
+
+def put_many(q, n, size):
+    for i in range(n):
+        q.put(bytes([i % 256]) * size)
+
+
+def put_many_cancel(q, n, size):
+    q.cancel_join_thread()
+    for i in range(n):
+        q.put(bytes([i % 256]) * size)
+
+
+def worker_tasks(q, results):
+    while True:
+        item = q.get(timeout=20)
+        if item is None:
+            q.task_done()
+            return
+        results.put(item * 2)
+        q.task_done()
+
+
+def attach_shm(name, size, out):
+    from shmlink.multiprocessing import SharedMemory
+    m = SharedMemory(name)
+    out.put((m.size, bytes(m.buf[:size])))
+    m.buf[0] = 42
+    m.close()
+
+
+def spawn_shm_child_then_exit(code):
+    # run in a fresh interpreter by the test: creates, attaches from a child, exits cleanly
+    import subprocess
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def client_then_exit(address):
+    from shmlink.multiprocessing.connection import Client
+    c = Client(address)
+    c.send("hello")
+    c.close()
