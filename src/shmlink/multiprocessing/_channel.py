@@ -75,6 +75,7 @@ assert _OFF_TABLE + 2 * _END_BYTES <= _D + CONTROL
 
 _EC = _core.LAYOUT["ring"]["data_ec"][0]
 _SPACE_EC = _core.LAYOUT["ring"]["space_ec"][0]
+_BELLS = _core.LAYOUT["ring"]["data_bells"][0]  # the data event count's doorbell table
 _SENT = _core.LAYOUT["ring"]["sent"][0]
 _RECEIVED = _core.LAYOUT["ring"]["received"][0]
 
@@ -218,7 +219,8 @@ class Channel:
 
     def wake_readers(self, ring: int) -> None:
         """Wake whoever waits for data on ``ring`` (a holder went away)."""
-        self.mem.ec_notify(_D + CONTROL + ring * self.ring_size + _EC, True)
+        off = _D + CONTROL + ring * self.ring_size
+        self.mem.ec_notify(off + _EC, True, off + _BELLS)  # descriptor waiters too (EOF)
 
     def wake_writers(self, ring: int) -> None:
         self.mem.ec_notify(_D + CONTROL + ring * self.ring_size + _SPACE_EC, True)

@@ -19,7 +19,6 @@ import atexit
 import itertools
 import os
 import re
-import threading
 import time
 from multiprocessing import AuthenticationError, BufferTooShort  # noqa: F401 (re-exported)
 from multiprocessing import connection as _std
@@ -27,6 +26,7 @@ from typing import Any, Iterable
 
 from ..errors import SegmentExists, SegmentNotFound
 from . import _channel
+from .._ready import Readiness
 from ._channel import Channel, _forkables, open_channel, sweep
 
 __all__ = ["Connection", "Pipe", "Listener", "Client", "wait", "families", "default_family",
@@ -130,7 +130,7 @@ class Connection:
         _forkables.discard(self)
         bell, self._bell = self._bell, None
         if bell is not None:
-            bell.close()
+            bell.close()  # unregisters the doorbell and closes its descriptor
         try:
             ch.adjust(self._end, 0, -1)
             if self._writable:
@@ -171,7 +171,9 @@ class Connection:
             self._ch.adjust(self._end, 1, +1)
 
     def _fork_adopt(self, parent: tuple[int, int]) -> None:
-        self._bell = None  # the parent's thread is not here
+        bell, self._bell = self._bell, None  # the parent's doorbell: the child makes its own
+        if bell is not None:
+            bell.close(release=False)
         if self._ch is not None:
             self._ch.adopt(self._end, parent)
 
@@ -215,8 +217,8 @@ class Connection:
         self._check_readable()
         msg = ch.recv(self._rx, deadline, self._alive)
         bell = self._bell
-        if bell is not None:
-            bell.consumed()
+        if bell is not None and not ch.has_data(self._rx):
+            bell.rearm()  # the ring is empty: the descriptor reads idle again
         return msg
 
     def recv_bytes(self, maxlength: int | None = None) -> bytes:
@@ -307,89 +309,23 @@ def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
 # -- readiness ---------------------------------------------------------------------------
 
 def _readiness_fd(owner: Any, ch: Channel, ring: int) -> int:
-    """A descriptor readable while ``ring`` of ``ch`` has a message: THE fd hook.
+    """A descriptor readable while ``ring`` of ``ch`` has a message: the fd hook.
 
-    When shmlink gains readiness by descriptor (``fileno()`` on its waitable
-    objects, ``shmlink.wait``), this function returns that descriptor and
-    the fallback below goes.  Until then, a small daemon thread per handle
-    waits on the ring (a non-consuming wait) and keeps a pipe readable while
-    the ring holds a message; receiving through ``owner`` clears it at once.
+    The ring's doorbell (``shmlink._ready.Readiness``, include/shmlink/doorbell.h):
+    senders that find the ring's data event count armed ring it, so nothing
+    polls and a process that never asks for a descriptor pays nothing.  It
+    also reads ready, when asked, if no live process holds the other end any
+    more (recv then raises EOFError).  Readiness may be spurious, never
+    missed; receiving through ``owner`` re-arms it when the ring is empty.
     """
-    bell = owner._bell
-    if bell is None:
-        bell = owner._bell = _Doorbell(ch, ring)
-    return bell.fd
-
-
-class _Doorbell:
-    """Fallback readiness: a pipe kept readable while a ring holds a message."""
-
-    def __init__(self, ch: Channel, ring: int) -> None:
-        self._ch = ch
-        self._ring = ring
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._r, False)
-        os.set_blocking(self._w, False)
-        self.fd = self._r
-        self._lit = False
-        self._lock = threading.Lock()
-        self._stop = False
-        self._kick = threading.Event()
-        ch.retain()
-        self._t = threading.Thread(target=self._run, name="shmlink-doorbell", daemon=True)
-        self._t.start()
-
-    def _set(self, on: bool) -> None:
-        with self._lock:
-            if on == self._lit or self._stop:
-                return
-            if on:
-                os.write(self._w, b"x")
-            else:
-                try:
-                    os.read(self._r, 64)
-                except BlockingIOError:
-                    pass
-            self._lit = on
-
-    def consumed(self) -> None:
-        if not self._ch.has_data(self._ring):
-            self._set(False)
-        self._kick.set()
-
-    def _run(self) -> None:
-        ch, ring = self._ch, self._ring
-        try:
-            while not self._stop:
-                if ch.has_data(ring):
-                    self._set(True)
-                    self._kick.wait(0.002)
-                    self._kick.clear()
-                else:
-                    self._set(False)
-                    ch.peek_wait(ring, time.monotonic() + 0.1)
-        except Exception:
-            pass
-
-    def close(self) -> None:
-        with self._lock:
-            self._stop = True
-            for fd in (self._r, self._w):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._kick.set()
-        # the channel is released here, in the owner's thread, never by the daemon thread:
-        # one that exits at interpreter teardown while closing a segment would leave the
-        # segment registry's lock held and hang every later close
-        try:
-            self._ch.wake_readers(self._ring)
-        except Exception:
-            pass
-        if self._t is not threading.current_thread():
-            self._t.join(1.0)
-        self._ch.release()
+    r = owner._bell
+    if r is None:
+        off = _channel._D + _channel.CONTROL + ring * ch.ring_size
+        r = owner._bell = Readiness(
+            ch.mem, off + _channel._EC, off + _channel._BELLS,
+            lambda: ch.has_data(ring) or not owner._alive(),
+            f"multiprocessing connection {ch.name!r}")
+    return r.fileno()  # type: ignore[no-any-return]
 
 
 # -- wait ---------------------------------------------------------------------------------
