@@ -181,12 +181,25 @@ class _Async(Generic[_S]):
         """
         deadline = deadline_of(timeout)
         spins = 0
+        spin_ns = _HYBRID_SPIN_NS if getattr(self._obj, "_wait", None) == "hybrid" else 0
         while True:
             if self._closing:
                 raise SegmentClosed(f"{self._what()} is closed")
             res = attempt()
             if res is not _AGAIN:
                 return res
+            if spin_ns:
+                # wait="hybrid", as the blocking calls: look at the lock-free hint for a
+                # few tens of microseconds before parking on the descriptor (a peer
+                # that answers at once costs no wake-up through the kernel); once per
+                # call, so the loop is held up at most that long
+                look = hint or ready.hint
+                end = _perf_ns() + spin_ns
+                spin_ns = 0
+                while _perf_ns() < end:
+                    if look():
+                        break
+                continue
             if ready.prepare(hint=hint):
                 # the condition holds but the attempt lost (a lock held by
                 # another thread or process, a competitor): let the loop run
@@ -246,6 +259,9 @@ def _expire(fut: asyncio.Future[Any]) -> None:
 
 
 _monotonic = time.monotonic
+_perf_ns = time.perf_counter_ns
+#: how long a wait of an object with wait="hybrid" looks before parking on its descriptor
+_HYBRID_SPIN_NS = 50_000
 
 
 async def _iterate(recv: Callable[[], Awaitable[_T]], *ends: type[BaseException]

@@ -467,6 +467,10 @@ def _before_fork() -> None:
 
 
 def _after_fork_child() -> None:
+    global _lock
+    # another thread of the parent may have held the lock at fork(): it is not here to
+    # release it, so the child starts with a fresh one (only this thread runs now)
+    _lock = threading.RLock()
     parent = _fork_parent[0] if _fork_parent else None
     with _lock:
         chans = list(_channels.values())
