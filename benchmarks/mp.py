@@ -20,8 +20,16 @@ from concurrent.futures import ProcessPoolExecutor
 import shmlink.multiprocessing as smp
 
 
-def _produce(q, n, size):  # type: ignore[no-untyped-def]
-    payload = b"x" * size
+def _item(size: int, pickled: bool):  # type: ignore[no-untyped-def]
+    """The object sent: bytes of ``size``, or a tuple that pickles to about ``size`` bytes
+    (shmlink's Queue sends exact bytes and str without pickling, anything else pickled)."""
+    if not pickled:
+        return b"x" * size
+    return (12345, 3.25, "reading", b"x" * max(0, size - 45))
+
+
+def _produce(q, n, size, pickled=False):  # type: ignore[no-untyped-def]
+    payload = _item(size, pickled)
     for _ in range(n):
         q.put(payload)
     q.put(None)
@@ -39,9 +47,9 @@ def _f(x):  # type: ignore[no-untyped-def]
     return x
 
 
-def queue_rate(ctx, n: int, size: int) -> float:  # type: ignore[no-untyped-def]
+def queue_rate(ctx, n: int, size: int, pickled: bool = False) -> float:  # type: ignore[no-untyped-def]
     q = ctx.Queue()
-    p = ctx.Process(target=_produce, args=(q, n, size))
+    p = ctx.Process(target=_produce, args=(q, n, size, pickled))
     p.start()
     q.get()  # the producer is up: time from its first message on
     t0 = time.perf_counter()
@@ -98,6 +106,9 @@ from ._scenario import Case, Column, Scenario, median_of  # noqa: E402
 MODES = {
     "Queue put/get": ("one-way throughput, a producer process to this one", "msg/s",
                       [64, 4096], queue_rate),
+    "Queue put/get, pickled objects": ("the same with a tuple (int, float, str, bytes)",
+                                       "msg/s", [64, 4096],
+                                       lambda ctx, n, s: queue_rate(ctx, n, s, True)),
     "Pipe round trip": ("send_bytes / recv_bytes echo through a child", "round trips/s",
                         [64, 4096], pipe_rate),
     "ProcessPoolExecutor.map chunksize=1": ("2 workers, a trivial function", "tasks/s", [0],
@@ -187,6 +198,9 @@ def main(argv: list[str]) -> int:
     for size in (64, 4096):
         a, b = queue_rate(std, n, size), queue_rate(ours, n, size)
         rows.append((f"Queue throughput {size} B (msg/s)", a, b, b / a))
+    for size in (64, 4096):
+        a, b = queue_rate(std, n, size, True), queue_rate(ours, n, size, True)
+        rows.append((f"Queue throughput {size} B tuple (msg/s)", a, b, b / a))
     for size in (64, 4096):
         a, b = pipe_rtt(std, n // 4, size), pipe_rtt(ours, n // 4, size)
         rows.append((f"Pipe round trip {size} B (us)", a, b, a / b))

@@ -170,6 +170,71 @@ def test_unbounded_put_beyond_ring_does_not_block(monkeypatch):
     q.join_thread()
 
 
+class _Bytes(bytes):
+    pass
+
+
+ITEMS = [b"", b"x" * 64, _Bytes(b"sub"), bytearray(b"ba"), "", "h\u00e9llo \u2603", "\ud800",
+         b"L" * (3 << 20), "s" * (2 << 20), {"k": (1, 2.5, None)}, None, 0]
+
+
+@pytest.mark.parametrize("method", ["spawn"])
+def test_items_of_every_kind_round_trip(method):
+    """Exact bytes and str travel without pickling (tagged), everything else pickled;
+    each comes back equal and of its own type, also larger than the ring's largest
+    record (the parts path) and across processes."""
+    ctx = smp.get_context(method)
+    qin, qout = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=W.echo_items, args=(qin, qout, len(ITEMS)))
+    p.start()
+    for item in ITEMS:
+        qin.put(item)
+    got = [qout.get(timeout=30) for _ in ITEMS]
+    join_all([p], 30)
+    assert got == ITEMS
+    assert [type(g) for g in got] == [type(i) for i in ITEMS]
+    assert qin.qsize() == 0 and qout.qsize() == 0
+    qin.close()
+    qout.close()
+
+
+def test_put_keeps_pace_with_a_draining_reader(monkeypatch):
+    """A full ring makes put wait while the reader takes items, instead of buffering
+    everything behind a feeder thread (which runs only when the GIL lets it)."""
+    monkeypatch.setattr(mpq, "CAPACITY", 1 << 16)
+    monkeypatch.setattr(mpq, "PATIENCE", 5.0)  # a reader descheduled under load is not idle
+    ctx = smp.get_context("spawn")
+    q, out = ctx.Queue(), ctx.Queue()
+    n, size = 3000, 4000  # 12 MB through a 64 KiB ring
+    p = ctx.Process(target=W.drain_check, args=(q, n, size, out))
+    p.start()
+    q.put(bytes([0]) * size)
+    for i in range(1, n):
+        q.put(bytes([i % 256]) * size)
+    assert out.get(timeout=60) == n
+    join_all([p], 30)
+    assert q._thread is None  # nothing was ever buffered
+    q.close()
+    out.close()
+
+
+def test_malformed_item_is_dropped_with_corrupt_segment():
+    """A foreign writer's frame with no payload, or a str tag with bytes that are not
+    UTF-8, is taken and reported; the items after it are intact."""
+    q = smp.Queue()
+    for bad in (b"", b"\x02\xff\xfe"):
+        q._mem.add32(_channel._OFF_ITEMS, 1)
+        assert q._ring.try_send_frame(_channel.FRAME_MSG, 0, bad)
+    q.put("fine")
+    for _ in range(2):
+        with pytest.raises(shmlink.errors.CorruptSegment, match="malformed"):
+            q.get(timeout=5)
+    assert q.get(timeout=5) == "fine" and q.qsize() == 0
+    with pytest.raises(shmlink.errors.CorruptSegment):
+        shmlink._core.chan_decode(b"\x01"[:0], lambda b: b)
+    q.close()
+
+
 @pytest.mark.parametrize("cancel", [False, True])
 def test_buffered_items_at_exit(monkeypatch, cancel):
     """A child whose puts are still buffered waits for its feeder at exit (the standard

@@ -68,3 +68,17 @@ def client_then_exit(address):
     c = Client(address)
     c.send("hello")
     c.close()
+
+
+def echo_items(qin, qout, n):
+    for _ in range(n):
+        qout.put(qin.get(timeout=30))
+
+
+def drain_check(q, n, size, out):
+    """Take n items (item i is bytes([i % 256]) * size); report how many were in order."""
+    ok = 0
+    for i in range(n):
+        if q.get(timeout=30) == bytes([i % 256]) * size:
+            ok += 1
+    out.put(ok)

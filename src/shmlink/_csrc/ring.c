@@ -976,6 +976,375 @@ static PyObject *Ring_try_recv_frame_impl(RingObject *self, PyObject *unused) {
     return frame_recv(self, &zero_deadline, 1);
 }
 
+/* ======================================================================== */
+/* shmlink.multiprocessing's Queue: put and get in one C call.              */
+/*                                                                          */
+/* A queue item is one MSG frame under the channel's writer lock (the       */
+/* channel layout is shmlink/multiprocessing/_channel.py's; Python passes   */
+/* the offsets).  Its payload is a pickle (protocol 2 and later start with  */
+/* the PROTO opcode 0x80) or a tag byte and raw data: CHAN_BYTES (an exact  */
+/* bytes object) or CHAN_STR (an exact str, UTF-8), which need no pickler.  */
+/* Both ends are shmlink.multiprocessing: the channel's VERSION names this  */
+/* format.                                                                  */
+/* ======================================================================== */
+
+enum { CHAN_BYTES = 1, CHAN_STR = 2 };
+
+/* The word of `width` bytes at the offset given by arg, inside this
+ * handle's mapping and aligned to `width`; NULL with an exception. */
+static void *ring_word(RingObject *self, PyObject *arg, Py_ssize_t width) {
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t align = width > 8 ? 8 : width;
+    if (off < 0 || off > self->view.len - width || off % align != 0) {
+        PyErr_Format(PyExc_IndexError, "word offset %zd (width %zd) outside the %zd-byte "
+                     "mapping or misaligned", off, width, self->view.len);
+        return NULL;
+    }
+    return (char *)self->view.buf + off;
+}
+
+/* One item's payload: the raw data of a bytes/str (tag set), or a pickle
+ * made by dumps (owner: the object it returned, viewed in b). */
+struct chan_payload {
+    uint8_t tag;
+    const char *data;
+    Py_ssize_t len;
+    PyObject *owner;
+    Py_buffer b;
+};
+
+static int chan_encode(PyObject *obj, PyObject *dumps, struct chan_payload *p) {
+    p->tag = 0;
+    p->owner = NULL;
+    if (PyBytes_CheckExact(obj)) {
+        p->tag = CHAN_BYTES;
+        p->data = PyBytes_AsString(obj);
+        p->len = PyBytes_Size(obj);
+        return 0;
+    }
+    if (PyUnicode_CheckExact(obj)) {
+        p->data = PyUnicode_AsUTF8AndSize(obj, &p->len);
+        if (p->data) {
+            p->tag = CHAN_STR;
+            return 0;
+        }
+        PyErr_Clear(); /* lone surrogates: not UTF-8, so pickled */
+    }
+    p->owner = PyObject_CallFunctionObjArgs(dumps, obj, NULL);
+    if (!p->owner)
+        return -1;
+    if (PyObject_GetBuffer(p->owner, &p->b, PyBUF_C_CONTIGUOUS) < 0) {
+        Py_CLEAR(p->owner);
+        return -1;
+    }
+    p->data = (const char *)p->b.buf;
+    p->len = p->b.len;
+    return 0;
+}
+
+static void chan_payload_release(struct chan_payload *p) {
+    if (p->owner) {
+        PyBuffer_Release(&p->b);
+        Py_CLEAR(p->owner);
+    }
+}
+
+/* The payload as one object, for the caller's slow path: the pickle
+ * itself, or a bytes of tag + data. */
+static PyObject *chan_payload_object(struct chan_payload *p) {
+    if (!p->tag)
+        return Py_NewRef(p->owner);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, p->len + 1);
+    if (!out)
+        return NULL;
+    char *dst = PyBytes_AsString(out);
+    dst[0] = (char)p->tag;
+    memcpy(dst + 1, p->data, (size_t)p->len);
+    return out;
+}
+
+/* Decode an item's payload (copied out of shared memory: read once here).
+ * *obj: the item (bytes or str), or *pickle: the pickle's bytes for the
+ * caller's loads.  0, 1 (malformed: an empty payload, a str that is not
+ * UTF-8), or -1 with an exception. */
+static int chan_decode(const uint8_t *p, uint64_t n, PyObject **obj, PyObject **pickle) {
+    if (n == 0)
+        return 1;
+    uint8_t tag = p[0];
+    if (tag == CHAN_BYTES) {
+        *obj = PyBytes_FromStringAndSize((const char *)p + 1, (Py_ssize_t)(n - 1));
+        return *obj ? 0 : -1;
+    }
+    if (tag == CHAN_STR) {
+        *obj = PyUnicode_DecodeUTF8((const char *)p + 1, (Py_ssize_t)(n - 1), "strict");
+        if (*obj)
+            return 0;
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            return -1;
+        PyErr_Clear();
+        return 1;
+    }
+    *pickle = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+    return *pickle ? 0 : -1;
+}
+
+PyDoc_STRVAR(Ring_chan_put_doc,
+"chan_put($self, obj, dumps, lock, count, patience, /)\n--\n\n"
+"shmlink.multiprocessing.Queue.put's fast path: encode obj (an exact bytes\n"
+"or str as it is, anything else with dumps), add 1 to the u32 at offset\n"
+"count (None: no count), and append the item as one MSG frame under the\n"
+"robust lock at offset lock.  When the lock is busy or the ring full, wait\n"
+"while the ring's consumers make progress: give up after patience seconds\n"
+"(0: at once) in which they took nothing.  True when sent; otherwise the\n"
+"encoded payload, still to be delivered (the count is added).");
+
+/* One attempt of chan_put: 1 sent, 0 not (lock busy or no room), -1 with
+ * an exception.  With a deadline, waits for the lock until then. */
+static int chan_try_put(RingObject *self, struct shmlink_lock *l, Py_buffer *f,
+                        const struct timespec *deadline) {
+    if (!deadline) {
+        uint32_t pid;
+        uint64_t start;
+        identity(&pid, &start);
+        if (shmlink_lock_try_or_steal(l, pid, start) < 0)
+            return 0;
+    } else {
+        int rc = ring_lock(self, l, deadline, self->spin);
+        if (rc == -1)
+            return -1;
+        if (rc == -ETIMEDOUT)
+            return 0;
+    }
+    int timed_out;
+    Py_ssize_t n = ring_send_buffers(self, f, 1, &zero_deadline, 1, &timed_out);
+    shmlink_lock_release(l);
+    return n < 0 ? -1 : n == 1;
+}
+
+/* Send the frame f under l, waiting while consumers take records (at most
+ * patience_s seconds without progress).  1 sent, 0 gave up, -1 error. */
+static int chan_send_patient(RingObject *self, struct shmlink_lock *l, Py_buffer *f,
+                             double patience_s) {
+    int r = chan_try_put(self, l, f, NULL);
+    if (r != 0 || patience_s <= 0)
+        return r;
+    struct shmlink_ring *ring = self->h.ring;
+    uint64_t need = shmlink_ring_record_size((uint64_t)f->len);
+    uint64_t seen = SHMLINK_LOAD_RELAXED(&ring->received);
+    struct timespec until;
+    shmlink_deadline_after(&until, patience_s);
+    for (;;) {
+        int w = sl_ec_wait(&ring->space_ec, cond_has_room, self, need, &until, self->spin,
+                           &self->closing);
+        if (w < 0 && w != -ETIMEDOUT)
+            return ring_raise(self, w);
+        r = chan_try_put(self, l, f, &until);
+        if (r != 0)
+            return r;
+        uint64_t now = SHMLINK_LOAD_RELAXED(&ring->received);
+        if (now != seen) {
+            seen = now; /* they are taking records: give them another patience_s */
+            shmlink_deadline_after(&until, patience_s);
+        } else if (sl_retry_check(&until) != 0) {
+            return PyErr_Occurred() ? -1 : 0;
+        }
+    }
+}
+
+static PyObject *Ring_chan_put_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "chan_put() takes obj, dumps, lock, count, patience");
+        return NULL;
+    }
+    struct shmlink_lock *l = ring_word(self, args[2], (Py_ssize_t)sizeof *l);
+    if (!l)
+        return NULL;
+    uint32_t *count = NULL;
+    if (args[3] != Py_None && !(count = ring_word(self, args[3], 4)))
+        return NULL;
+    double patience = PyFloat_AsDouble(args[4]);
+    if (patience == -1.0 && PyErr_Occurred())
+        return NULL;
+    struct chan_payload p;
+    if (chan_encode(args[0], args[1], &p) < 0)
+        return NULL;
+    if (count)
+        SHMLINK_FETCH_ADD(count, 1u);
+    int sent = 0;
+    uint64_t total = (uint64_t)SHMLINK_FRAME_HEADER + (p.tag ? 1u : 0u) + (uint64_t)p.len;
+    if (total <= self->h.max_message) {
+        uint8_t stack[FRAME_STACK];
+        Py_buffer f = {0};
+        f.len = (Py_ssize_t)total;
+        f.buf = total <= FRAME_STACK ? stack : PyMem_Malloc((size_t)total);
+        if (!f.buf) {
+            PyErr_NoMemory();
+            sent = -1;
+        } else {
+            uint8_t *dst = (uint8_t *)f.buf;
+            shmlink_frame_encode(dst, SHMLINK_FRAME_MSG, 0);
+            dst += SHMLINK_FRAME_HEADER;
+            if (p.tag)
+                *dst++ = p.tag;
+            memcpy(dst, p.data, (size_t)p.len);
+            sent = chan_send_patient(self, l, &f, patience);
+            if (f.buf != stack)
+                PyMem_Free(f.buf);
+        }
+    }
+    PyObject *res = sent < 0 ? NULL : sent ? Py_NewRef(Py_True) : chan_payload_object(&p);
+    if (!res && count)
+        SHMLINK_FETCH_ADD(count, (uint32_t)-1); /* nothing was put */
+    chan_payload_release(&p);
+    return res;
+}
+
+struct chan_get_ctx {
+    PyObject *obj, *pickle;
+    int bad;
+};
+
+/* The deliver callback of chan_get: a MSG frame is decoded and consumed;
+ * any other frame (the first part of a large item) stays for the slow
+ * path (-EMSGSIZE, nothing raised); a malformed one is consumed (bad). */
+static int deliver_item(void *ctx, const uint8_t *src, uint64_t len) {
+    struct chan_get_ctx *c = (struct chan_get_ctx *)ctx;
+    uint8_t head[SHMLINK_FRAME_HEADER];
+    uint32_t kind;
+    uint64_t id;
+    memset(head, 0, sizeof head);
+    memcpy(head, src, (size_t)(len < SHMLINK_FRAME_HEADER ? len : SHMLINK_FRAME_HEADER));
+    if (shmlink_frame_decode_header(head, len, &kind, &id) != 0) {
+        c->bad = 1;
+        return 0;
+    }
+    if (kind != SHMLINK_FRAME_MSG)
+        return -EMSGSIZE;
+    uint64_t n = len - SHMLINK_FRAME_HEADER;
+    uint8_t stack[FRAME_STACK];
+    uint8_t *copy = n <= FRAME_STACK ? stack : (uint8_t *)PyMem_Malloc((size_t)n);
+    if (!copy) {
+        PyErr_NoMemory();
+        return -1; /* the item stays queued */
+    }
+    memcpy(copy, src + SHMLINK_FRAME_HEADER, (size_t)n);
+    int rc = chan_decode(copy, n, &c->obj, &c->pickle);
+    if (copy != stack)
+        PyMem_Free(copy);
+    if (rc < 0)
+        return -1;
+    c->bad = rc;
+    return 0;
+}
+
+PyDoc_STRVAR(Ring_chan_get_doc,
+"chan_get($self, lock, count, maxsize, loads, miss, /)\n--\n\n"
+"shmlink.multiprocessing.Queue.get's fast path: if the robust lock at\n"
+"offset lock is free and the next frame is a whole item, take it, subtract\n"
+"1 from the u32 at offset count (None: no count; waking its waiters when it\n"
+"was at least maxsize > 0) and return the item (loads for a pickle).\n"
+"Returns miss when the lock is busy, the ring empty, or the next item comes\n"
+"in parts.  A malformed item is taken and CorruptSegment raised.");
+
+static PyObject *Ring_chan_get_impl(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "chan_get() takes lock, count, maxsize, loads, miss");
+        return NULL;
+    }
+    struct shmlink_lock *l = ring_word(self, args[0], (Py_ssize_t)sizeof *l);
+    if (!l)
+        return NULL;
+    uint32_t *count = NULL;
+    if (args[1] != Py_None && !(count = ring_word(self, args[1], 4)))
+        return NULL;
+    unsigned long maxsize = PyLong_AsUnsignedLong(args[2]);
+    if (maxsize == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    uint32_t pid;
+    uint64_t start;
+    identity(&pid, &start);
+    if (shmlink_lock_try_or_steal(l, pid, start) < 0)
+        return Py_NewRef(args[4]);
+    struct chan_get_ctx c = {NULL, NULL, 0};
+    int64_t n = ring_take(self, deliver_item, &c, 1, &zero_deadline, 1);
+    shmlink_lock_release(l);
+    if (n == -EMSGSIZE || n == 0)
+        return Py_NewRef(args[4]);
+    if (n < 0)
+        return NULL;
+    if (count) {
+        uint32_t old = SHMLINK_FETCH_ADD(count, (uint32_t)-1);
+        if (maxsize && old >= maxsize)
+            shmlink_futex_wake(count, INT_MAX);
+    }
+    if (c.bad) {
+        sl_raisef(-EBADMSG, "queue %R: an item is malformed (written by a foreign or buggy "
+                  "process); it was dropped", self->label ? self->label : Py_None);
+        return NULL;
+    }
+    if (c.obj)
+        return c.obj;
+    PyObject *res = PyObject_CallFunctionObjArgs(args[3], c.pickle, NULL);
+    Py_DECREF(c.pickle);
+    return res;
+}
+
+static PyObject *Ring_chan_put(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    RING_CALL(self, Ring_chan_put_impl(self, args, nargs));
+}
+static PyObject *Ring_chan_get(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    RING_CALL(self, Ring_chan_get_impl(self, args, nargs));
+}
+
+PyDoc_STRVAR(chan_encode_doc,
+"chan_encode($module, obj, dumps, /)\n--\n\n"
+"A shmlink.multiprocessing.Queue item's payload, as chan_put encodes it.");
+
+static PyObject *chan_encode_fn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "chan_encode() takes obj and dumps");
+        return NULL;
+    }
+    struct chan_payload p;
+    if (chan_encode(args[0], args[1], &p) < 0)
+        return NULL;
+    PyObject *res = chan_payload_object(&p);
+    chan_payload_release(&p);
+    return res;
+}
+
+PyDoc_STRVAR(chan_decode_doc,
+"chan_decode($module, payload, loads, /)\n--\n\n"
+"The item a shmlink.multiprocessing.Queue payload holds (the inverse of\n"
+"chan_encode; loads for a pickle).  CorruptSegment for a malformed one.");
+
+static PyObject *chan_decode_fn(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "chan_decode() takes payload and loads");
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    PyObject *obj = NULL, *pickle = NULL;
+    int rc = chan_decode((const uint8_t *)b.buf, (uint64_t)b.len, &obj, &pickle);
+    PyBuffer_Release(&b);
+    if (rc < 0)
+        return NULL;
+    if (rc > 0) {
+        sl_raisef(-EBADMSG, "a shmlink.multiprocessing queue item is malformed (written by "
+                  "a foreign or buggy process)");
+        return NULL;
+    }
+    if (obj)
+        return obj;
+    PyObject *res = PyObject_CallFunctionObjArgs(args[1], pickle, NULL);
+    Py_DECREF(pickle);
+    return res;
+}
+
 static PyObject *Ring_send_frame(RingObject *self, PyObject *const *args, Py_ssize_t nargs) {
     RING_CALL(self, Ring_send_frame_impl(self, args, nargs));
 }
@@ -1108,6 +1477,8 @@ static PyMethodDef Ring_methods[] = {
      "stats($self, /)\n--\n\nA dict of capacity, max_message, used bytes, sent and received."},
     {"view", (PyCFunction)Ring_view, METH_VARARGS, Ring_view_doc},
     FRAME_METHODS
+    {"chan_put", (PyCFunction)(void (*)(void))Ring_chan_put, METH_FASTCALL, Ring_chan_put_doc},
+    {"chan_get", (PyCFunction)(void (*)(void))Ring_chan_get, METH_FASTCALL, Ring_chan_get_doc},
     {"close", (PyCFunction)Ring_close, METH_NOARGS,
      "close($self, /)\n--\n\nClose the handle: later calls raise SegmentClosed.  Releases the "
      "buffer (ending an open zero-copy receive unconsumed) and returns True, or, while "
@@ -1144,6 +1515,8 @@ static PyType_Spec Ring_spec = {"shmlink._core.Ring", sizeof(RingObject), 0, Py_
 
 static PyMethodDef ring_functions[] = {
     {"ring_init", ring_init, METH_VARARGS, ring_init_doc},
+    {"chan_encode", (PyCFunction)(void (*)(void))chan_encode_fn, METH_FASTCALL, chan_encode_doc},
+    {"chan_decode", (PyCFunction)(void (*)(void))chan_decode_fn, METH_FASTCALL, chan_decode_doc},
     {NULL}};
 
 /* Called from the module's exec slot. */

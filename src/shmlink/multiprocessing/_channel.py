@@ -56,7 +56,7 @@ from ..segment import DATA_OFFSET, Segment, _identity
 
 _D = DATA_OFFSET
 MAGIC = 0x4D504348  # "MPCH"
-VERSION = 1
+VERSION = 2  # 2: queue items are chan_put payloads (tagged bytes/str or a pickle)
 CONTROL = 4096  # bytes of control block before the first ring
 
 _OFF_MAGIC = _D + 0
@@ -108,13 +108,47 @@ class _Pickler(pickle.Pickler):
                                           copyreg.dispatch_table)
 
 
-def dumps(obj: Any, _plain: Any = _PLAIN, _dumps: Any = pickle.dumps,
-          _BytesIO: Any = io.BytesIO) -> Any:
+class _Scratch(threading.local):
+    """Each thread's pickler and its buffer, reused: making a pickler costs more than
+    pickling a small tuple with it."""
+
+    def __init__(self) -> None:
+        self.fresh()
+
+    def fresh(self) -> None:
+        self.buf = io.BytesIO()
+        self.pickler: Any = _Pickler(self.buf, PROTOCOL)  # None while in use
+
+
+_scratch = _Scratch()
+#: a pickle larger than this leaves the scratch buffer (handed out without a copy)
+_KEEP = 1 << 16
+
+
+def dumps(obj: Any, _plain: Any = _PLAIN, _dumps: Any = pickle.dumps) -> Any:
     """``ForkingPickler.dumps(obj)``, without its per-call setup."""
     if type(obj) in _plain:
         return _dumps(obj, PROTOCOL)
-    buf = _BytesIO()
-    _Pickler(buf, PROTOCOL).dump(obj)
+    s = _scratch
+    p = s.pickler
+    if p is None:  # a reducer that pickles (re-entry): a pickler of its own
+        buf = io.BytesIO()
+        _Pickler(buf, PROTOCOL).dump(obj)
+        return buf.getbuffer()
+    s.pickler = None
+    buf = s.buf
+    buf.seek(0)
+    buf.truncate()
+    p.clear_memo()
+    try:
+        p.dump(obj)
+    except BaseException:
+        s.fresh()
+        raise
+    if buf.tell() <= _KEEP:
+        s.pickler = p
+        return buf.getvalue()
+    s.fresh()  # a large pickle: hand this buffer out whole
     return buf.getbuffer()
 
 
@@ -156,6 +190,7 @@ class Channel:
         self.rings = [_core.Ring(seg._mm, _D + CONTROL + i * size, size) for i in range(n)]
         for r in self.rings:
             r.label = self.name
+            r.spin = SPIN  # how Queue.put's fast path waits for room (chan_put)
         self.ring_size = size
 
     # -- making and opening --

@@ -6,9 +6,11 @@ queues, pipes and shared memory pass through them) and travel through a
 shared-memory ring (:mod:`._channel`).  ``maxsize`` counts items, in a
 shared futex word (the standard uses a semaphore).
 
-``put`` on an unbounded queue never blocks: when the ring is full, the item
-is buffered in the process and a feeder thread moves it in later, as in the
-standard queue; at exit the process waits for its feeder to flush the buffer
+``put`` on an unbounded queue never blocks: when the ring is full, it waits
+only while readers are taking items (so a producer runs at their pace instead
+of filling memory), and once no item was taken for :data:`PATIENCE` seconds
+the item is buffered in the process and a feeder thread moves it in later, as
+in the standard queue; at exit the process waits for its feeder to flush the buffer
 unless :meth:`Queue.cancel_join_thread` was called (the standard's rule).
 Unlike the standard, an object is pickled in ``put`` itself (not later in the
 feeder thread): changes made to it after ``put`` returns are not sent.  A
@@ -33,11 +35,17 @@ from .connection import Pipe
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue"]
 
+from .. import _core
+from ..errors import ShmlinkError
 from ._channel import dumps as _dumps, loads as _loads
 #: bytes of ring per queue
 CAPACITY = 1 << 20
 _WLOCK = Channel.writer_lock(0)
 _RLOCK = Channel.reader_lock(0)
+_MISS = object()  # chan_get: nothing taken (the slow path decides)
+#: when the ring is full, put waits while readers take items from it, at most this
+#: long (s) without progress, before it buffers the item in the process
+PATIENCE = 0.01
 
 
 class Queue:
@@ -136,39 +144,49 @@ class Queue:
         """Put ``obj``; a bounded queue waits for room (``queue.Full`` when it runs out)."""
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        ch = self._ch
-        mem = self._mem
         self._used = True
         if self._maxsize:
-            self._take_room(mem, block, timeout)
+            self._take_room(self._mem, block, timeout)
+            count = None  # counted by _take_room
         else:
-            mem.add32(_OFF_ITEMS, 1)
+            count = _OFF_ITEMS  # counted by chan_put
         if self._joinable:
-            mem.add32(_OFF_UNFINISHED, 1)
-        try:
-            data = _dumps(obj)
-        except Exception as e:
-            self._uncount()
-            self._uncount_task()
-            self._on_queue_feeder_error(e, obj)
-            return
-        if self._thread is None and len(data) <= self._fits:
-            # no feeder yet, so nothing of this process is buffered: straight into the ring
-            mem = self._mem
-            if mem.lock_try(_WLOCK) is not None:  # (a large message's parts go as one)
-                try:
-                    if self._ring.try_send_frame(FRAME_MSG, 0, data):
-                        return
-                finally:
-                    mem.lock_release(_WLOCK)
+            self._mem.add32(_OFF_UNFINISHED, 1)
+        if self._buffer or self._infeeder:
+            # items of this process wait in the buffer: this one goes after them
+            try:
+                data = _core.chan_encode(obj, _dumps)
+            except Exception as e:
+                self._put_failed(e, obj)
+                return
+            if count is not None:
+                self._mem.add32(count, 1)
+        else:
+            # counted, encoded and sent in one call when the ring has room now
+            try:
+                data = self._ring.chan_put(obj, _dumps, _WLOCK, count, PATIENCE)
+            except ShmlinkError:
+                raise
+            except Exception as e:
+                self._put_failed(e, obj)
+                return
+            if data is True:
+                return
         with self._notempty:
             if not self._buffer and not self._infeeder:
-                if len(data) <= self._fits and ch.try_send(0, data):
+                if len(data) <= self._fits and self._ch.try_send(0, data):  # type: ignore[union-attr]
                     return
             self._buffer.append(data)
             if self._thread is None:
                 self._start_thread()
             self._notempty.notify()
+
+    def _put_failed(self, e: Exception, obj: Any) -> None:
+        # obj could not be pickled: nothing was put (the standard reports it from its feeder)
+        if self._maxsize:
+            self._uncount()
+        self._uncount_task()
+        self._on_queue_feeder_error(e, obj)
 
     def _take_room(self, mem: Any, block: bool, timeout: float | None) -> None:
         deadline = None
@@ -208,31 +226,20 @@ class Queue:
             raise ValueError(f"Queue {self!r} is closed")
         ch = self._ch
         assert ch is not None
+        item = self._ring.chan_get(_RLOCK, _OFF_ITEMS, self._maxsize, _loads, _MISS)
+        if item is not _MISS:
+            return item
         if not block:
             deadline: float | None = 0.0  # already passed: no waiting
         elif timeout is None:
             deadline = None
         else:
             deadline = time.monotonic() + max(0.0, timeout)
-        mem = self._mem
-        msg = None
-        if mem.lock_try(_RLOCK) is not None:
-            try:
-                f = self._ring.try_recv_frame()
-                if f is not None:
-                    # one whole message (the common case), or the first part of a large
-                    # one: its other parts follow under the same lock
-                    msg = f[2] if f[0] == FRAME_MSG else ch._recv_parts(self._ring, f)
-            finally:
-                mem.lock_release(_RLOCK)
+        msg = ch.recv(0, deadline)
         if msg is None:
-            msg = ch.recv(0, deadline)
-            if msg is None:
-                raise Empty
-        old = mem.add32(_OFF_ITEMS, -1)
-        if self._maxsize and old >= self._maxsize:
-            mem.wake32(_OFF_ITEMS)
-        return _loads(msg)
+            raise Empty
+        self._uncount()
+        return _core.chan_decode(msg, _loads)
 
     def get_nowait(self) -> Any:
         """``get(False)``."""
