@@ -429,6 +429,53 @@ def test_executor_subclass_moves_both_queues():
         assert ex.submit(W.square, 9).result(30) == 81
 
 
+def test_executor_subclass_threads_submitting_lose_no_wakeup():
+    """Its manager thread's wake-up is coalesced (one byte however many submits): threads
+    submitting at once, while results come back, must never leave a task unscheduled."""
+    import threading
+    from shmlink.multiprocessing import ProcessPoolExecutor as ShmPPE
+    with ShmPPE(2, mp_context=smp.get_context("spawn")) as ex:
+        futs: list = []
+        lock = threading.Lock()
+
+        def submitter(base: int) -> None:
+            for i in range(300):
+                f = ex.submit(W.square, base + i)
+                with lock:
+                    futs.append((base + i, f))
+                if i % 50 == 0:
+                    time.sleep(0.001)  # let the manager go idle now and then
+
+        ts = [threading.Thread(target=submitter, args=(k * 1000,)) for k in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert len(futs) == 1200
+        for x, f in futs:
+            assert f.result(60) == x * x
+
+
+class _Kept:
+    pass
+
+
+def test_pickled_items_are_not_kept_alive():
+    """The reused pickler forgets what it pickled (CPython's executor tests check the same
+    for call items: test_no_stale_references)."""
+    import gc
+    import weakref
+    q = smp.Queue()
+    obj = _Kept()
+    ref = weakref.ref(obj)
+    q.put(obj)
+    del obj
+    gc.collect()
+    assert ref() is None
+    assert isinstance(q.get(timeout=5), _Kept)
+    q.close()
+
+
 # -- Listener / Client ------------------------------------------------------------------
 
 def test_client_that_exits_before_accept():

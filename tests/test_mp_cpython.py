@@ -37,6 +37,11 @@ EXPECTED = {
                                    "resource tracker must unlink it",
     "test_shared_memory_untracking": "the standard module opens the block in a child "
                                      "(another namespace)",
+    # 3.13, shmlink.multiprocessing.ProcessPoolExecutor only: the test makes the second thread
+    # the executor starts fail (the standard call queue's feeder); shmlink's call queue starts
+    # none, so the tasks run, with arguments the test never meant to be called with
+    "test_python_finalization_error": "mocks thread creation to break the standard call "
+                                      "queue's feeder thread, which shmlink's queue does not start",
 }
 
 CLASSES = ["_TestQueue", "_TestConnection", "_TestListener", "_TestListenerClient", "_TestPoll",
@@ -71,9 +76,11 @@ def test_cpython_class(name: str) -> None:
 
 @pytest.mark.skipif(not _has("test.test_concurrent_futures"),
                     reason="this interpreter ships without test.test_concurrent_futures")
-def test_cpython_process_pool_executor() -> None:
-    r = _run("ProcessPoolExecutorTest[spawn]", timeout=180)
+@pytest.mark.parametrize("variant", ["", "+subclass"])
+def test_cpython_process_pool_executor(variant: str) -> None:
+    r = _run(f"ProcessPoolExecutorTest[spawn{variant}]", timeout=180)
     if r.get("absent"):
         pytest.skip(r["absent"])
-    assert not r["failed"], r["failed"]
+    allowed = {"test_python_finalization_error"} if variant else set()
+    assert set(r["failed"]) <= allowed, r["failed"]
     assert r["passed"] >= 10, r

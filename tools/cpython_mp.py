@@ -18,7 +18,9 @@ interpreter itself if shmlink imports there) and prints a table.
 
 Classes: the ``_test_multiprocessing`` ones listed in MP_CLASSES and
 ``ProcessPoolExecutorTest`` of ``test_concurrent_futures`` (interpreters that
-ship it: 3.10 and 3.13 here), for each start method in FUTURES_METHODS.
+ship it: 3.10 and 3.13 here), for each start method in FUTURES_METHODS, with
+shmlink's context (``[fork]``) and with ``shmlink.multiprocessing.ProcessPoolExecutor``
+(``[fork+subclass]``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ import unittest
 MP_CLASSES = ["_TestQueue", "_TestConnection", "_TestListener", "_TestListenerClient",
               "_TestPoll", "_TestSharedMemory"]
 FUTURES_METHODS = ["fork", "spawn", "forkserver"]
-ALL_CLASSES = MP_CLASSES + [f"ProcessPoolExecutorTest[{m}]" for m in FUTURES_METHODS]
+ALL_CLASSES = MP_CLASSES + [f"ProcessPoolExecutorTest[{m}]" for m in FUTURES_METHODS] + [
+    f"ProcessPoolExecutorTest[{m}+subclass]" for m in FUTURES_METHODS]
 
 
 def _substitute() -> None:
@@ -70,7 +73,9 @@ def _mp_class(name: str) -> type:
     return cls
 
 
-def _futures_class(method: str) -> type:
+def _futures_class(method: str, subclass: bool = False) -> type:
+    """The executor tests with shmlink's context (the one-line switch), or with
+    ``shmlink.multiprocessing.ProcessPoolExecutor`` itself (``subclass``)."""
     import shmlink.multiprocessing as smp
 
     try:
@@ -85,8 +90,11 @@ def _futures_class(method: str) -> type:
         base.get_context(self)  # its skips (system limits, no fork in threads...)
         return smp.get_context(method)
 
-    cls = type(f"Shmlink{method.capitalize()}ProcessPoolExecutorTest", (base,),
-               {"__module__": __name__, "get_context": get_context})
+    attrs = {"__module__": __name__, "get_context": get_context}
+    if subclass:
+        attrs["executor_type"] = smp.ProcessPoolExecutor
+    tag = "Subclass" if subclass else ""
+    cls = type(f"Shmlink{tag}{method.capitalize()}ProcessPoolExecutorTest", (base,), attrs)
     globals()[cls.__name__] = cls
     return cls
 
@@ -102,7 +110,8 @@ def _build(name: str) -> type:
 
     os.environ["CPYTHON_MP_CLASS"] = name
     if name.startswith("ProcessPoolExecutorTest"):
-        return _futures_class(name[name.index("[") + 1:-1])
+        method, _, variant = name[name.index("[") + 1:-1].partition("+")
+        return _futures_class(method, variant == "subclass")
     _substitute()
     if multiprocessing.current_process().name == "MainProcess" and __name__ == "__main__":
         multiprocessing.set_start_method(os.environ.get("MP_START_METHOD", "fork"), force=True)

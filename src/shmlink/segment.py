@@ -920,7 +920,7 @@ class _Named:
             if mapping is not None:
                 mapping.memory.release()
             if mm is not None:
-                mm.close()
+                _close_quiet(mm)
             os.close(fd)
             raise
         finally:
@@ -1562,7 +1562,7 @@ def _attach(final: str, key: str, shown: str, readonly: bool,
             m = locals().get("mapping")
             if m is not None:
                 m.memory.release()
-                m.mm.close()
+                _close_quiet(m.mm)
             try:
                 os.close(fd)
             except OSError:
@@ -1645,6 +1645,16 @@ def _check_no_views(m: _Mapping) -> None:
         )
 
 
+def _close_quiet(mm: mmap.mmap) -> None:
+    """Close a mapping on an error path; one still exported (a handle made on it that the
+    error's traceback keeps alive) is unmapped when its last reference goes instead, so
+    the error that got us here is the one reported, not a BufferError."""
+    try:
+        mm.close()
+    except BufferError:
+        pass
+
+
 def _detach(m: _Mapping, *, auto_ok: bool) -> None:
     """Unmap and close one mapping; remove an "auto" segment if we were last.
 
@@ -1668,10 +1678,12 @@ def _detach(m: _Mapping, *, auto_ok: bool) -> None:
             hm = mmap.mmap(m.fd, DATA_OFFSET, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             try:
                 mem = _core.Memory(hm)
-                mem.cas32(_OFF_PARTICIPANTS + _PART_SIZE * m.slot, _identity()[0], 0)
-                mem.release()
+                try:
+                    mem.cas32(_OFF_PARTICIPANTS + _PART_SIZE * m.slot, _identity()[0], 0)
+                finally:
+                    mem.release()
             finally:
-                hm.close()
+                _close_quiet(hm)
         except (OSError, ValueError):
             pass
         m.slot = -1

@@ -1005,6 +1005,19 @@ static void *ring_word(RingObject *self, PyObject *arg, Py_ssize_t width) {
     return (char *)self->view.buf + off;
 }
 
+/* The channel words of a chan_put/chan_get call: the robust lock at the
+ * offset lock_arg, and the u32 count at count_arg (None: *count NULL).
+ * 0, or -1 with an exception. */
+static int chan_words(RingObject *self, PyObject *lock_arg, PyObject *count_arg,
+                      struct shmlink_lock **l, uint32_t **count) {
+    *count = NULL;
+    if (!(*l = ring_word(self, lock_arg, (Py_ssize_t)sizeof **l)))
+        return -1;
+    if (count_arg != Py_None && !(*count = ring_word(self, count_arg, 4)))
+        return -1;
+    return 0;
+}
+
 /* One item's payload: the raw data of a bytes/str (tag set), or a pickle
  * made by dumps (owner: the object it returned, viewed in b). */
 struct chan_payload {
@@ -1158,11 +1171,9 @@ static PyObject *Ring_chan_put_impl(RingObject *self, PyObject *const *args, Py_
         PyErr_SetString(PyExc_TypeError, "chan_put() takes obj, dumps, lock, count, patience");
         return NULL;
     }
-    struct shmlink_lock *l = ring_word(self, args[2], (Py_ssize_t)sizeof *l);
-    if (!l)
-        return NULL;
-    uint32_t *count = NULL;
-    if (args[3] != Py_None && !(count = ring_word(self, args[3], 4)))
+    struct shmlink_lock *l;
+    uint32_t *count;
+    if (chan_words(self, args[2], args[3], &l, &count) < 0)
         return NULL;
     double patience = PyFloat_AsDouble(args[4]);
     if (patience == -1.0 && PyErr_Occurred())
@@ -1253,11 +1264,9 @@ static PyObject *Ring_chan_get_impl(RingObject *self, PyObject *const *args, Py_
         PyErr_SetString(PyExc_TypeError, "chan_get() takes lock, count, maxsize, loads, miss");
         return NULL;
     }
-    struct shmlink_lock *l = ring_word(self, args[0], (Py_ssize_t)sizeof *l);
-    if (!l)
-        return NULL;
-    uint32_t *count = NULL;
-    if (args[1] != Py_None && !(count = ring_word(self, args[1], 4)))
+    struct shmlink_lock *l;
+    uint32_t *count;
+    if (chan_words(self, args[0], args[1], &l, &count) < 0)
         return NULL;
     unsigned long maxsize = PyLong_AsUnsignedLong(args[2]);
     if (maxsize == (unsigned long)-1 && PyErr_Occurred())

@@ -139,12 +139,12 @@ def dumps(obj: Any, _plain: Any = _PLAIN, _dumps: Any = pickle.dumps) -> Any:
     buf = s.buf
     buf.seek(0)
     buf.truncate()
-    p.clear_memo()
     try:
         p.dump(obj)
     except BaseException:
         s.fresh()
         raise
+    p.clear_memo()  # the memo holds what was pickled: let it go now, not at the next dumps
     if buf.tell() <= _KEEP:
         s.pickler = p
         return buf.getvalue()
