@@ -280,6 +280,9 @@ def test_link_down_five_seconds_mid_stream_loses_and_repeats_nothing(br, tmp_pat
     assert _route(br, "exp")["retransmitted"] > 0  # the cut did cost messages
 
 
+_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -313,7 +316,10 @@ def test_slow_far_consumer_holds_back_the_producer_with_bounded_memory(br, tmp_p
         samples.append(sent - received)
         rss = _rss_kib(br.procs["exp"].pid) + _rss_kib(br.procs["imp"].pid)
         rss0 = rss if rss0 is None else rss0
-        assert rss - rss0 < 32 << 10, f"bridge memory grew by {(rss - rss0) >> 10} MiB"
+        # Under AddressSanitizer every free goes into its quarantine (256 MiB by default)
+        # first: RSS then measures the sanitizer, and the uninstrumented pass checks this
+        if not _ASAN:
+            assert rss - rss0 < 32 << 10, f"bridge memory grew by {(rss - rss0) >> 10} MiB"
     assert samples, "no progress from producer and consumer"
     assert max(samples) <= bound, f"{max(samples)} messages ahead of the consumer (bound {bound})"
     assert prod.poll() is None, "the producer finished: nothing held it back"
