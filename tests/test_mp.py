@@ -456,6 +456,32 @@ def test_executor_subclass_threads_submitting_lose_no_wakeup():
             assert f.result(60) == x * x
 
 
+class _Interrupts:
+    def __reduce__(self):
+        raise KeyboardInterrupt  # Ctrl-C while the item is pickled
+
+
+@pytest.mark.parametrize("maxsize", [0, 1])
+def test_interrupted_put_takes_its_counts_back(maxsize):
+    """A put that ends in KeyboardInterrupt (or a pickling error) leaves no item count, no
+    room taken and no unfinished task behind: join() and a bounded put still work."""
+    q = smp.JoinableQueue(maxsize)
+    with pytest.raises(KeyboardInterrupt):
+        q.put(_Interrupts())
+    q.put(lambda: 1)  # cannot be pickled: reported through the feeder-error hook, not raised
+    assert q.qsize() == 0 and q.empty()
+    assert q._mem.load32(_channel._OFF_UNFINISHED) == 0
+    q.put("next", timeout=5)  # the bounded queue's room is all there
+    assert q.get(timeout=5) == "next"
+    q.task_done()
+    import threading
+    joiner = threading.Thread(target=q.join, daemon=True)  # join() has no timeout
+    joiner.start()
+    joiner.join(10)
+    assert not joiner.is_alive(), "join() waits for a task that was never put"
+    q.close()
+
+
 class _Kept:
     pass
 

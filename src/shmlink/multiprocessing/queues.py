@@ -152,26 +152,26 @@ class Queue:
             count = _OFF_ITEMS  # counted by chan_put
         if self._joinable:
             self._mem.add32(_OFF_UNFINISHED, 1)
-        if self._buffer or self._infeeder:
-            # items of this process wait in the buffer: this one goes after them
-            try:
+        behind = bool(self._buffer or self._infeeder)
+        try:
+            if behind:
+                # items of this process wait in the buffer: this one goes after them
                 data = _core.chan_encode(obj, _dumps)
-            except Exception as e:
-                self._put_failed(e, obj)
-                return
-            if count is not None:
-                self._mem.add32(count, 1)
-        else:
-            # counted, encoded and sent in one call when the ring has room now
-            try:
+            else:
+                # counted, encoded and sent in one call when the ring has room now
                 data = self._ring.chan_put(obj, _dumps, _WLOCK, count, PATIENCE)
-            except ShmlinkError:
-                raise
-            except Exception as e:
-                self._put_failed(e, obj)
-                return
-            if data is True:
-                return
+                if data is True:
+                    return
+        except BaseException as e:
+            # nothing was put (chan_put takes its own count back): neither the room taken
+            # nor the task counted stays, whatever ended the put (Ctrl-C included)
+            self._unput()
+            if isinstance(e, Exception) and not isinstance(e, ShmlinkError):
+                self._on_queue_feeder_error(e, obj)  # obj could not be pickled (the standard's
+                return                               # hook, called from its feeder there)
+            raise
+        if behind and count is not None:
+            self._mem.add32(count, 1)
         with self._notempty:
             if not self._buffer and not self._infeeder:
                 if len(data) <= self._fits and self._ch.try_send(0, data):  # type: ignore[union-attr]
@@ -181,12 +181,13 @@ class Queue:
                 self._start_thread()
             self._notempty.notify()
 
-    def _put_failed(self, e: Exception, obj: Any) -> None:
-        # obj could not be pickled: nothing was put (the standard reports it from its feeder)
-        if self._maxsize:
-            self._uncount()
-        self._uncount_task()
-        self._on_queue_feeder_error(e, obj)
+    def _unput(self) -> None:
+        try:
+            if self._maxsize:
+                self._uncount()
+            self._uncount_task()
+        except Exception:
+            pass  # the segment was closed under us: nothing to take back
 
     def _take_room(self, mem: Any, block: bool, timeout: float | None) -> None:
         deadline = None
