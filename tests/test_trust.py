@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import select
 import subprocess
 import sys
 import textwrap
@@ -39,40 +40,48 @@ def _no_process_trust(monkeypatch):
     _seg._trusted.update(saved)
 
 
-def _squat(kind_code: str, name: str, keep: bool = False) -> int:
-    """Create ``name`` as user nobody, in a real child process running as that user.
+_SQUATTER = textwrap.dedent("""
+    import os, sys, time
+    import shmlink
+    uid, gid, keep = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    obj = eval(sys.argv[4], {"shmlink": shmlink, "name": sys.argv[5]})
+    sys.stdout.write("k")
+    sys.stdout.flush()
+    if keep:
+        time.sleep(60)  # the test kills it
+    obj.close()
+""")
 
-    The child is forked and drops to nobody's uid and gid before it creates
-    the object (the interpreter itself may not be executable by nobody);
-    it only creates a file and exits with os._exit.
+
+def _squat(kind_code: str, name: str, keep: bool = False):
+    """Create ``name`` as user nobody, in a fresh interpreter running as that user.
+
+    The interpreter starts as this user, imports shmlink (the interpreter and
+    the checkout may not be readable by nobody), then drops to nobody's uid
+    and gid before it creates the object.  A fresh process, not a fork of
+    this one: a fork inherits whatever lock another thread of this process
+    held (the allocator's, under AddressSanitizer) and can hang on it.
+    Returns the still-running process when ``keep``, else None.
     """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        os.close(r)
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY.pw_gid)
-            os.setuid(NOBODY.pw_uid)
-            obj = eval(kind_code, {"shmlink": shmlink, "name": name})
-            os.write(w, b"k")
-            if keep:
-                import time
-                time.sleep(60)  # the test kills it
-            obj.close()
-            code = 0
-        except BaseException as e:
-            os.write(2, f"squatter failed: {e!r}\n".encode())
-        os._exit(code)
-    os.close(w)
-    ready = os.read(r, 1)
-    os.close(r)
-    if keep and ready:
-        return pid
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return 0
+    proc = subprocess.Popen([sys.executable, "-c", _SQUATTER, str(NOBODY.pw_uid),
+                             str(NOBODY.pw_gid), "1" if keep else "0", kind_code, name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env())
+    if keep:
+        ready = select.select([proc.stdout], [], [], 60)[0] and proc.stdout.read(1)
+        if ready == b"k":
+            return proc
+        proc.kill()
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the squatter hung: {err.decode()}")
+    assert proc.returncode == 0 and out == b"k", f"the squatter failed: {err.decode()}"
+    return None
 
 
 @as_root
@@ -98,13 +107,13 @@ def test_squatted_name_is_refused(name, kind, make, open_):
 @as_root
 def test_connect_refuses_a_squatted_listener(name):
     # the squatter listens under the name a root server would use: the secret never leaves
-    pid = _squat("shmlink.Listener.create(name, mode=0o666)", name, keep=True)
+    squatter = _squat("shmlink.Listener.create(name, mode=0o666)", name, keep=True)
     try:
         with pytest.raises(shmlink.ForeignOwner):
             shmlink.connect(name, timeout=2)
     finally:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
+        squatter.kill()
+        squatter.communicate(timeout=10)
         shmlink.remove(name)
 
 
