@@ -16,6 +16,7 @@ import queue
 import signal
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -169,6 +170,22 @@ def test_unbounded_put_beyond_ring_does_not_block(monkeypatch):
     assert q.empty() and q.qsize() == 0
     q.close()
     q.join_thread()
+
+
+def test_terminate_broken_drops_what_nobody_will_read(monkeypatch):
+    """A feeder blocked on a full ring, in the middle of a large item, gives up when the
+    queue is terminated as broken (the standard's hook, gh-94777): close and join return."""
+    monkeypatch.setattr(mpq, "CAPACITY", 1 << 16)
+    q = smp.Queue()
+    q.put(b"z" * (1 << 20))  # sixteen rings' worth, nobody reading
+    q.put(b"small")
+    wait_for(lambda: q._infeeder, timeout=10, what="the feeder to start sending")
+    t0 = time.monotonic()
+    done = threading.Event()
+    threading.Thread(target=lambda: (q._terminate_broken(), done.set()), daemon=True).start()
+    assert done.wait(30), "the feeder did not give up"
+    assert time.monotonic() - t0 < 10
+    assert not q._thread.is_alive()
 
 
 class _Bytes(bytes):

@@ -321,6 +321,16 @@ class Channel:
         self.adjust(end, 0, +1)
         self.adjust(end, 1, -1, who)
 
+    def forget_pending(self) -> None:
+        """Drop this process's pending counts: what it pickled will never be unpickled.
+
+        For a pickler that knows every process it pickled handles for is gone
+        (the executor, once its workers are joined): a worker killed before it
+        unpickled its queues would otherwise keep them until this process exits.
+        """
+        for end in (0, 1):
+            self.adjust(end, 1, -0x7FFFFFFF)
+
     def _mine_pending(self) -> bool:
         pid, start = _identity()
         mem = self.mem
@@ -332,8 +342,11 @@ class Channel:
 
     # -- sending and receiving whole messages --
 
-    def send(self, ring: int, data: Any, deadline: float | None) -> bool:
-        """Send one message (any size) on ``ring``; False if the deadline passed first."""
+    def send(self, ring: int, data: Any, deadline: float | None,
+             stop: threading.Event | None = None) -> bool:
+        """Send one message (any size) on ``ring``; False if the deadline passed first,
+        or ``stop`` was set while it waited for room (a large message may then be left
+        half sent: readers get CorruptSegment)."""
         r = self.rings[ring]
         wl = self.writer_lock(ring)
         if not self.lock(wl, deadline):
@@ -342,10 +355,24 @@ class Channel:
             if len(data) + 8 <= r.max_message:
                 if r.try_send_frame(FRAME_MSG, 0, data):
                     return True
-                return bool(r.send_frame(FRAME_MSG, 0, data, deadline, SPIN))
-            return self._send_parts(r, data, deadline)
+                return self._send_frame(r, FRAME_MSG, 0, data, deadline, SPIN, stop)
+            return self._send_parts(r, data, deadline, stop)
         finally:
             self.unlock(wl)
+
+    @staticmethod
+    def _send_frame(r: Any, kind: int, ident: int, data: Any, deadline: float | None,
+                    spin: int, stop: threading.Event | None) -> bool:
+        if stop is None:
+            return bool(r.send_frame(kind, ident, data, deadline, spin))
+        while True:  # in slices, looking at ``stop`` between them
+            end = time.monotonic() + SLICE
+            if deadline is not None and deadline < end:
+                end = deadline
+            if r.send_frame(kind, ident, data, end, spin):
+                return True
+            if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                return False
 
     def try_send(self, ring: int, data: Any) -> bool:
         """Send one message that fits a record if the ring has room and no writer is busy."""
@@ -357,16 +384,18 @@ class Channel:
         finally:
             self.unlock(wl)
 
-    def _send_parts(self, r: Any, data: Any, deadline: float | None) -> bool:
+    def _send_parts(self, r: Any, data: Any, deadline: float | None,
+                    stop: threading.Event | None) -> bool:
         mv = memoryview(data).cast("B")
         step = min(r.max_message - 8, r.capacity // 4)
         first = _LEN.pack(len(mv)) + bytes(mv[:step - 8])
-        if not r.send_frame(FRAME_FIRST, 1, first, deadline, 0):
+        if not self._send_frame(r, FRAME_FIRST, 1, first, deadline, 0, stop):
             return False
         pos = step - 8
         while pos < len(mv):
             # once the first part is in, the rest goes in whatever the deadline
-            r.send_frame(FRAME_PART, 1, mv[pos:pos + step], None, 0)
+            if not self._send_frame(r, FRAME_PART, 1, mv[pos:pos + step], None, 0, stop):
+                return False
             pos += step
         return True
 

@@ -81,6 +81,7 @@ class Queue:
         self._buffer: collections.deque[Any] = collections.deque()
         self._infeeder = False
         self._thread = None
+        self._stop = threading.Event()  # set by _terminate_broken: the feeder gives up
         self._jointhread: Any = None
         self._close_fin: Any = None
 
@@ -252,7 +253,8 @@ class Queue:
         assert self._ch is not None
         self._ch.retain()  # the feeder's own reference, released when it ends
         t = self._thread = threading.Thread(
-            target=Queue._feed, args=(weakref.ref(self), self._buffer, self._notempty, self._ch),
+            target=Queue._feed,
+            args=(weakref.ref(self), self._buffer, self._notempty, self._ch, self._stop),
             name="QueueFeederThread", daemon=True)
         t.start()
         if not self._joincancelled:
@@ -274,7 +276,7 @@ class Queue:
             notempty.notify()
 
     @staticmethod
-    def _feed(qref: Any, buffer: Any, notempty: Any, ch: Channel) -> None:
+    def _feed(qref: Any, buffer: Any, notempty: Any, ch: Channel, stop: threading.Event) -> None:
         try:
             while True:
                 with notempty:
@@ -285,10 +287,10 @@ class Queue:
                     if q is not None:
                         q._infeeder = True
                     del q
-                if data is _SENTINEL:
+                if data is _SENTINEL or stop.is_set():
                     return
                 try:
-                    ch.send(0, data, None)
+                    ch.send(0, data, None, stop)
                 except Exception:
                     if qref() is None:
                         return
@@ -337,6 +339,14 @@ class Queue:
         assert self._closed, f"Queue {self!r} not closed"
         if self._jointhread:
             self._jointhread()
+
+    def _terminate_broken(self) -> None:
+        """Close a queue that nobody will read again, as the standard's method of that
+        name (CPython gh-94777): what the feeder has not sent is dropped, and a feeder
+        waiting for room in the ring gives up, so :meth:`join_thread` returns."""
+        self._stop.set()
+        self.close()
+        self.join_thread()
 
     def cancel_join_thread(self) -> None:
         """Do not wait for the feeder at exit (buffered items may be lost)."""
