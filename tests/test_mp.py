@@ -446,54 +446,6 @@ def test_queue_pickles_with_forking_pickler_reducers():
         ForkingPickler._extra_reducers.pop(_Registered, None)
 
 
-# -- the executor subclass ----------------------------------------------------------------
-
-def test_executor_subclass_moves_both_queues():
-    from shmlink.multiprocessing import ProcessPoolExecutor as ShmPPE
-    with ShmPPE(2, mp_context=multiprocessing.get_context("spawn")) as ex:
-        assert isinstance(ex._call_queue, smp.Queue)
-        assert isinstance(ex._result_queue, smp.SimpleQueue)
-        assert list(ex.map(W.square, range(300), chunksize=1)) == [x * x for x in range(300)]
-        assert list(ex.map(W.square, range(500), chunksize=64)) == [x * x for x in range(500)]
-        # an argument that cannot be pickled fails its own future, not the pool, with the
-        # pickler's own error (PicklingError up to 3.12, AttributeError on 3.13 for a lambda)
-        unpicklable = lambda: 1  # noqa: E731
-        with pytest.raises(Exception) as direct:
-            pickle.dumps(unpicklable)
-        bad = ex.submit(W.square, unpicklable)
-        with pytest.raises(type(direct.value)) as ei:
-            bad.result(30)
-        assert str(ei.value) == str(direct.value)
-        assert ex.submit(W.square, 9).result(30) == 81
-
-
-def test_executor_subclass_threads_submitting_lose_no_wakeup():
-    """Its manager thread's wake-up is coalesced (one byte however many submits): threads
-    submitting at once, while results come back, must never leave a task unscheduled."""
-    import threading
-    from shmlink.multiprocessing import ProcessPoolExecutor as ShmPPE
-    with ShmPPE(2, mp_context=smp.get_context("spawn")) as ex:
-        futs: list = []
-        lock = threading.Lock()
-
-        def submitter(base: int) -> None:
-            for i in range(300):
-                f = ex.submit(W.square, base + i)
-                with lock:
-                    futs.append((base + i, f))
-                if i % 50 == 0:
-                    time.sleep(0.001)  # let the manager go idle now and then
-
-        ts = [threading.Thread(target=submitter, args=(k * 1000,)) for k in range(4)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(60)
-        assert len(futs) == 1200
-        for x, f in futs:
-            assert f.result(60) == x * x
-
-
 class _Interrupts:
     def __reduce__(self):
         raise KeyboardInterrupt  # Ctrl-C while the item is pickled

@@ -42,6 +42,12 @@ EXPECTED = {
     # none, so the tasks run, with arguments the test never meant to be called with
     "test_python_finalization_error": "mocks thread creation to break the standard call "
                                       "queue's feeder thread, which shmlink's queue does not start",
+    # any executor but concurrent.futures' own: the test runs that class by name in a child
+    # (CPython skips it for that class, gh-83386), and the child calls
+    # multiprocessing.set_start_method without importing multiprocessing: a NameError
+    "test_hang_gh83386": "runs concurrent.futures.ProcessPoolExecutor by name in a child that "
+                         "fails with NameError (test_mp_executor covers shutdown(wait=False) "
+                         "at exit)",
 }
 
 CLASSES = ["_TestQueue", "_TestConnection", "_TestListener", "_TestListenerClient", "_TestPoll",
@@ -76,11 +82,18 @@ def test_cpython_class(name: str) -> None:
 
 @pytest.mark.skipif(not _has("test.test_concurrent_futures"),
                     reason="this interpreter ships without test.test_concurrent_futures")
-@pytest.mark.parametrize("variant", ["", "+subclass"])
-def test_cpython_process_pool_executor(variant: str) -> None:
-    r = _run(f"ProcessPoolExecutorTest[spawn{variant}]", timeout=180)
+@pytest.mark.parametrize("name, least", [
+    ("ProcessPoolExecutorTest[spawn]", 10),  # the standard executor with shmlink's context
+    ("ProcessPoolExecutorTest[spawn+subclass]", 10),  # shmlink's executor
+    ("ProcessPoolShutdownTest[spawn+subclass]", 8),
+    ("ExecutorDeadlockTest[spawn+subclass]", 12),
+    ("InitializerTest[spawn+subclass]", 1),
+    ("FailingInitializerTest[spawn+subclass]", 1),
+])
+def test_cpython_process_pool_executor(name: str, least: int) -> None:
+    r = _run(name, timeout=240)
     if r.get("absent"):
         pytest.skip(r["absent"])
-    allowed = {"test_python_finalization_error"} if variant else set()
+    allowed = {"test_python_finalization_error", "test_hang_gh83386"} if "+" in name else set()
     assert set(r["failed"]) <= allowed, r["failed"]
-    assert r["passed"] >= 10, r
+    assert r["passed"] >= least, r

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/cpython_mp.py run CLASS [--start-method M]   # one class, JSON on the last line
+    python tools/cpython_mp.py run CLASS [TEST ...]   # one class (or some of its tests), JSON last
     python tools/cpython_mp.py table [--pythons 3.10 3.11 ...] # every class, every interpreter
 
 ``run`` builds the test class from the interpreter's ``test`` package through
@@ -16,11 +16,13 @@ and interpreter (``.venv-3.X/bin/python`` next to this checkout, made with
 ``python3.X -m venv .venv-3.X && .venv-3.X/bin/pip install -e .``, or the
 interpreter itself if shmlink imports there) and prints a table.
 
-Classes: the ``_test_multiprocessing`` ones listed in MP_CLASSES and
-``ProcessPoolExecutorTest`` of ``test_concurrent_futures`` (interpreters that
-ship it: 3.10 and 3.13 here), for each start method in FUTURES_METHODS, with
-shmlink's context (``[fork]``) and with ``shmlink.multiprocessing.ProcessPoolExecutor``
-(``[fork+subclass]``).
+Classes: the ``_test_multiprocessing`` ones listed in MP_CLASSES; and from
+``test_concurrent_futures`` (interpreters that ship it: 3.10 and 3.13 here),
+for each start method in FUTURES_METHODS, ``ProcessPoolExecutorTest`` with
+shmlink's context and the standard executor (``[fork]``), and the classes of
+FUTURES_TESTS with ``executor_type`` set to
+``shmlink.multiprocessing.ProcessPoolExecutor`` (``[fork+subclass]``: the name
+is older than the class, which is no longer a subclass of the standard one).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ MP_CLASSES = ["_TestQueue", "_TestConnection", "_TestListener", "_TestListenerCl
               "_TestPoll", "_TestSharedMemory"]
 FUTURES_METHODS = ["fork", "spawn", "forkserver"]
 ALL_CLASSES = MP_CLASSES + [f"ProcessPoolExecutorTest[{m}]" for m in FUTURES_METHODS] + [
-    f"ProcessPoolExecutorTest[{m}+subclass]" for m in FUTURES_METHODS]
+    f"{t}[{m}+subclass]" for t in ("ProcessPoolExecutorTest", "ProcessPoolShutdownTest",
+                                   "ExecutorDeadlockTest", "InitializerTest",
+                                   "FailingInitializerTest") for m in FUTURES_METHODS]
 
 
 def _substitute() -> None:
@@ -73,18 +77,28 @@ def _mp_class(name: str) -> type:
     return cls
 
 
-def _futures_class(method: str, subclass: bool = False) -> type:
+#: test_concurrent_futures' process-pool test classes, and their module in 3.13's package
+FUTURES_TESTS = {"ProcessPoolExecutorTest": "test_process_pool",
+                 "ProcessPoolShutdownTest": "test_shutdown",
+                 "ExecutorDeadlockTest": "test_deadlock",
+                 "InitializerTest": "test_init",
+                 "FailingInitializerTest": "test_init"}
+
+
+def _futures_class(method: str, subclass: bool = False, test: str = "ProcessPoolExecutorTest") -> type:
     """The executor tests with shmlink's context (the one-line switch), or with
     ``shmlink.multiprocessing.ProcessPoolExecutor`` itself (``subclass``)."""
+    import importlib
+
     import shmlink.multiprocessing as smp
 
     try:
-        from test.test_concurrent_futures import test_process_pool as mod  # 3.13
+        mod = importlib.import_module("test.test_concurrent_futures." + FUTURES_TESTS[test])  # 3.13
         from test.test_concurrent_futures import util
         util.setup_module()
     except ImportError:
         import test.test_concurrent_futures as mod  # 3.10: one file
-    base = getattr(mod, f"ProcessPool{method.capitalize()}ProcessPoolExecutorTest")
+    base = getattr(mod, f"ProcessPool{method.capitalize()}{test}")
 
     def get_context(self: object) -> object:
         base.get_context(self)  # its skips (system limits, no fork in threads...)
@@ -94,7 +108,7 @@ def _futures_class(method: str, subclass: bool = False) -> type:
     if subclass:
         attrs["executor_type"] = smp.ProcessPoolExecutor
     tag = "Subclass" if subclass else ""
-    cls = type(f"Shmlink{tag}{method.capitalize()}ProcessPoolExecutorTest", (base,), attrs)
+    cls = type(f"Shmlink{tag}{method.capitalize()}{test}", (base,), attrs)
     globals()[cls.__name__] = cls
     return cls
 
@@ -109,23 +123,27 @@ def _build(name: str) -> type:
     import multiprocessing
 
     os.environ["CPYTHON_MP_CLASS"] = name
-    if name.startswith("ProcessPoolExecutorTest"):
+    test = name.partition("[")[0]
+    if test in FUTURES_TESTS:
         method, _, variant = name[name.index("[") + 1:-1].partition("+")
-        return _futures_class(method, variant == "subclass")
+        return _futures_class(method, variant == "subclass", test)
     _substitute()
     if multiprocessing.current_process().name == "MainProcess" and __name__ == "__main__":
         multiprocessing.set_start_method(os.environ.get("MP_START_METHOD", "fork"), force=True)
     return _mp_class(name)
 
 
-def run(name: str) -> dict[str, object]:
+def run(name: str, only: list[str] | None = None) -> dict[str, object]:
 
     try:
         cls = _build(name)
     except (ImportError, AttributeError) as e:
         return {"class": name, "passed": 0, "failed": {}, "skipped": {},
                 "absent": f"this interpreter ships no test_concurrent_futures ({e})"}
-    suite = unittest.defaultTestLoader.loadTestsFromTestCase(cls)
+    if only:
+        suite = unittest.TestSuite(cls(t) for t in only)
+    else:
+        suite = unittest.defaultTestLoader.loadTestsFromTestCase(cls)
     result = unittest.TestResult()
     t0 = time.monotonic()
     suite.run(result)
@@ -192,7 +210,7 @@ def table(versions: list[str], classes: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "run":
-        print("\n" + json.dumps(run(argv[1])), flush=True)
+        print("\n" + json.dumps(run(argv[1], argv[2:])), flush=True)
         return 0
     if argv and argv[0] == "table":
         versions = ["3.10", "3.11", "3.12", "3.13"]

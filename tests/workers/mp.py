@@ -82,3 +82,31 @@ def drain_check(q, n, size, out):
         if q.get(timeout=30) == bytes([i % 256]) * size:
             ok += 1
     out.put(ok)
+
+
+# -- shmlink.multiprocessing.ProcessPoolExecutor -----------------------------------------
+
+def touch_after(path, delay):
+    """A task with a visible side effect: the file exists only if the task ran."""
+    time.sleep(delay)
+    with open(path, "w"):
+        pass
+    return path
+
+
+def die(*data):
+    os._exit(3)  # a worker that vanishes mid-task, as if killed
+
+
+def fail():
+    raise RuntimeError("this initializer fails")
+
+
+def a_lock():
+    import threading
+    return threading.Lock()  # a result that cannot be pickled
+
+
+def getpid_after(delay):
+    time.sleep(delay)
+    return os.getpid()

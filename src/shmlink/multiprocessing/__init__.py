@@ -2,16 +2,17 @@
 
 ``Queue``, ``JoinableQueue``, ``SimpleQueue``, ``Pipe``,
 ``connection.Listener``/``Client``/``wait`` and
-``shared_memory.SharedMemory``/``ShareableList`` with the standard API, and
+``shared_memory.SharedMemory``/``ShareableList`` with the standard API;
 :func:`get_context`, a context whose ``Process``, ``Lock``, ``Event`` ... are
-the standard ones and whose queues and pipes are these::
+the standard ones and whose queues and pipes are these; and
+:class:`ProcessPoolExecutor`, the standard executor's API on a task protocol
+of its own (the one-line switch is the import)::
 
-    from concurrent.futures import ProcessPoolExecutor
-    import shmlink.multiprocessing
-    ProcessPoolExecutor(mp_context=shmlink.multiprocessing.get_context("spawn"))
+    from shmlink.multiprocessing import ProcessPoolExecutor, get_context
+    ProcessPoolExecutor(mp_context=get_context("spawn"))
 
-``shmlink.multiprocessing.ProcessPoolExecutor`` also moves the executor's
-call queue (the one-line switch above moves only its result queue).
+The standard ``concurrent.futures.ProcessPoolExecutor`` runs with this
+package's context too, but moves only its result queue.
 
 Anonymous queues and pipes get unique names (``mp.<kind>.<pid>.<hex>``), are
 handed to children by pickling (spawn, forkserver, through queues) or
