@@ -780,8 +780,9 @@ static PyObject *Ring_qrecv_impl(RingObject *self, PyObject *const *args, Py_ssi
 
 /* Frames up to this many bytes are built on the stack; larger ones in a
  * heap buffer (the ring copies the frame in under prod_lock, so it must be
- * contiguous: header, then payload). */
-#define FRAME_STACK 4096
+ * contiguous: header, then payload).  A 4 KiB payload with its header and
+ * a tag byte still fits. */
+#define FRAME_STACK (4096 + 64)
 
 /* A frame's (kind, id) from two Python ints; -1 with an exception. */
 static int frame_kind_id(PyObject *k, PyObject *i, uint32_t *kind, uint64_t *id) {
@@ -1234,13 +1235,29 @@ static int deliver_item(void *ctx, const uint8_t *src, uint64_t len) {
     if (kind != SHMLINK_FRAME_MSG)
         return -EMSGSIZE;
     uint64_t n = len - SHMLINK_FRAME_HEADER;
+    const uint8_t *payload = src + SHMLINK_FRAME_HEADER;
+    if (n > 0) {
+        /* bytes and pickles are copied out once, straight into their object
+         * (nothing here reads their content); a str is copied out first, so
+         * that the UTF-8 decoder reads memory no other process writes */
+        uint8_t tag;
+        memcpy(&tag, payload, 1);
+        if (tag == CHAN_BYTES) {
+            c->obj = PyBytes_FromStringAndSize((const char *)payload + 1, (Py_ssize_t)(n - 1));
+            return c->obj ? 0 : -1;
+        }
+        if (tag != CHAN_STR) {
+            c->pickle = PyBytes_FromStringAndSize((const char *)payload, (Py_ssize_t)n);
+            return c->pickle ? 0 : -1;
+        }
+    }
     uint8_t stack[FRAME_STACK];
     uint8_t *copy = n <= FRAME_STACK ? stack : (uint8_t *)PyMem_Malloc((size_t)n);
     if (!copy) {
         PyErr_NoMemory();
         return -1; /* the item stays queued */
     }
-    memcpy(copy, src + SHMLINK_FRAME_HEADER, (size_t)n);
+    memcpy(copy, payload, (size_t)n);
     int rc = chan_decode(copy, n, &c->obj, &c->pickle);
     if (copy != stack)
         PyMem_Free(copy);
