@@ -446,6 +446,45 @@ def test_queue_pickles_with_forking_pickler_reducers():
         ForkingPickler._extra_reducers.pop(_Registered, None)
 
 
+class _Int(int):
+    pass
+
+
+def _deep(n):
+    x = None
+    for _ in range(n):
+        x = [x]
+    return x
+
+
+def test_plain_trees_pickle_as_forking_pickler_would():
+    """Trees of the types the C pickler writes itself go to pickle.dumps (no pickler kept
+    per thread); the result is byte for byte ForkingPickler's.  Anything that could meet a
+    reducer (a subclass, complex, a registered type anywhere inside), a cycle, a deep or
+    large tree takes the full pickler, which gives ForkingPickler's bytes too."""
+    from multiprocessing.reduction import ForkingPickler
+    from shmlink import _core
+    from shmlink.multiprocessing._channel import PROTOCOL, dumps
+
+    cyclic: list = []
+    cyclic.append(cyclic)
+    plain = [None, True, 7, 2**100, -1.5, "s\udc80", b"b", bytearray(b"ba"), (), [], {},
+             (12345, 3.25, "reading", b"x" * 19), {"k": [1, (2.0, {"n": None})], 3: b""},
+             _deep(16), list(range(4000))]
+    other = [1j, _Int(3), (1, _Int(3)), {"k": 1j}, [frozenset()], {1, 2}, cyclic, _deep(17),
+             list(range(5000)), _Registered(1), ("x", [_Registered(2)])]
+    for obj in plain:
+        assert _core.plain(obj), obj
+    for obj in other:
+        assert not _core.plain(obj), obj
+    ForkingPickler.register(_Registered, _reduce_registered)
+    try:
+        for obj in plain + other:
+            assert bytes(dumps(obj)) == bytes(ForkingPickler.dumps(obj, PROTOCOL)), obj
+    finally:
+        ForkingPickler._extra_reducers.pop(_Registered, None)
+
+
 class _Interrupts:
     def __reduce__(self):
         raise KeyboardInterrupt  # Ctrl-C while the item is pickled

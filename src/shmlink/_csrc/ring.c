@@ -1341,6 +1341,55 @@ static PyObject *chan_encode_fn(PyObject *mod, PyObject *const *args, Py_ssize_t
     return res;
 }
 
+/* 1 when pickling o never looks a reducer up (ForkingPickler's table or
+ * copyreg's): a tree of at most *budget objects, at most PLAIN_DEPTH deep,
+ * of the exact types the pickler writes itself.  0 for anything else (a
+ * subclass, complex, a cycle, a large tree): the caller's full pickler.
+ * Reads only; calls no Python code, so nothing changes the tree meanwhile. */
+#define PLAIN_DEPTH 16
+static int plain_tree(PyObject *o, int depth, Py_ssize_t *budget) {
+    if (--*budget < 0 || depth > PLAIN_DEPTH)
+        return 0;
+    PyTypeObject *t = Py_TYPE(o);
+    if (o == Py_None || t == &PyBool_Type || t == &PyLong_Type || t == &PyFloat_Type ||
+        t == &PyUnicode_Type || t == &PyBytes_Type || t == &PyByteArray_Type)
+        return 1;
+    if (t == &PyTuple_Type) {
+        Py_ssize_t n = PyTuple_Size(o);
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (!plain_tree(PyTuple_GetItem(o, i), depth + 1, budget))
+                return 0;
+        return 1;
+    }
+    if (t == &PyList_Type) {
+        for (Py_ssize_t i = 0; i < PyList_Size(o); i++)
+            if (!plain_tree(PyList_GetItem(o, i), depth + 1, budget))
+                return 0;
+        return 1;
+    }
+    if (t == &PyDict_Type) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (PyDict_Next(o, &pos, &k, &v))
+            if (!plain_tree(k, depth + 1, budget) || !plain_tree(v, depth + 1, budget))
+                return 0;
+        return 1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(plain_doc,
+"plain($module, obj, /)\n--\n\n"
+"True when pickling obj looks up no reducer: None, bool, int, float, str,\n"
+"bytes, bytearray, and tuples, lists and dicts of them (exact types, a\n"
+"small tree).  pickle.dumps(obj) is then ForkingPickler.dumps(obj), made\n"
+"without building a pickler.");
+
+static PyObject *plain_fn(PyObject *mod, PyObject *obj) {
+    Py_ssize_t budget = 4096;
+    return PyBool_FromLong(plain_tree(obj, 0, &budget));
+}
+
 PyDoc_STRVAR(chan_decode_doc,
 "chan_decode($module, payload, loads, /)\n--\n\n"
 "The item a shmlink.multiprocessing.Queue payload holds (the inverse of\n"
@@ -1543,6 +1592,7 @@ static PyMethodDef ring_functions[] = {
     {"ring_init", ring_init, METH_VARARGS, ring_init_doc},
     {"chan_encode", (PyCFunction)(void (*)(void))chan_encode_fn, METH_FASTCALL, chan_encode_doc},
     {"chan_decode", (PyCFunction)(void (*)(void))chan_decode_fn, METH_FASTCALL, chan_decode_doc},
+    {"plain", plain_fn, METH_O, plain_doc},
     {NULL}};
 
 /* Called from the module's exec slot. */
