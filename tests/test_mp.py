@@ -8,6 +8,7 @@ are the behaviours the issue names that those classes do not reach (crashes,
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -450,6 +451,13 @@ class _Int(int):
     pass
 
 
+class _Str(str):
+    pass
+
+
+_Point = collections.namedtuple("_Point", "x")
+
+
 def _deep(n):
     x = None
     for _ in range(n):
@@ -457,32 +465,49 @@ def _deep(n):
     return x
 
 
-def test_plain_trees_pickle_as_forking_pickler_would():
+def _reduce_complex(z):
+    return (complex, (z.real + 100, z.imag))  # visibly different from copyreg's
+
+
+def test_plain_trees_pickle_as_forking_pickler_would(monkeypatch):
     """Trees of the types the C pickler writes itself go to pickle.dumps (no pickler kept
     per thread); the result is byte for byte ForkingPickler's.  Anything that could meet a
     reducer (a subclass, complex, a registered type anywhere inside), a cycle, a deep or
-    large tree takes the full pickler, which gives ForkingPickler's bytes too."""
+    large tree takes the full pickler, which gives ForkingPickler's bytes too, reducers
+    registered for builtin types included."""
     from multiprocessing.reduction import ForkingPickler
     from shmlink import _core
     from shmlink.multiprocessing._channel import PROTOCOL, dumps
 
     cyclic: list = []
     cyclic.append(cyclic)
-    plain = [None, True, 7, 2**100, -1.5, "s\udc80", b"b", bytearray(b"ba"), (), [], {},
-             (12345, 3.25, "reading", b"x" * 19), {"k": [1, (2.0, {"n": None})], 3: b""},
-             _deep(16), list(range(4000))]
-    other = [1j, _Int(3), (1, _Int(3)), {"k": 1j}, [frozenset()], {1, 2}, cyclic, _deep(17),
-             list(range(5000)), _Registered(1), ("x", [_Registered(2)])]
+    shared_s, shared_l = "shared" * 3, [1.5]
+    plain = [None, True, 7, 2**100, -(2**5000), -1.5, "s\udc80", b"b", bytearray(b"ba"),
+             (), [], {}, (12345, 3.25, "reading", b"x" * 19),
+             {"k": [1, (2.0, {"n": None})], 3: b""}, (shared_s, shared_s), [shared_l, shared_l],
+             _deep(16), list(range(4095)), b"x" * 100_000]
+    other = [1j, _Int(3), _Str("s"), (1, _Int(3)), {"k": 1j}, [frozenset()], {1, 2},
+             collections.OrderedDict(a=1), _Point(1),
+             {"k": _Str("v")}, cyclic, _deep(17), list(range(4096)), _Registered(1),
+             ("x", [_Registered(2)])]
     for obj in plain:
-        assert _core.plain(obj), obj
+        assert _core.plain(obj) is True, obj
     for obj in other:
-        assert not _core.plain(obj), obj
+        assert _core.plain(obj) is False, obj
+
+    fast = []
+    monkeypatch.setattr(_channel.dumps, "__defaults__",
+                        (_core.plain, lambda o, proto: fast.append(o) or pickle.dumps(o, proto)))
     ForkingPickler.register(_Registered, _reduce_registered)
+    ForkingPickler.register(complex, _reduce_complex)
     try:
         for obj in plain + other:
             assert bytes(dumps(obj)) == bytes(ForkingPickler.dumps(obj, PROTOCOL)), obj
+        assert pickle.loads(dumps((1, 2j)))[1] == 100 + 2j  # the registered reducer ran
     finally:
         ForkingPickler._extra_reducers.pop(_Registered, None)
+        ForkingPickler._extra_reducers.pop(complex, None)
+    assert [id(o) for o in fast] == [id(o) for o in plain]  # those, and only those
 
 
 class _Interrupts:

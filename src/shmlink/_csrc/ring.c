@@ -1345,7 +1345,8 @@ static PyObject *chan_encode_fn(PyObject *mod, PyObject *const *args, Py_ssize_t
  * copyreg's): a tree of at most *budget objects, at most PLAIN_DEPTH deep,
  * of the exact types the pickler writes itself.  0 for anything else (a
  * subclass, complex, a cycle, a large tree): the caller's full pickler.
- * Reads only; calls no Python code, so nothing changes the tree meanwhile. */
+ * Reads only; calls no Python code, so nothing changes the tree during the
+ * scan (between the scan and the pickling, see _channel.dumps). */
 #define PLAIN_DEPTH 16
 static int plain_tree(PyObject *o, int depth, Py_ssize_t *budget) {
     if (--*budget < 0 || depth > PLAIN_DEPTH)
@@ -1362,9 +1363,11 @@ static int plain_tree(PyObject *o, int depth, Py_ssize_t *budget) {
         return 1;
     }
     if (t == &PyList_Type) {
-        for (Py_ssize_t i = 0; i < PyList_Size(o); i++)
-            if (!plain_tree(PyList_GetItem(o, i), depth + 1, budget))
+        for (Py_ssize_t i = 0; i < PyList_Size(o); i++) {
+            PyObject *item = PyList_GetItem(o, i); /* NULL: a list still being built */
+            if (!item || !plain_tree(item, depth + 1, budget))
                 return 0;
+        }
         return 1;
     }
     if (t == &PyDict_Type) {

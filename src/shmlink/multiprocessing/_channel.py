@@ -128,6 +128,10 @@ _KEEP = 1 << 16
 
 def dumps(obj: Any, _plain: Any = _core.plain, _dumps: Any = pickle.dumps) -> Any:
     """``ForkingPickler.dumps(obj, PROTOCOL)``, without its per-call setup."""
+    # A thread that puts into obj between the check and the pickling could slip in an
+    # object whose registered reducer is then not used: putting an object while another
+    # thread changes it sends an undefined state anyway (the standard queue pickles it
+    # later still, in its feeder thread).
     if _plain(obj):
         return _dumps(obj, PROTOCOL)
     s = _scratch
