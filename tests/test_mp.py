@@ -27,7 +27,7 @@ import shmlink
 import shmlink.multiprocessing as smp
 from shmlink.multiprocessing import _channel, queues as mpq
 from shmlink.segment import PREFIX, shm_dir
-from support import join_all, python_env, run_python, wait_for
+from support import join_all, kill, python_env, run_python, wait_for
 from workers import mp as W
 
 METHODS = [m for m in ("spawn", "fork", "forkserver")
@@ -235,6 +235,30 @@ def test_put_keeps_pace_with_a_draining_reader(monkeypatch):
     assert q._thread is None  # nothing was ever buffered
     q.close()
     out.close()
+
+
+def test_a_writer_killed_mid_item_is_noticed_at_once(monkeypatch):
+    """A reader taking the parts of a large item whose writer was killed half-way raises
+    CorruptSegment as soon as it has taken what is there (the writer's lock is free or
+    its holder dead), not after waiting PART_WAIT (30 s) for a part that cannot come."""
+    monkeypatch.setattr(mpq, "CAPACITY", 1 << 16)
+    ctx = smp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=W.put_many, args=(q, 1, 1 << 20))  # 16 ring-fulls
+    p.start()
+    lock = q._ch.writer_lock(0)
+    try:
+        try:
+            wait_for(lambda: q._mem.load32(lock) == p.pid and q._ch.has_data(0), timeout=60,
+                     what="the writer to be half-way")
+        finally:
+            kill(p)
+        t = time.monotonic()
+        with pytest.raises(shmlink.errors.CorruptSegment, match="half-way"):
+            q.get(timeout=60)
+        assert time.monotonic() - t < 15  # generous: the slice is 0.05 s, the old wait 30 s
+    finally:
+        q.close()
 
 
 def test_malformed_item_is_dropped_with_corrupt_segment():

@@ -104,6 +104,112 @@ def test_a_worker_that_dies_breaks_the_pool(how):
     assert not ex._processes and not _segments_of(os.getpid())
 
 
+def test_a_worker_killed_while_the_others_keep_answering_breaks_the_pool(tmp_path):
+    """Results that keep coming from the other workers must not hide a dead one: its
+    task fails within the liveness poll, not when the stream of results stops."""
+    with _executor(2) as ex:
+        assert ex.submit(W.square, 1).result(60) == 1
+        mark = tmp_path / "pid"
+        stuck = ex.submit(W.pid_then_sleep, str(mark), 120)
+        victim = int(wait_for(lambda: mark.exists() and mark.read_text(), timeout=60,
+                              what="the busy worker's pid"))
+        stop = threading.Event()
+        answered = []
+
+        def stream():  # a result every few hundred microseconds, from the other worker
+            deadline = time.monotonic() + 30
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    answered.append(ex.submit(W.square, 2).result(30))
+                except BrokenProcessPool:
+                    return
+
+        t = threading.Thread(target=stream)
+        t.start()
+        try:
+            wait_for(lambda: len(answered) > 100, timeout=60, what="results to stream")
+            killed = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            assert isinstance(stuck.exception(60), BrokenProcessPool)
+            # generous: the stream alone runs for 30 s; the poll is 0.1 s
+            assert time.monotonic() - killed < 15
+        finally:
+            stop.set()
+            t.join(60)
+    assert not ex._processes and not _segments_of(os.getpid())
+
+
+def test_a_worker_that_cannot_be_replaced_breaks_the_pool_and_settles_every_future(monkeypatch):
+    """A worker that leaves (max_tasks_per_child) while tasks wait must be replaced; when
+    the replacement cannot start (EAGAIN, EMFILE, ...), every future fails with why."""
+    import errno
+    with _executor(1, max_tasks_per_child=1) as ex:
+        pool = ex._pool
+        real, started = pool.spawn, []
+
+        def spawn_once():
+            if started:
+                raise OSError(errno.EAGAIN, "Resource temporarily unavailable (injected)")
+            started.append(real())
+
+        monkeypatch.setattr(pool, "spawn", spawn_once)
+        futs = [ex.submit(W.square, i) for i in range(F.WINDOW + 3)]
+        assert futs[0].result(60) == 0
+        for f in futs[1:]:  # dispatched and waiting alike
+            e = f.exception(60)
+            assert isinstance(e, BrokenProcessPool) and "could not be started" in str(e), e
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(W.square, 2)
+    assert not ex._processes and not _segments_of(os.getpid())
+
+
+_FORKED = textwrap.dedent("""
+    import os, sys, warnings
+    from concurrent.futures.process import BrokenProcessPool
+    import shmlink.multiprocessing as smp
+    used = smp.ProcessPoolExecutor(1, mp_context=smp.get_context("spawn"))
+    unused = smp.ProcessPoolExecutor(1, mp_context=smp.get_context("spawn"))
+    assert used.submit(abs, -3).result(60) == 3
+    # the collector thread runs: 3.12+ warns that a fork of a threaded process may deadlock
+    warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+    pid = os.fork()
+    if pid == 0:  # the child: neither executor is its own; its exit must not touch them
+        code = 0
+        for ex in (used, unused):
+            try:
+                ex.submit(abs, -1)
+                code = 1
+            except BrokenProcessPool as e:
+                if "fork()" not in str(e) or "new executor" not in str(e):
+                    code = 2
+            ex.shutdown()
+        # multiprocessing's own atexit would join the parent's processes ("can only join
+        # a child process"): a quirk of os.fork() after Process.start(), shmlink or not
+        import multiprocessing.process
+        multiprocessing.process._children.clear()
+        sys.exit(code)  # atexit, finalizers and queue exit hooks run
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status), flush=True)
+    print(sum(used.submit(abs, -i).result(60) for i in range(50)),
+          unused.submit(abs, -7).result(60), flush=True)
+    used.shutdown()
+    unused.shutdown()
+    print(os.getpid(), flush=True)
+""")
+
+
+def test_a_fork_child_cannot_use_the_parents_executor_and_leaves_it_working():
+    """An executor cannot cross fork(): the child's copy refuses work with a message that
+    says what to do (the standard's would send tasks to the parent's workers and take
+    the parent's results), and the child's exit leaves the parent's pool working."""
+    r = run_python(_FORKED, env=python_env(), timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    code, sums, pid = r.stdout.splitlines()
+    assert code == "0"
+    assert sums == f"{sum(range(50))} 7"
+    assert not _segments_of(int(pid))
+
+
 def test_workers_dying_under_large_calls_break_the_pool_without_a_hang():
     """Every worker dies while calls larger than the ring wait to go out: the feeder
     sending them must give up when the pool breaks (CPython gh-94777)."""

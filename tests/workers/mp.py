@@ -107,6 +107,14 @@ def a_lock():
     return threading.Lock()  # a result that cannot be pickled
 
 
+def pid_then_sleep(path, delay):
+    """Say which worker runs this task (its pid, in ``path``), then keep it busy."""
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    time.sleep(delay)
+
+
 def getpid_after(delay):
     time.sleep(delay)
     return os.getpid()

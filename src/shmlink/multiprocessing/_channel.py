@@ -86,6 +86,8 @@ _LEN = struct.Struct("<Q")
 
 #: how often a blocked reader looks whether the other end is still alive (s)
 SLICE = 0.05
+#: how long a reader waits for the next part of a large message from a live writer (s)
+PART_WAIT = 30.0
 #: how long a blocked call spins before it sleeps (ns), as Queue(wait="hybrid")
 SPIN = 50_000
 
@@ -434,26 +436,45 @@ class Channel:
                         return None
             if f[0] == FRAME_MSG:
                 return f[2]  # type: ignore[no-any-return]
-            return self._recv_parts(r, f)
+            return self._recv_parts(ring, r, f)
         finally:
             self.unlock(rl)
 
-    def _recv_parts(self, r: Any, f: tuple[int, int, bytes]) -> bytes:
+    def _recv_parts(self, ring: int, r: Any, f: tuple[int, int, bytes]) -> bytes:
+        """The rest of a large message whose first part is ``f``.
+
+        Its writer holds the ring's writer lock until the last part is in: once the
+        lock is free or its holder dead and no part came, the message ended half-way
+        (checked every SLICE); a live writer that sends nothing for PART_WAIT seconds
+        is given up on too.
+        """
         total = _LEN.unpack_from(f[2])[0]
         out = bytearray(total)
         mv = memoryview(out)
         got = len(f[2]) - 8
         mv[:got] = f[2][8:]
+        wl = self.writer_lock(ring)
+        give_up = time.monotonic() + PART_WAIT
         while got < total:
-            g = r.recv_frame(time.monotonic() + 30.0, 0)
+            g = r.recv_frame(time.monotonic() + SLICE, 0)
+            if g is None:
+                if self._writing(wl) and time.monotonic() < give_up:
+                    continue
+                g = r.try_recv_frame()  # the last part may have come just before the unlock
             if g is None or g[0] != FRAME_PART:
                 from ..errors import CorruptSegment
                 raise CorruptSegment(f"{self.name!r}: a large message ended half-way "
-                                     "(its writer died while sending it)")
+                                     "(its writer died or gave up while sending it)")
             n = len(g[2])
             mv[got:got + n] = g[2]
             got += n
+            give_up = time.monotonic() + PART_WAIT
         return bytes(out)
+
+    def _writing(self, lock: int) -> bool:
+        """Whether a live process holds the robust lock at ``lock``."""
+        pid = self.mem.load32(lock)
+        return bool(pid) and _alive(pid, self.mem.load64(lock + 8))
 
     def has_data(self, ring: int) -> bool:
         off = _D + CONTROL + ring * self.ring_size

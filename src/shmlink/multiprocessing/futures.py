@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from concurrent.futures import _base
@@ -55,8 +56,11 @@ __all__ = ["ProcessPoolExecutor", "BrokenProcessPool"]
 #: a quarter of the tasks/s at chunksize 1; 4 and 16 measure alike); the rest
 #: of the submitted tasks wait in this process, where they can be cancelled.
 WINDOW = 4
-#: How often (s) the collector looks for a worker that died while tasks are out.
+#: How often (s) the collector looks for a worker that died while tasks are out,
+#: even while results keep coming from the others.
 POLL = 0.1
+#: How often (s) the collector looks for a worker that died while none has a task.
+IDLE_POLL = 1.0
 #: How often (s) an idle worker looks whether its parent is still alive.
 ORPHAN_POLL = 1.0
 
@@ -72,7 +76,7 @@ def _python_exit() -> None:
     """At interpreter exit (before non-daemon threads are joined): finish, then stop, every pool."""
     global _global_shutdown
     _global_shutdown = True
-    pools = list(_pools)
+    pools = [p for p in _pools if p.pid == os.getpid()]  # not a fork() parent's
     for pool in pools:
         pool.request_shutdown()
     for pool in pools:
@@ -164,7 +168,8 @@ class _Pool:
         self.window = WINDOW * max_workers
         self.fork = ctx.get_start_method(allow_none=False) == "fork"
         self.worker_args = worker_args
-        self.me = (os.getpid(), _core.process_start_time(os.getpid()))  # its workers exit when it is gone
+        self.pid = os.getpid()  # a fork() child has a copy it must not use
+        self.me = (self.pid, _core.process_start_time(self.pid))  # its workers exit when it is gone
         self.calls = _TaskQueue(ctx=ctx)
         self.results = _TaskQueue(ctx=ctx)
         self.lock = threading.RLock()  # re-entered by a reducer or done-callback that submits
@@ -239,6 +244,8 @@ class _Pool:
     # -- called from any thread --
 
     def request_shutdown(self, cancel_futures: bool = False) -> None:
+        if os.getpid() != self.pid:
+            return  # a fork() child's copy: the workers, queues and futures are the parent's
         with self.lock:
             self.shutdown = True
             cancelled = [w[1] for w in self.backlog] if cancel_futures else []
@@ -282,6 +289,7 @@ class _Pool:
 
     def serve(self) -> None:
         get = self.results.get
+        checked = time.monotonic()
         while True:
             with self.lock:
                 if self.broken:
@@ -289,18 +297,25 @@ class _Pool:
                 if self.shutdown and not self.running and not self.backlog:
                     return
                 self.sleeping = not self.running
-                idle = self.sleeping
-            try:
-                msg = get() if idle else get(True, POLL)
-            except Empty:
+                poll = IDLE_POLL if self.sleeping else POLL
+            now = time.monotonic()
+            if now - checked >= poll:  # also while the other workers keep answering
+                checked = now
                 self.check_workers()
                 continue
+            try:
+                msg = get(True, checked + poll - now)
+            except Empty:
+                continue
             batch = [msg]
-            while len(batch) < 1024:
-                try:
+            try:
+                while len(batch) < 1024:
                     batch.append(get(False))
-                except Empty:
-                    break
+            except Empty:
+                pass
+            except BaseException:  # an item that does not unpickle: those before it count
+                self.settle(batch)
+                raise
             self.settle(batch)
             del msg, batch  # results are the futures' alone (no stale references while idle)
 
@@ -323,9 +338,6 @@ class _Pool:
                 err = self.dispatch(tid, f, fn, args, kwargs)
                 if err is not None:
                     failed.append((f, err))
-            if self.running or self.backlog:  # work waits: replace who left (max_tasks_per_child)
-                for _ in left:
-                    self.spawn()
         del batch
         for f, value, exc in done:
             if exc is None:
@@ -337,6 +349,20 @@ class _Pool:
             f.set_exception(err)
         for p in left:
             p.join()
+        if left:
+            self.replace(len(left))
+
+    def replace(self, n: int) -> None:
+        """Start ``n`` workers for ones that left (max_tasks_per_child) if work waits;
+        a worker that cannot be started breaks the pool with why."""
+        try:
+            with self.lock:
+                if self.running or self.backlog:  # submit may have started some meanwhile
+                    for _ in range(min(n, self.max_workers - len(self.processes))):
+                        self.spawn()
+        except Exception as e:  # EAGAIN, EMFILE, ENOMEM, a handle that cannot be reserved
+            self.break_pool(f"A worker could not be started to replace one that left: "
+                            f"{type(e).__name__}: {e}", e)
 
     def check_workers(self) -> None:
         """Break the pool if a worker exited without saying so (killed, crashed, initializer)."""
@@ -448,6 +474,11 @@ class ProcessPoolExecutor(_base.Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> _base.Future:
         pool = self._pool
+        if os.getpid() != pool.pid:  # before the lock: the parent's threads may have held it
+            raise BrokenProcessPool(
+                f"this executor was created in process {pool.pid} and this process is a "
+                "fork() of it: its workers, queues and collector thread are the parent's. "
+                "Create a new executor in this process (for example lazily, on first use)")
         with pool.lock:
             if pool.broken:
                 raise BrokenProcessPool(pool.broken)
@@ -483,6 +514,8 @@ class ProcessPoolExecutor(_base.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         pool = self._pool
+        if os.getpid() != pool.pid:
+            return  # a fork() child's copy: the parent's to shut down
         pool.request_shutdown(cancel_futures)
         t = pool.collector
         if wait and t is not None and t is not threading.current_thread():
