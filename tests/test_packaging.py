@@ -121,6 +121,43 @@ def _summary(r: subprocess.CompletedProcess) -> dict[str, int]:
     return {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", last)}
 
 
+# ---- the abi3 build ------------------------------------------------------------
+
+def _include_dirs() -> list[str]:
+    """Python.h directories on this machine: the running interpreter's and pyenv's."""
+    import sysconfig
+    found = {sysconfig.get_paths()["include"]}
+    found.update(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/include/python3.*")))
+    return sorted(d for d in found if os.path.exists(os.path.join(d, "Python.h")))
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler")
+def test_abi3_build_returns_singletons_with_a_reference(tmp_path):
+    """The abi3 build targets the limited API of 3.11, so any 3.11+ may build the wheel.
+    CPython's 3.12 and 3.13 headers from before gh-134989 return None, True and False
+    from Py_RETURN_* without a reference; built with them, the module freed None on 3.11
+    (seen: a _core built by a 3.12.1 editable install aborted 3.11 at exit).  internal.h
+    spells the macros with Py_NewRef: checked with every interpreter's headers here."""
+    probe = tmp_path / "probe.c"
+    probe.write_text('#include "internal.h"\n'
+                     "PyObject *sl_probe_none(void) { Py_RETURN_NONE; }\n"
+                     "PyObject *sl_probe_true(void) { Py_RETURN_TRUE; }\n"
+                     "PyObject *sl_probe_false(void) { Py_RETURN_FALSE; }\n"
+                     "PyObject *sl_probe_ni(void) { Py_RETURN_NOTIMPLEMENTED; }\n")
+    dirs = _include_dirs()
+    assert dirs
+    for inc in dirs:
+        r = subprocess.run(["gcc", "-E", "-P", "-DPy_LIMITED_API=0x030B0000", f"-I{inc}",
+                            "-I" + os.path.join(ROOT, "src", "shmlink", "include"),
+                            "-I" + os.path.join(ROOT, "src", "shmlink", "_csrc"), str(probe)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (inc, r.stderr[-2000:])
+        for fn in ("sl_probe_none", "sl_probe_true", "sl_probe_false", "sl_probe_ni"):
+            body = r.stdout[r.stdout.rindex(fn):]
+            body = body[:body.index("}")]
+            assert "NewRef(" in body, (inc, body)
+
+
 # ---- one source for the version ------------------------------------------------
 
 def test_the_version_is_written_once():

@@ -26,6 +26,19 @@
  * The few full-API macros the binding uses are spelt here with their
  * limited-API functions; the full-API build keeps the macros. */
 #ifdef Py_LIMITED_API
+/* CPython's 3.12 and 3.13 headers before gh-134989 (mid-2025) return
+ * Py_None, Py_True and Py_False without a new reference whatever the
+ * limited API asked for: immortal from 3.12 on, they are not on 3.11, where
+ * an abi3 build made with those headers frees None ("deallocating None").
+ * Spelt here as the fixed headers spell them. */
+#undef Py_RETURN_NONE
+#define Py_RETURN_NONE return Py_NewRef(Py_None)
+#undef Py_RETURN_TRUE
+#define Py_RETURN_TRUE return Py_NewRef(Py_True)
+#undef Py_RETURN_FALSE
+#define Py_RETURN_FALSE return Py_NewRef(Py_False)
+#undef Py_RETURN_NOTIMPLEMENTED
+#define Py_RETURN_NOTIMPLEMENTED return Py_NewRef(Py_NotImplemented)
 #undef PyBytes_AS_STRING
 #define PyBytes_AS_STRING(o) PyBytes_AsString(o)
 #undef PyTuple_GET_SIZE
