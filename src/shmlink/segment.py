@@ -369,6 +369,20 @@ def _parent_pid(pid: int) -> int:
         return 0
 
 
+_LOCK_OWNER = _core.LAYOUT["lock"]["owner"][0]
+_LOCK_OWNER_START = _core.LAYOUT["lock"]["owner_start"][0]
+
+
+def live_lock_holder(mem: Any, off: int) -> tuple[int, int] | None:
+    """(pid, start) of the live process recorded as holding the robust lock at ``off``;
+    None when the lock is free or its recorded holder is dead."""
+    pid = mem.load32(off + _LOCK_OWNER)
+    start = mem.load64(off + _LOCK_OWNER_START)
+    if pid == 0 or not _core.process_alive(pid, start):
+        return None
+    return (pid, start)
+
+
 def forged_lock_holder(mem: Any, off: int, identity: tuple[int, int]) -> tuple[int, int] | None:
     """(pid, start) of a lock's recorded holder if it cannot be a participant, else None.
 
@@ -379,10 +393,10 @@ def forged_lock_holder(mem: Any, off: int, identity: tuple[int, int]) -> tuple[i
     the work the lock guards: it was forged.  Dead holders are left to the
     lock's own take-over.  None when the kernel's lock table is unreadable.
     """
-    pid = mem.load32(off)
-    start = mem.load64(off + 8)
-    if pid == 0 or not _core.process_alive(pid, start):
+    holder = live_lock_holder(mem, off)
+    if holder is None:
         return None
+    pid, start = holder
     holders = _flock_holders(*identity)
     if holders is None:
         return None

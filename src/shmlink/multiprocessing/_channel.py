@@ -52,7 +52,7 @@ from typing import Any
 
 from .. import _core
 from ..errors import SegmentNotFound
-from ..segment import DATA_OFFSET, Segment, _identity
+from ..segment import DATA_OFFSET, Segment, _identity, live_lock_holder
 
 _D = DATA_OFFSET
 MAGIC = 0x4D504348  # "MPCH"
@@ -458,7 +458,7 @@ class Channel:
         while got < total:
             g = r.recv_frame(time.monotonic() + SLICE, 0)
             if g is None:
-                if self._writing(wl) and time.monotonic() < give_up:
+                if live_lock_holder(self.mem, wl) and time.monotonic() < give_up:
                     continue
                 g = r.try_recv_frame()  # the last part may have come just before the unlock
             if g is None or g[0] != FRAME_PART:
@@ -470,11 +470,6 @@ class Channel:
             got += n
             give_up = time.monotonic() + PART_WAIT
         return bytes(out)
-
-    def _writing(self, lock: int) -> bool:
-        """Whether a live process holds the robust lock at ``lock``."""
-        pid = self.mem.load32(lock)
-        return bool(pid) and _alive(pid, self.mem.load64(lock + 8))
 
     def has_data(self, ring: int) -> bool:
         off = _D + CONTROL + ring * self.ring_size
